@@ -1,0 +1,7 @@
+"""``python -m ddpm_studio``: the same as the ``ddpm-studio`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

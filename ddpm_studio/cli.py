@@ -1,0 +1,370 @@
+"""The ``ddpm-studio`` command: no subcommand opens the studio window; train, sample, info, bench and
+demo-data run the same engine headless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """Bad input a user gave; printed as one line, exit status 2."""
+
+
+def fail(message: str) -> None:
+    raise UserError(message)
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+def add_train_parser(subparsers) -> None:
+    from .core.unet import PRESETS
+
+    parser = subparsers.add_parser("train", help="train a model on a folder of images",
+                                   description="Train a DDPM on a folder of images. Under torchrun it uses every process.")
+    parser.add_argument("data", nargs="?", type=Path, help="folder of images (optional with --resume: the model's own)")
+    parser.add_argument("--out", type=Path, help="model folder to write (default: the user models folder / NAME)")
+    parser.add_argument("--name", help="model name when --out is not given (default: the data folder's name)")
+    parser.add_argument("--resume", action="store_true", help="continue the model in --out where it stopped")
+    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="architecture preset (default: small)")
+    parser.add_argument("--image-size", type=int, help="training resolution (default: the preset's)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3 for colour, 1 for grayscale")
+    parser.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
+    parser.add_argument("--lr", type=float, dest="learning_rate", help="Adam learning rate (default: the preset's)")
+    parser.add_argument("--steps", type=int, help="total training steps (default 10000)")
+    parser.add_argument("--warmup", type=int, dest="warmup_steps", help="learning-rate warm-up steps")
+    parser.add_argument("--ema", type=float, dest="ema_decay", help="EMA decay (default 0.9999, with warm-up)")
+    parser.add_argument("--dropout", type=float, help="dropout (default: the preset's)")
+    parser.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule (default linear)")
+    parser.add_argument("--timesteps", type=int, dest="num_timesteps", help="diffusion steps T (default 1000)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
+    parser.add_argument("--preview-every", type=int, help="steps between preview grids (default 500)")
+    parser.add_argument("--preview-count", type=int, help="images in a preview grid (default 16; 0 for none)")
+    parser.add_argument("--log-every", type=int, help="steps between loss read-backs (default: 1 on CPU, 20 on GPU)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(handler=run_train)
+
+
+def training_overrides(args) -> dict:
+    names = ("image_size", "batch_size", "learning_rate", "steps", "warmup_steps", "ema_decay", "dropout", "schedule",
+             "num_timesteps", "checkpoint_every", "preview_every", "preview_count", "log_every", "seed", "precision")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.no_flip:
+        overrides["random_flip"] = False
+    if args.compile:
+        overrides["compile"] = True
+    return overrides
+
+
+def run_train(args) -> int:
+    from tqdm import tqdm
+
+    from .core import model_store
+    from .core.data import load_dataset, scan_images, DatasetError
+    from .core.training import (
+        CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent, TrainingConfig,
+        distributed_context, train,
+    )
+
+    context = distributed_context()
+    overrides = training_overrides(args)
+    if args.resume:
+        if args.out is None:
+            fail("--resume needs --out, the model folder to continue.")
+        info = model_store.read_model_info(args.out)
+        if not info.can_resume:
+            fail(f"{args.out} has no training state to resume from (it holds sampling weights only).")
+        config = TrainingConfig.from_dict(info.training)
+        for name, value in overrides.items():
+            if name not in ("steps", "learning_rate", "checkpoint_every", "preview_every", "preview_count", "log_every", "precision"):
+                fail(f"--{name.replace('_', '-')} cannot change when resuming; only steps, learning rate and intervals can.")
+            setattr(config, name, value)
+        data_paths = [args.data] if args.data else [Path(p) for p in info.dataset.get("paths", [])]
+        if not data_paths:
+            fail(f"{args.out} does not record its dataset; give the image folder as DATA.")
+        out_dir = args.out
+    else:
+        if args.data is None:
+            fail("Give the folder of images to train on.")
+        config = TrainingConfig.for_preset(args.preset, image_channels=args.channels, **overrides)
+        out_dir = args.out or model_store.default_user_models_dir() / (args.name or args.data.resolve().name)
+        if (out_dir / model_store.CONFIG_FILE).exists():
+            fail(f"{out_dir} already holds a model; add --resume to continue it, or choose another --out.")
+        data_paths = [args.data]
+    config.validate()
+
+    main_process = context.is_main
+    scan = scan_images(data_paths, config.image_size, config.image_channels)
+    result = None
+    with tqdm(desc="Reading images", unit="img", disable=not main_process, leave=False) as bar:
+        for event in scan:
+            if hasattr(event, "total"):
+                bar.total = event.total
+                bar.n = event.done
+                bar.refresh()
+            else:
+                result = event
+    if result is None or len(result.images) == 0:
+        load_dataset(data_paths, config.image_size, config.image_channels)  # raises DatasetError with its sentence
+    if main_process:
+        print(f"{len(result.images)} images at {config.image_size}x{config.image_size} from "
+              f"{', '.join(map(str, data_paths))}; {len(result.skipped)} skipped.")
+        for skipped in result.skipped[:10]:
+            print(f"  skipped {skipped.path}: {skipped.reason}")
+        if len(result.skipped) > 10:
+            print(f"  ... and {len(result.skipped) - 10} more")
+
+    command = shlex.join(["ddpm-studio", *sys.argv[1:]])
+    summary = result.summary()
+    summary["paths"] = [str(Path(p).resolve()) for p in data_paths]
+    events = train(config, result.images, out_dir, summary, resume=args.resume, command=command, device=args.device)
+    bar = None
+    try:
+        for event in events:
+            if isinstance(event, StartedEvent):
+                if main_process:
+                    print(f"Training {out_dir} on {event.device} ({event.dtype}), {event.parameters:,} parameters, "
+                          f"from step {event.step} to {event.total_steps}.")
+                bar = tqdm(total=event.total_steps, initial=event.step, unit="step", disable=not main_process,
+                           dynamic_ncols=True)
+            elif isinstance(event, StepEvent):
+                bar.update(event.step - bar.n)
+                if event.losses:
+                    postfix = {"loss": f"{event.loss:.4f}", "lr": f"{event.learning_rate:.2e}"}
+                    if event.images_per_second:
+                        postfix["img/s"] = f"{event.images_per_second:.1f}"
+                    bar.set_postfix(postfix, refresh=False)
+            elif isinstance(event, PreviewEvent) and event.path:
+                bar.write(f"step {event.step}: preview saved to {event.path}")
+            elif isinstance(event, CheckpointEvent):
+                pass
+            elif isinstance(event, FinishedEvent):
+                bar.close()
+                if main_process:
+                    print(f"Finished {event.step} steps. Model saved in {event.path}")
+            elif isinstance(event, FailedEvent):
+                if bar:
+                    bar.close()
+                fail(event.reason)
+    except KeyboardInterrupt:
+        events.close()  # the trainer saves a checkpoint as it stops
+        if bar:
+            bar.close()
+        if main_process:
+            print(f"Stopped; the model in {out_dir} is saved and can be resumed with --resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        events.close()
+    del DatasetError
+    return 0
+
+
+# --- sample ---------------------------------------------------------------------------------------
+
+
+def add_sample_parser(subparsers) -> None:
+    parser = subparsers.add_parser("sample", help="generate images from a trained model")
+    parser.add_argument("model", help="model folder, or the name of a model in the library")
+    parser.add_argument("--num", type=int, default=16, help="number of images (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="ddpm: every step; ddim: --steps")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
+    parser.add_argument("--variance", choices=("fixed_large", "fixed_small"), default="fixed_large",
+                        help="DDPM variance: beta_t (large) or beta~_t (small)")
+    parser.add_argument("--no-clip", action="store_true", help="don't clip x0_hat to [-1, 1]")
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
+    parser.add_argument("--trajectory", choices=("gif", "webp", "strip"), action="append",
+                        help="also save the trajectory of the first image (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(handler=run_sample)
+
+
+def resolve_model_path(name: str) -> Path:
+    from .core import model_store
+
+    path = Path(name)
+    if path.exists():
+        return path
+    for entry in model_store.list_models():
+        if entry.path.name == name:
+            return entry.path
+    fail(f"No model folder at '{name}', and no model of that name in {', '.join(map(str, model_store.model_search_dirs()))}.")
+
+
+def run_sample(args) -> int:
+    from tqdm import tqdm
+
+    from .core.sampling import SamplingRequest, export_trajectory, run_sampling, save_samples
+
+    request = SamplingRequest(
+        model_path=resolve_model_path(args.model), num_images=args.num, seed=args.seed, sampler=args.sampler,
+        steps=args.steps, eta=args.eta, variance=args.variance, clip=not args.no_clip, device=args.device,
+        keep_trajectory_of=[0] if args.trajectory else [],
+    )
+    request.validate()
+    result = None
+    with tqdm(desc=f"Sampling ({request.sampler})", unit="step") as bar:
+        for event in run_sampling(request):
+            if hasattr(event, "num_steps"):
+                bar.total = event.num_steps
+                bar.update(event.step + 1 - bar.n)
+            else:
+                result = event
+    paths = save_samples(result, args.out)
+    print(f"Saved {len(paths) - 1} images and a grid in {args.out}")
+    for kind in args.trajectory or []:
+        path = export_trajectory(result, 0, args.out / f"trajectory_0.{ 'png' if kind == 'strip' else kind}", kind)
+        print(f"Saved the trajectory of image 0 to {path}")
+    return 0
+
+
+# --- info -----------------------------------------------------------------------------------------
+
+
+def add_info_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="describe a trained model")
+    parser.add_argument("model", help="model folder, or the name of a model in the library")
+    parser.set_defaults(handler=run_info)
+
+
+def run_info(args) -> int:
+    from .core import model_store
+    from .core.unet import UNet, count_parameters
+
+    info = model_store.read_model_info(resolve_model_path(args.model))
+    history = model_store.load_loss_history(info.path)
+    unet = info.unet
+    parameters = count_parameters(UNet(unet))
+    print(f"Model        {info.path}")
+    print(f"Architecture U-Net, {parameters:,} parameters: {unet.image_size}x{unet.image_size}x{unet.image_channels}, "
+          f"base {unet.base_channels}, multipliers {list(unet.channel_multipliers)}, {unet.num_res_blocks} blocks/level, "
+          f"attention at {list(unet.attention_resolutions)}, dropout {unet.dropout}")
+    print(f"Schedule     {info.schedule.kind}, T = {info.schedule.num_timesteps}")
+    print(f"Trained      {info.step:,} steps" + (f" (preset {info.training.get('preset')})" if info.training else ""))
+    if info.last_loss is not None:
+        print(f"Last loss    {info.last_loss:.5f}" + (f" (mean of last 100: {history[-100:].mean():.5f})" if len(history) else ""))
+    if info.dataset:
+        paths = ", ".join(info.dataset.get("paths", [])) or "unknown"
+        print(f"Dataset      {info.dataset.get('count', '?')} images from {paths}")
+    print(f"Resumable    {'yes' if info.can_resume else 'no (sampling weights only)'}")
+    if info.command:
+        print(f"Made by      {info.command}")
+    return 0
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def add_bench_parser(subparsers) -> None:
+    from .core.unet import PRESETS
+
+    parser = subparsers.add_parser("bench", help="measure training and sampling speed on this device")
+    parser.add_argument("--preset", default="small", choices=list(PRESETS))
+    parser.add_argument("--image-size", type=int, help="resolution (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (after 3 warm-up)")
+    parser.add_argument("--sample-steps", type=int, default=10, help="timed sampling model calls (after 2 warm-up)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args) -> int:
+    from .core.bench import BenchSettings, run_benchmark
+
+    settings = BenchSettings(args.preset, args.image_size, args.batch_size, args.train_steps, args.sample_steps,
+                             args.precision, args.compile, args.device)
+    for line in run_benchmark(settings):
+        print(line, flush=True)
+    return 0
+
+
+# --- demo-data -------------------------------------------------------------------------------------
+
+
+def add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser("demo-data", help="write the procedural demo dataset of coloured shapes")
+    parser.add_argument("out", type=Path, help="folder to create")
+    parser.add_argument("--count", type=int, default=None, help="number of images (default 2000)")
+    parser.add_argument("--size", type=int, default=32, help="image size (default 32)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=run_demo_data)
+
+
+def run_demo_data(args) -> int:
+    from tqdm import tqdm
+
+    from .core.demo_data import DEFAULT_DEMO_COUNT, write_demo_dataset
+
+    count = args.count or DEFAULT_DEMO_COUNT
+    if count < 1 or args.size < 8:
+        fail("The demo dataset needs at least 1 image of at least 8 pixels.")
+    with tqdm(total=count, unit="img", desc="Drawing shapes") as bar:
+        paths = write_demo_dataset(args.out, count, args.size, args.seed, progress=lambda done, total: bar.update(done - bar.n))
+    print(f"Wrote {len(paths)} images to {args.out}")
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpm-studio",
+        description="DDPM Studio: train Denoising Diffusion Probabilistic Models on your images and watch them work. "
+                    "With no command it opens the studio window.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_parser(subparsers)
+    add_sample_parser(subparsers)
+    add_info_parser(subparsers)
+    add_bench_parser(subparsers)
+    add_demo_parser(subparsers)
+    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from .gui.app import run_app
+
+        return run_app()
+    from .core.data import DatasetError
+    from .core.model_store import ModelError
+
+    try:
+        return args.handler(args)
+    except (UserError, DatasetError, ModelError, ValueError, OSError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, OSError) and error.filename:
+            message = f"{error.strerror or message}: {error.filename}"
+        print(f"ddpm-studio: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ddpm-studio: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

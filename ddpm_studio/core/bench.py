@@ -1,0 +1,98 @@
+"""``ddpm-studio bench``: training and sampling throughput of a preset on this device."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .diffusion import GaussianDiffusion
+from .schedule import NoiseSchedule
+from .training import TrainingConfig, describe_device, pick_device, DistributedContext, use_bf16
+from .unet import UNet, count_parameters
+
+
+@dataclass
+class BenchSettings:
+    preset: str = "small"
+    image_size: int | None = None
+    batch_size: int = 16
+    train_steps: int = 10
+    sample_steps: int = 10
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_benchmark(settings: BenchSettings) -> Iterator[str]:
+    """Yield report lines as measurements complete."""
+    config = TrainingConfig.for_preset(settings.preset, image_size=settings.image_size, batch_size=settings.batch_size,
+                                       precision=settings.precision)
+    config.validate()
+    device = pick_device(DistributedContext(), settings.device)
+    bf16 = use_bf16(config.precision, device)
+    unet_config = config.unet_config()
+    model = UNet(unet_config).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    network = torch.compile(model) if settings.compile else model
+    diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    shape = (settings.batch_size, unet_config.image_channels, unet_config.image_size, unet_config.image_size)
+    x0 = torch.rand(shape, device=device) * 2 - 1
+    if device.type == "cuda":
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    yield f"device        {describe_device(device)}"
+    yield f"torch         {torch.__version__} (Python {platform.python_version()}, {torch.get_num_threads()} CPU threads)"
+    yield f"dtype         {'bfloat16 autocast' if bf16 else 'float32'}{', channels_last' if device.type == 'cuda' else ''}"
+    yield (f"model         {settings.preset}: {count_parameters(model):,} parameters at "
+           f"{unet_config.image_size}x{unet_config.image_size}x{unet_config.image_channels}, batch {settings.batch_size}")
+
+    def train_step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = diffusion.training_loss(network, x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
+    for _ in range(3):
+        train_step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(settings.train_steps):
+        train_step()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    steps_per_second = settings.train_steps / elapsed
+    yield (f"training      {steps_per_second * settings.batch_size:,.1f} images/s "
+           f"({steps_per_second:.2f} steps/s, {settings.train_steps} steps in {elapsed:.2f} s)")
+
+    model.eval()
+    t = torch.full((settings.batch_size,), diffusion.num_timesteps // 2, device=device, dtype=torch.long)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(2):
+            network(x0, t)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(settings.sample_steps):
+            network(x0, t)
+        synchronize(device)
+    elapsed = time.perf_counter() - start
+    calls_per_second = settings.sample_steps / elapsed
+    images_per_call = calls_per_second * settings.batch_size
+    yield (f"sampling      {images_per_call:,.1f} image-steps/s: {images_per_call / 50:,.2f} images/s with DDIM 50, "
+           f"{images_per_call / diffusion.num_timesteps:,.3f} images/s with DDPM {diffusion.num_timesteps}")
+    if device.type == "cuda":
+        yield f"peak memory   {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"

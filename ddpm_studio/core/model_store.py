@@ -1,0 +1,308 @@
+"""A trained model on disk: one folder, saved atomically, loaded without running code from it.
+
+Layout of a model folder:
+
+    model.json                  architecture, schedule, training settings, dataset summary, step
+    ema.safetensors             the EMA weights used for sampling
+    training_state.safetensors  what resuming needs: raw weights, EMA, optimizer, RNG states, loss history
+    loss.npy                    the loss of every step, float32 (so reopening shows the curve)
+    preview.png, previews/      preview grids sampled during training
+
+Every file is written to a temporary name and moved into place with ``os.replace``;
+``model.json`` goes last. A crash at any instant leaves the previous version of each
+file whole, and the folder loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .diffusion import GaussianDiffusion
+from .schedule import NoiseSchedule, ScheduleConfig
+from .unet import UNet, UNetConfig
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "model.json"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "training_state.safetensors"
+LOSS_FILE = "loss.npy"
+PREVIEW_FILE = "preview.png"
+PREVIEW_DIR = "previews"
+
+
+class ModelError(ValueError):
+    """A model folder that is missing, damaged or not ours; the message is one sentence naming the file."""
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)``, flush it to disk, then move it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_bytes_atomic(Path(path), (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def save_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    _atomic_write(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def save_numpy_atomic(path: Path, array: np.ndarray) -> None:
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:
+            np.save(stream, array, allow_pickle=False)
+
+    _atomic_write(Path(path), write)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelInfo:
+    """What ``model.json`` says about a model folder."""
+
+    path: Path
+    unet: UNetConfig
+    schedule: ScheduleConfig
+    step: int = 0
+    training: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    last_loss: float | None = None
+    command: str | None = None
+    created: str | None = None
+    updated: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def can_resume(self) -> bool:
+        return (self.path / STATE_FILE).is_file()
+
+    def to_json(self) -> dict:
+        return {
+            "format": "ddpm-studio-model",
+            "format_version": FORMAT_VERSION,
+            "unet": self.unet.to_dict(),
+            "schedule": dict(vars(self.schedule)),
+            "step": self.step,
+            "last_loss": self.last_loss,
+            "training": self.training,
+            "dataset": self.dataset,
+            "command": self.command,
+            "created": self.created,
+            "updated": self.updated,
+            **self.extra,
+        }
+
+
+def read_model_info(path: Path | str) -> ModelInfo:
+    """Read and check ``model.json`` of a model folder; raise ModelError in one sentence if it is unusable."""
+    folder = Path(path)
+    if folder.is_file() and folder.name == CONFIG_FILE:
+        folder = folder.parent
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise ModelError(f"No model folder at {folder}.")
+    if not config_path.is_file():
+        raise ModelError(f"{config_path} is missing, so {folder} is not a DDPM Studio model folder.")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{config_path} is damaged and cannot be read ({type(error).__name__}).") from None
+    if not isinstance(data, dict) or data.get("format") != "ddpm-studio-model":
+        raise ModelError(f"{config_path} is not a DDPM Studio model description.")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelError(f"{config_path} has format version {version}, newer than this DDPM Studio reads ({FORMAT_VERSION}).")
+    try:
+        unet = UNetConfig.from_dict(data["unet"])
+        unet.validate()
+        schedule = ScheduleConfig(**data["schedule"])
+        schedule.validate()
+        known = {"format", "format_version", "unet", "schedule", "step", "last_loss", "training", "dataset",
+                 "command", "created", "updated"}
+        return ModelInfo(
+            path=folder,
+            unet=unet,
+            schedule=schedule,
+            step=int(data.get("step") or 0),
+            training=dict(data.get("training") or {}),
+            dataset=dict(data.get("dataset") or {}),
+            last_loss=None if data.get("last_loss") is None else float(data["last_loss"]),
+            command=data.get("command"),
+            created=data.get("created"),
+            updated=data.get("updated"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build: {error}") from None
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load tensors from a safetensors file (no code can run); a damaged file raises ModelError."""
+    if not path.is_file():
+        raise ModelError(f"{path} is missing.")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{path} is damaged or not a safetensors file ({str(error).splitlines()[0][:80]}).") from None
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{path} is damaged or not a safetensors file ({str(error).splitlines()[0][:80]}).") from None
+
+
+def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy weights into ``module``, raising ModelError if names or shapes don't match its architecture."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise ModelError(f"{source} does not match the architecture in {CONFIG_FILE} ({detail}).")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelError(
+                f"{source} does not match the architecture in {CONFIG_FILE} "
+                f"({name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)})."
+            )
+        if not torch.isfinite(tensor).all():
+            raise ModelError(f"{source} holds non-finite weights ({name}).")
+    module.load_state_dict(tensors)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to sample: its description, the EMA U-Net in eval mode, and its diffusion."""
+
+    info: ModelInfo
+    unet: UNet
+    diffusion: GaussianDiffusion
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        config = self.info.unet
+        return (config.image_channels, config.image_size, config.image_size)
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model folder's EMA weights for sampling."""
+    info = read_model_info(path)
+    unet = UNet(info.unet)
+    load_weights_into(unet, read_safetensors(info.path / EMA_FILE), info.path / EMA_FILE)
+    unet.to(device).eval().requires_grad_(False)
+    schedule = NoiseSchedule.from_config(info.schedule).to(device)
+    return LoadedModel(info, unet, GaussianDiffusion(schedule))
+
+
+def load_loss_history(path: Path | str) -> np.ndarray:
+    """The per-step loss of a model (float32, step 1 first); empty if none was saved."""
+    loss_path = Path(path) / LOSS_FILE
+    if not loss_path.is_file():
+        return np.zeros(0, dtype=np.float32)
+    try:
+        losses = np.load(loss_path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{loss_path} is damaged ({error}).") from None
+    if losses.ndim != 1:
+        raise ModelError(f"{loss_path} is not a loss history.")
+    return losses.astype(np.float32)
+
+
+@dataclass
+class ModelEntry:
+    """One row of the model library: a usable model, or a folder that failed to load and why."""
+
+    path: Path
+    info: ModelInfo | None
+    error: str | None = None
+
+
+def default_user_models_dir() -> Path:
+    """Where new models are saved: $DDPM_STUDIO_MODELS, else the platform's user data folder."""
+    override = os.environ.get("DDPM_STUDIO_MODELS")
+    if override:
+        return Path(override).expanduser()
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif os.uname().sysname == "Darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "ddpm-studio" / "models"
+
+
+def bundled_models_dir() -> Path:
+    """The repository's ``models/`` folder, where the demo model ships."""
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def model_search_dirs() -> list[Path]:
+    return [bundled_models_dir(), default_user_models_dir()]
+
+
+def list_models(folders: list[Path] | None = None) -> list[ModelEntry]:
+    """Every model folder directly inside ``folders`` (default: bundled and user folders), sorted by name."""
+    entries = []
+    seen = set()
+    for folder in folders if folders is not None else model_search_dirs():
+        if not Path(folder).is_dir():
+            continue
+        for candidate in sorted(Path(folder).iterdir()):
+            if not (candidate / CONFIG_FILE).is_file() or candidate.resolve() in seen:
+                continue
+            seen.add(candidate.resolve())
+            try:
+                entries.append(ModelEntry(candidate, read_model_info(candidate)))
+            except ModelError as error:
+                entries.append(ModelEntry(candidate, None, str(error)))
+    return entries
+
+
+def json_safe(value: Any) -> Any:
+    """Convert dataclass-ish values (Paths, tuples) into JSON types."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

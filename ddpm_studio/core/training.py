@@ -1,0 +1,534 @@
+"""The training loop, as an iterator of events that the CLI and the window both drive.
+
+``train(...)`` yields a ``StartedEvent``, then a ``StepEvent`` after every optimisation step,
+``PreviewEvent`` and ``CheckpointEvent`` now and then, and ends with ``FinishedEvent`` or
+``FailedEvent``. To stop, the consumer stops iterating (``close()`` the generator): the
+loop's cleanup saves a checkpoint. Under ``torchrun`` each process runs the same iterator;
+only rank 0 writes the model folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import model_store
+from .data import random_horizontal_flip, to_model_range
+from .diffusion import GaussianDiffusion
+from .imaging import make_grid, save_png, to_uint8
+from .model_store import ModelError, ModelInfo
+from .schedule import NoiseSchedule, ScheduleConfig
+from .unet import PRESETS, UNet, count_parameters, preset_config
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that defines a training run. Defaults are the paper's where it gives one."""
+
+    preset: str = "small"
+    image_size: int = 32
+    image_channels: int = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    steps: int = 10_000
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)), so short runs sample well
+    random_flip: bool = True
+    dropout: float | None = None  # None: the preset's
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    checkpoint_every: int = 1000
+    checkpoint_minutes: float = 10.0
+    preview_every: int = 500
+    preview_count: int = 16
+    preview_steps: int = 50  # DDIM steps for previews
+    preview_seed: int = 1234
+    log_every: int = 0  # steps between loss read-backs; 0: every step on the CPU, 20 on a GPU
+    seed: int = 0
+    precision: str = "auto"
+    compile: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError, in one sentence, for an impossible setting."""
+        positive = ("batch_size", "steps", "num_timesteps", "checkpoint_every", "preview_every", "preview_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ').capitalize()} must be at least 1, not {getattr(self, name)}.")
+        if not (0 < self.learning_rate < 1):
+            raise ValueError(f"The learning rate must lie in (0, 1), not {self.learning_rate}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"The EMA decay must lie in [0, 1), not {self.ema_decay}.")
+        if self.warmup_steps < 0 or self.grad_clip <= 0 or self.preview_count < 0 or self.log_every < 0:
+            raise ValueError("Warm-up steps, preview count and log interval cannot be negative, and clipping must be positive.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
+        self.unet_config()  # raises for a bad preset, size or channels
+        ScheduleConfig(self.schedule, self.num_timesteps).validate()
+
+    def unet_config(self):
+        config = preset_config(self.preset, self.image_size, self.image_channels)
+        if self.dropout is not None:
+            config = type(config)(**{**asdict(config), "dropout": self.dropout})
+            config.validate()
+        return config
+
+    def schedule_config(self) -> ScheduleConfig:
+        return ScheduleConfig(self.schedule, self.num_timesteps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainingConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides) -> TrainingConfig:
+        """A config with the preset's suggested batch size, learning rate and warm-up, then ``overrides``."""
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+        base = PRESETS[preset]
+        values = {"preset": preset, "image_size": base.config.image_size, **base.defaults}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass
+class StartedEvent:
+    step: int
+    total_steps: int
+    parameters: int
+    device: str
+    dtype: str
+    path: Path
+    loss_history: np.ndarray  # of the steps already done (resume), else empty
+
+
+@dataclass
+class StepEvent:
+    """After each step. ``losses`` holds the per-step losses read back since the last report (may be empty)."""
+
+    step: int
+    total_steps: int
+    learning_rate: float
+    losses: list[float]
+    images_per_second: float | None
+    steps_per_second: float | None
+
+    @property
+    def loss(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+
+@dataclass
+class PreviewEvent:
+    step: int
+    images: torch.Tensor  # uint8 (N, C, H, W) on the CPU
+    path: Path | None
+
+
+@dataclass
+class CheckpointEvent:
+    step: int
+    path: Path
+
+
+@dataclass
+class FinishedEvent:
+    step: int
+    path: Path
+
+
+@dataclass
+class FailedEvent:
+    step: int
+    reason: str
+    path: Path
+
+
+TrainingEvent = StartedEvent | StepEvent | PreviewEvent | CheckpointEvent | FinishedEvent | FailedEvent
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# --- the run's moving parts -------------------------------------------------------------------
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def distributed_context() -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment (a no-op for one process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(context: DistributedContext, requested: str | None = None) -> torch.device:
+    if requested and requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", context.local_rank)
+    return torch.device("cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "bf16":
+        return True
+    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def ema_decay_at(config: TrainingConfig, step: int) -> float:
+    if not config.ema_warmup:
+        return config.ema_decay
+    return min(config.ema_decay, (1 + step) / (10 + step))
+
+
+def learning_rate_at(config: TrainingConfig, step: int) -> float:
+    """Linear warm-up to the learning rate over ``warmup_steps`` (step counts from 1)."""
+    if config.warmup_steps <= 0:
+        return config.learning_rate
+    return config.learning_rate * min(1.0, step / config.warmup_steps)
+
+
+class TrainingState:
+    """The model, its EMA copy, the optimiser, the generators and the loss history of one run."""
+
+    def __init__(self, config: TrainingConfig, device: torch.device, context: DistributedContext):
+        self.config = config
+        self.device = device
+        unet_config = config.unet_config()
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = UNet(unet_config).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.data_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2 + 1000 * context.rank)
+        self.step = 0
+        self.losses: list[float] = []
+
+    def update_ema(self) -> None:
+        decay = ema_decay_at(self.config, self.step)
+        ema_params = list(self.ema.parameters())
+        params = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+    # --- saving and loading -------------------------------------------------------------------
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        optimizer_state = self.optimizer.state_dict()
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors["generator.data"] = self.data_generator.get_state()
+        tensors["generator.noise"] = self.noise_generator.get_state()
+        tensors["loss"] = torch.tensor(self.losses, dtype=torch.float32)
+        metadata = {
+            "step": str(self.step),
+            "param_groups": json.dumps(optimizer_state["param_groups"]),
+            "format_version": str(model_store.FORMAT_VERSION),
+        }
+        return tensors, metadata
+
+    def load_state(self, path: Path) -> None:
+        """Restore every piece of a run from a model folder's training state."""
+        state_path = path / model_store.STATE_FILE
+        tensors = model_store.read_safetensors(state_path)
+        metadata = model_store.read_safetensors_metadata(state_path)
+        try:
+            step = int(metadata["step"])
+            param_groups = json.loads(metadata["param_groups"])
+        except (KeyError, ValueError) as error:
+            raise ModelError(f"{state_path} lacks its training metadata ({error}).") from None
+
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        model_store.load_weights_into(self.model, group("model."), state_path)
+        model_store.load_weights_into(self.ema, group("ema."), state_path)
+        optimizer_state: dict[int, dict] = {}
+        for name, value in group("optimizer.").items():
+            index, key = name.split(".", 1)
+            optimizer_state.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
+        try:
+            self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
+            torch.set_rng_state(tensors["rng.torch"])
+            if self.device.type == "cuda" and "rng.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            self.data_generator.set_state(tensors["generator.data"])
+            if tensors["generator.noise"].numel() == self.noise_generator.get_state().numel():
+                self.noise_generator.set_state(tensors["generator.noise"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise ModelError(f"{state_path} does not match this model's training setup ({error}).") from None
+        self.step = step
+        self.losses = tensors["loss"].tolist()[:step]
+
+
+@dataclass
+class ModelFolderWriter:
+    """Writes checkpoints and previews of one run into its model folder (rank 0 only)."""
+
+    path: Path
+    info: ModelInfo
+
+    def save_checkpoint(self, state: TrainingState) -> None:
+        tensors, metadata = state.state_tensors()
+        model_store.save_safetensors_atomic(self.path / model_store.STATE_FILE, tensors, metadata)
+        model_store.save_safetensors_atomic(
+            self.path / model_store.EMA_FILE, state.ema.state_dict(), {"step": str(state.step)}
+        )
+        model_store.save_numpy_atomic(self.path / model_store.LOSS_FILE, np.asarray(state.losses, dtype=np.float32))
+        self.info.step = state.step
+        self.info.last_loss = state.losses[-1] if state.losses else None
+        self.info.updated = now_iso()
+        model_store.write_json_atomic(self.path / model_store.CONFIG_FILE, model_store.json_safe(self.info.to_json()))
+
+    def save_preview(self, step: int, images: torch.Tensor) -> Path:
+        grid = make_grid(images, padding=1)
+        metadata = {"Software": "DDPM Studio", "model": self.path.name, "step": str(step)}
+        save_png(self.path / model_store.PREVIEW_DIR / f"step_{step:07d}.png", grid, metadata)
+        return save_png(self.path / model_store.PREVIEW_FILE, grid, metadata)
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def sample_preview(state: TrainingState, diffusion: GaussianDiffusion, use_bf16_autocast: bool) -> torch.Tensor:
+    """Sample preview images from the EMA weights at a fixed seed (DDIM), as uint8 on the CPU."""
+    config = state.config
+    unet_config = state.ema.config
+    generator = torch.Generator(device=state.device).manual_seed(config.preview_seed)
+    shape = (config.preview_count, unet_config.image_channels, unet_config.image_size, unet_config.image_size)
+    steps = min(config.preview_steps, config.num_timesteps)
+    with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=use_bf16_autocast):
+        images = diffusion.sample(state.ema, shape, "ddim", num_steps=steps, generator=generator, device=state.device)
+    return to_uint8(images)
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainingConfig,
+    images: torch.Tensor,
+    out_dir: Path | str,
+    dataset_summary: dict | None = None,
+    resume: bool = False,
+    command: str | None = None,
+    device: str | None = None,
+) -> Iterator[TrainingEvent]:
+    """Train on uint8 ``images`` (N, C, S, S) into the model folder ``out_dir``, yielding events.
+
+    With ``resume`` the run continues from the folder's training state: weights, EMA,
+    optimizer, step, RNG states and loss history, up to ``config.steps`` in total.
+    """
+    config.validate()
+    out_dir = Path(out_dir)
+    unet_config = config.unet_config()
+    expected_shape = (unet_config.image_channels, unet_config.image_size, unet_config.image_size)
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected_shape:
+        raise ValueError(f"Training images must be uint8 of shape (N, {', '.join(map(str, expected_shape))}).")
+    if len(images) == 0:
+        raise ValueError("There are no images to train on.")
+
+    context = distributed_context()
+    if config.batch_size % context.world_size:
+        raise ValueError(f"Batch size {config.batch_size} cannot be split evenly over {context.world_size} processes.")
+    run_device = pick_device(context, device)
+    if run_device.type == "cuda":
+        torch.cuda.set_device(run_device)
+    bf16 = use_bf16(config.precision, run_device)
+    log_every = config.log_every or (1 if run_device.type == "cpu" else 20)
+
+    state = TrainingState(config, run_device, context)
+    if resume:
+        state.load_state(out_dir)
+    if state.step >= config.steps:
+        raise ValueError(f"{out_dir.name} has already trained {state.step} steps; ask for more than that to continue.")
+
+    writer = None
+    if context.is_main:
+        if resume:
+            info = model_store.read_model_info(out_dir)
+            info.training = config.to_dict()
+            if command:
+                info.extra.setdefault("commands", []).append(command)
+        else:
+            if (out_dir / model_store.CONFIG_FILE).exists():
+                raise ValueError(f"{out_dir} already holds a model; resume it, or choose another name.")
+            info = ModelInfo(
+                path=out_dir, unet=unet_config, schedule=config.schedule_config(), training=config.to_dict(),
+                dataset=dataset_summary or {"count": len(images)}, command=command, created=now_iso(),
+            )
+        writer = ModelFolderWriter(out_dir, info)
+
+    diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(run_device))
+    network: torch.nn.Module = state.model
+    if context.enabled:
+        network = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[run_device.index] if run_device.type == "cuda" else None
+        )
+    if config.compile:
+        network = torch.compile(network)
+
+    # The dataset is decoded once; it lives on the GPU when it takes under a quarter of free memory.
+    data = images
+    if run_device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(run_device)
+        data = images.to(run_device) if images.numel() < free // 4 else images.pin_memory()
+    per_rank = config.batch_size // context.world_size
+    channels_last = run_device.type == "cuda"
+
+    yield StartedEvent(
+        state.step, config.steps, count_parameters(state.model), describe_device(run_device),
+        "bfloat16" if bf16 else "float32", out_dir, np.asarray(state.losses, dtype=np.float32),
+    )
+
+    pending: list[torch.Tensor] = []
+    failed = False
+    last_checkpoint_time = time.monotonic()
+    report_time, report_step = time.monotonic(), state.step
+
+    def read_back_losses(reduce: bool = True) -> list[float]:
+        """One host sync for all steps since the last read-back; raises NonFiniteLoss."""
+        nonlocal pending
+        if not pending:
+            return []
+        stacked = torch.stack(pending)
+        if context.enabled and reduce:
+            dist.all_reduce(stacked)
+            stacked /= context.world_size
+        values = stacked.tolist()
+        pending = []
+        if not all(math.isfinite(v) for v in values):
+            raise NonFiniteLoss()
+        state.losses.extend(values)
+        return values
+
+    def checkpoint(reduce: bool = True) -> None:
+        read_back_losses(reduce)
+        if writer is not None:
+            writer.save_checkpoint(state)
+
+    try:
+        network.train()
+        while state.step < config.steps:
+            step = state.step + 1
+            indices = torch.randint(len(data), (config.batch_size,), generator=state.data_generator)
+            flips = torch.rand(config.batch_size, generator=state.data_generator) < 0.5
+            local = slice(context.rank * per_rank, (context.rank + 1) * per_rank)
+            batch = data[indices[local].to(data.device)].to(run_device, non_blocking=True)
+            x0 = to_model_range(batch)
+            if config.random_flip:
+                x0 = torch.where(flips[local].to(run_device)[:, None, None, None], x0.flip(-1), x0)
+            if channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+
+            learning_rate = learning_rate_at(config, step)
+            for group in state.optimizer.param_groups:
+                group["lr"] = learning_rate
+            with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = diffusion.training_loss(network, x0, generator=state.noise_generator)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+            state.optimizer.step()
+            state.step = step
+            state.update_ema()
+            pending.append(loss.detach().float())
+
+            losses: list[float] = []
+            images_per_second = steps_per_second = None
+            if step % log_every == 0 or step == config.steps:
+                losses = read_back_losses()
+                elapsed = time.monotonic() - report_time
+                if elapsed > 0:
+                    steps_per_second = (step - report_step) / elapsed
+                    images_per_second = steps_per_second * config.batch_size
+                report_time, report_step = time.monotonic(), step
+            yield StepEvent(step, config.steps, learning_rate, losses, images_per_second, steps_per_second)
+
+            if config.preview_count and (step % config.preview_every == 0 or step == config.steps) and context.is_main:
+                preview = sample_preview(state, diffusion, bf16)
+                yield PreviewEvent(step, preview, writer.save_preview(step, preview))
+                report_time = time.monotonic()  # previews are not training time
+            due = step % config.checkpoint_every == 0
+            due = due or time.monotonic() - last_checkpoint_time > config.checkpoint_minutes * 60
+            if due and step != config.steps:
+                checkpoint()
+                last_checkpoint_time = time.monotonic()
+                if writer is not None:
+                    yield CheckpointEvent(step, out_dir)
+        checkpoint()
+        yield FinishedEvent(state.step, out_dir)
+    except NonFiniteLoss:
+        failed = True
+        yield FailedEvent(
+            state.step,
+            f"The loss became non-finite near step {state.step}; try a lower learning rate. "
+            f"The last good checkpoint in {out_dir} is kept.",
+            out_dir,
+        )
+    except torch.OutOfMemoryError:
+        failed = True
+        yield FailedEvent(
+            state.step, f"Out of GPU memory at batch size {config.batch_size}; lower the batch size or the model size.",
+            out_dir,
+        )
+    finally:
+        # Reached when the consumer stops iterating too: save what was trained, unless it is broken.
+        if not failed and writer is not None and state.step > (writer.info.step or 0):
+            try:
+                checkpoint(reduce=False)  # other ranks may be gone: no collective call here
+            except NonFiniteLoss:
+                pass
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return "CPU"
