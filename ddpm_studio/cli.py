@@ -5,7 +5,6 @@ demo-data run the same engine headless.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -72,10 +71,10 @@ def run_train(args) -> int:
     from tqdm import tqdm
 
     from .core import model_store
-    from .core.data import load_dataset, scan_images, DatasetError
+    from .core.data import ScanProgress, ScanResult
     from .core.training import (
         CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent, TrainingConfig,
-        distributed_context, train,
+        distributed_context, train_from_folder,
     )
 
     context = distributed_context()
@@ -106,34 +105,23 @@ def run_train(args) -> int:
     config.validate()
 
     main_process = context.is_main
-    scan = scan_images(data_paths, config.image_size, config.image_channels)
-    result = None
-    with tqdm(desc="Reading images", unit="img", disable=not main_process, leave=False) as bar:
-        for event in scan:
-            if hasattr(event, "total"):
-                bar.total = event.total
-                bar.n = event.done
-                bar.refresh()
-            else:
-                result = event
-    if result is None or len(result.images) == 0:
-        load_dataset(data_paths, config.image_size, config.image_channels)  # raises DatasetError with its sentence
-    if main_process:
-        print(f"{len(result.images)} images at {config.image_size}x{config.image_size} from "
-              f"{', '.join(map(str, data_paths))}; {len(result.skipped)} skipped.")
-        for skipped in result.skipped[:10]:
-            print(f"  skipped {skipped.path}: {skipped.reason}")
-        if len(result.skipped) > 10:
-            print(f"  ... and {len(result.skipped) - 10} more")
-
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
-    summary = result.summary()
-    summary["paths"] = [str(Path(p).resolve()) for p in data_paths]
-    events = train(config, result.images, out_dir, summary, resume=args.resume, command=command, device=args.device)
+    events = train_from_folder(data_paths, config, out_dir, resume=args.resume, command=command, device=args.device)
     bar = None
     try:
         for event in events:
-            if isinstance(event, StartedEvent):
+            if isinstance(event, ScanProgress):
+                if main_process and event.done == event.total:
+                    print(f"Read {event.total} files.", flush=True)
+            elif isinstance(event, ScanResult):
+                if main_process:
+                    print(f"{len(event.images)} images at {config.image_size}x{config.image_size} from "
+                          f"{', '.join(map(str, data_paths))}; {len(event.skipped)} skipped.")
+                    for skipped in event.skipped[:10]:
+                        print(f"  skipped {skipped.path}: {skipped.reason}")
+                    if len(event.skipped) > 10:
+                        print(f"  ... and {len(event.skipped) - 10} more")
+            elif isinstance(event, StartedEvent):
                 if main_process:
                     print(f"Training {out_dir} on {event.device} ({event.dtype}), {event.parameters:,} parameters, "
                           f"from step {event.step} to {event.total_steps}.")
@@ -167,7 +155,6 @@ def run_train(args) -> int:
         return EXIT_INTERRUPTED
     finally:
         events.close()
-    del DatasetError
     return 0
 
 

@@ -1,9 +1,40 @@
-"""Shared test settings: Qt runs offscreen, torch uses few threads, and paths are temporary."""
+"""Shared test settings and fixtures: Qt runs offscreen, torch uses few threads, models are tiny and temporary."""
 
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def user_models_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Models saved "by default" go to a temporary user folder, never the real home."""
+    folder = tmp_path_factory.mktemp("user-models")
+    monkeypatch.setenv("DDPM_STUDIO_MODELS", str(folder))
+    return folder
+
+
+def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Demo-dataset images as uint8 (N, 3, size, size)."""
+    from ddpm_studio.core.demo_data import make_demo_images
+
+    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny model (16x16, T = 50) trained for a few steps, with a training state; shared read-only."""
+    from ddpm_studio.core.training import FinishedEvent, TrainingConfig, train
+
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    config = TrainingConfig.for_preset("tiny", steps=12, num_timesteps=50, preview_count=4, preview_every=6,
+                                       preview_steps=5, checkpoint_every=6)
+    events = list(train(config, tiny_images(), folder, {"count": 32, "paths": []}))
+    assert isinstance(events[-1], FinishedEvent)
+    return folder

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from . import model_store
-from .data import random_horizontal_flip, to_model_range
+from .data import DatasetError, ScanResult, explain_no_usable_images, scan_images, to_model_range
 from .diffusion import GaussianDiffusion
 from .imaging import make_grid, save_png, to_uint8
 from .model_store import ModelError, ModelInfo
@@ -526,6 +526,31 @@ def train(
                 checkpoint(reduce=False)  # other ranks may be gone: no collective call here
             except NonFiniteLoss:
                 pass
+
+
+def train_from_folder(
+    paths: list[Path],
+    config: TrainingConfig,
+    out_dir: Path | str,
+    resume: bool = False,
+    command: str | None = None,
+    device: str | None = None,
+) -> Iterator:
+    """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events,
+    the ``ScanResult`` (so callers can report skipped files), then the training events."""
+    config.validate()
+    result = None
+    for event in scan_images(paths, config.image_size, config.image_channels):
+        if isinstance(event, ScanResult):
+            result = event
+        else:
+            yield event
+    if result is None or len(result.images) == 0:
+        raise DatasetError(explain_no_usable_images(result))
+    yield result
+    summary = result.summary()
+    summary["paths"] = [str(Path(p).resolve()) for p in paths]
+    yield from train(config, result.images, out_dir, summary, resume=resume, command=command, device=device)
 
 
 def describe_device(device: torch.device) -> str:

@@ -1,0 +1,22 @@
+"""Placeholder for the dataset page (being written)."""
+
+from PySide6.QtCore import Signal
+
+from .page import Page
+
+
+class DatasetPage(Page):
+    datasetReady = Signal(object)
+    modelSaved = Signal(object)
+
+    def set_dataset(self, result):
+        pass
+
+    def select_model(self, path):
+        pass
+
+    def scan(self, paths):
+        pass
+
+    def load_image(self, path):
+        pass

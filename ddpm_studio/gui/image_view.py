@@ -1,0 +1,119 @@
+"""Widgets that show uint8 images crisply: one large image, and a clickable grid of thumbnails."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QSizePolicy, QWidget
+
+
+def to_qimage(array: np.ndarray) -> QImage:
+    """A (H, W, 3) or (H, W) uint8 array as a QImage that owns its pixels."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    height, width = array.shape[:2]
+    if array.ndim == 2:
+        image = QImage(array.data, width, height, width, QImage.Format.Format_Grayscale8)
+    else:
+        image = QImage(array.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return image.copy()  # detach from the numpy buffer
+
+
+def scaled_pixmap(array: np.ndarray, size: int) -> QPixmap:
+    """A square thumbnail, nearest-neighbour when enlarging so small images stay crisp."""
+    image = to_qimage(array)
+    mode = Qt.TransformationMode.FastTransformation if image.width() < size else Qt.TransformationMode.SmoothTransformation
+    return QPixmap.fromImage(image.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, mode))
+
+
+class ImageView(QWidget):
+    """Shows one image as large as fits, with whole-number nearest-neighbour scaling for small images."""
+
+    clicked = Signal()
+
+    def __init__(self, placeholder: str = "", caption: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self._image: QImage | None = None
+        self._array: np.ndarray | None = None
+        self.placeholder = placeholder
+        self.caption = caption
+        self.setMinimumSize(96, 96)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_image(self, array: np.ndarray | None) -> None:
+        self._array = None if array is None else np.asarray(array)
+        self._image = None if array is None else to_qimage(array)
+        self.update()
+
+    def image(self) -> np.ndarray | None:
+        return self._array
+
+    def set_caption(self, caption: str) -> None:
+        self.caption = caption
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(256, 256)
+
+    def mousePressEvent(self, event) -> None:
+        self.clicked.emit()
+        super().mousePressEvent(event)
+
+    def target_rect(self) -> QRect:
+        caption_height = self.fontMetrics().height() + 6 if self.caption else 0
+        area = self.rect().adjusted(0, caption_height, 0, 0)
+        if self._image is None:
+            return area
+        width, height = self._image.width(), self._image.height()
+        scale = min(area.width() / width, area.height() / height)
+        if scale >= 1:
+            scale = int(scale)  # whole pixels, so every source pixel is the same size
+        w, h = max(1, int(width * scale)), max(1, int(height * scale))
+        return QRect(area.x() + (area.width() - w) // 2, area.y() + (area.height() - h) // 2, w, h)
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), self.palette().window())
+        if self.caption:
+            painter.drawText(self.rect().adjusted(0, 2, 0, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
+                             self.caption)
+        target = self.target_rect()
+        if self._image is None:
+            painter.setPen(QColor(128, 128, 128))
+            painter.drawRect(target.adjusted(0, 0, -1, -1))
+            painter.drawText(target, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)
+            return
+        smooth = target.width() < self._image.width()
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+        painter.drawImage(target, self._image)
+
+
+class ThumbnailGrid(QListWidget):
+    """A grid of image thumbnails; ``imageActivated(index)`` when one is clicked."""
+
+    imageActivated = Signal(int)
+
+    def __init__(self, thumbnail_size: int = 64, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.thumbnail_size = thumbnail_size
+        self.setViewMode(QListWidget.ViewMode.IconMode)
+        self.setIconSize(QSize(thumbnail_size, thumbnail_size))
+        self.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.setMovement(QListWidget.Movement.Static)
+        self.setUniformItemSizes(True)
+        self.setSpacing(4)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.itemClicked.connect(lambda item: self.imageActivated.emit(self.row(item)))
+
+    def set_images(self, images: list[np.ndarray] | np.ndarray, tooltips: list[str] | None = None) -> None:
+        """Replace the grid with ``images`` ((H, W, C) or (H, W) uint8 each)."""
+        self.clear()
+        for index, array in enumerate(images):
+            item = QListWidgetItem(QIcon(scaled_pixmap(array, self.thumbnail_size)), "")
+            if tooltips:
+                item.setToolTip(tooltips[index])
+            item.setSizeHint(QSize(self.thumbnail_size + 8, self.thumbnail_size + 8))
+            self.addItem(item)
+
+    def selected_indices(self) -> list[int]:
+        return sorted(self.row(item) for item in self.selectedItems())

@@ -1,0 +1,204 @@
+"""The studio window: four pages (Dataset, Train, Generate, Noising), menus, drops and the status bar."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
+
+from ..core.model_store import ModelError
+from .context import StudioContext
+from .dataset_page import DatasetPage
+from .generate_page import GeneratePage
+from .model_library import ModelLibrary
+from .noising_page import NoisingPage
+from .train_page import TrainPage
+from .workers import stop_all_jobs
+
+
+def paths_from_mime(mime) -> list[Path]:
+    """Local file paths carried by a drag's QMimeData."""
+    if not mime.hasUrls():
+        return []
+    return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
+
+
+def process_memory_bytes() -> int | None:
+    """Resident memory of this process (Linux /proc; None where unavailable)."""
+    try:
+        with open("/proc/self/statm") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def device_status() -> str:
+    if torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(device)
+        return (f"{torch.cuda.get_device_name(device)} · GPU memory {(total - free) / 2**30:.1f} of "
+                f"{total / 2**30:.1f} GiB in use")
+    memory = process_memory_bytes()
+    return "Device: CPU (no CUDA GPU found)" + (f" · {memory / 2**20:,.0f} MiB in use" if memory else "")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None, library: ModelLibrary | None = None):
+        super().__init__()
+        self.setWindowTitle("DDPM Studio")
+        self.settings = settings or QSettings("DDPM Studio", "DDPM Studio")
+        self.library = library or ModelLibrary()
+        self.context = StudioContext(self.settings, self.library, self.show_message)
+
+        self.tabs = QTabWidget()
+        self.dataset_page = DatasetPage(self.context)
+        self.train_page = TrainPage(self.context)
+        self.generate_page = GeneratePage(self.context)
+        self.noising_page = NoisingPage(self.context)
+        self.tabs.addTab(self.dataset_page, "1 · Dataset")
+        self.tabs.addTab(self.train_page, "2 · Train")
+        self.tabs.addTab(self.generate_page, "3 · Generate")
+        self.tabs.addTab(self.noising_page, "4 · Noising")
+        self.setCentralWidget(self.tabs)
+        self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page]
+
+        self.dataset_page.datasetReady.connect(self.train_page.set_dataset)
+        self.train_page.modelSaved.connect(self.on_model_saved)
+
+        self.device_label = QLabel(device_status())
+        self.statusBar().addPermanentWidget(self.device_label)
+        self.status_timer = QTimer(self)
+        self.status_timer.setInterval(2000)
+        self.status_timer.timeout.connect(lambda: self.device_label.setText(device_status()))
+        self.status_timer.start()
+
+        self.build_menus()
+        self.setAcceptDrops(True)
+        self.restore_settings()
+        self.confirm_close = True  # tests turn the question off or answer it
+
+    # --- menus ------------------------------------------------------------------------------------
+    def build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        open_dataset = QAction("Open &dataset folder…", self)
+        open_dataset.setShortcut(QKeySequence("Ctrl+D"))
+        open_dataset.triggered.connect(self.choose_dataset)
+        open_model = QAction("Open &model folder…", self)
+        open_model.setShortcut(QKeySequence.StandardKey.Open)
+        open_model.triggered.connect(self.choose_model)
+        open_image = QAction("Open &image for noising…", self)
+        open_image.triggered.connect(self.choose_image)
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        for action in (open_dataset, open_model, open_image):
+            file_menu.addAction(action)
+        file_menu.addSeparator()
+        file_menu.addAction(quit_action)
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("&About DDPM Studio", self)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+
+    def choose_dataset(self) -> None:
+        start = self.settings.value("last_dataset_dir", str(Path.home()))
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of images", start)
+        if folder:
+            self.settings.setValue("last_dataset_dir", folder)
+            self.tabs.setCurrentWidget(self.dataset_page)
+            self.dataset_page.scan([Path(folder)])
+
+    def choose_model(self) -> None:
+        start = self.settings.value("last_model_dir", str(Path.home()))
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder", start)
+        if folder:
+            self.settings.setValue("last_model_dir", folder)
+            self.open_model(Path(folder))
+
+    def open_model(self, path: Path) -> bool:
+        try:
+            info = self.library.open(path)
+        except ModelError as error:
+            QMessageBox.warning(self, "Cannot open model", str(error))
+            return False
+        self.generate_page.select_model(info.path)
+        self.show_message(f"Opened model {info.name}.")
+        return True
+
+    def choose_image(self) -> None:
+        start = self.settings.value("last_image_dir", str(Path.home()))
+        file, _ = QFileDialog.getOpenFileName(self, "Choose an image", start,
+                                              "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff)")
+        if file:
+            self.settings.setValue("last_image_dir", str(Path(file).parent))
+            self.tabs.setCurrentWidget(self.noising_page)
+            self.noising_page.load_image(Path(file))
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About DDPM Studio",
+                          "DDPM Studio trains Denoising Diffusion Probabilistic Models (Ho, Jain and Abbeel, 2020) "
+                          "on your images and shows every step of the process.")
+
+    def show_message(self, message: str, timeout_ms: int = 8000) -> None:
+        self.statusBar().showMessage(message, timeout_ms)
+
+    def on_model_saved(self, path: Path) -> None:
+        self.library.refresh()
+
+    # --- drops --------------------------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if paths_from_mime(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        paths = paths_from_mime(event.mimeData())
+        if not paths:
+            return
+        event.acceptProposedAction()
+        page = self.tabs.currentWidget()
+        if page is self.noising_page and len(paths) == 1 and paths[0].is_file():
+            self.noising_page.handle_drop(paths)
+            return
+        if len(paths) == 1 and (paths[0] / "model.json").is_file():
+            self.open_model(paths[0])
+            self.tabs.setCurrentWidget(self.generate_page)
+            return
+        self.tabs.setCurrentWidget(self.dataset_page)
+        self.dataset_page.handle_drop(paths)
+
+    # --- settings and closing -----------------------------------------------------------------------
+    def restore_settings(self) -> None:
+        geometry = self.settings.value("window_geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 860)
+        self.tabs.setCurrentIndex(int(self.settings.value("current_tab", 0)))
+
+    def busy_pages(self) -> list[str]:
+        return [page.busy_description() for page in self.pages if page.is_busy()]
+
+    def closeEvent(self, event) -> None:
+        busy = self.busy_pages()
+        if busy and self.confirm_close:
+            answer = QMessageBox.question(
+                self, "Stop running work?",
+                "Still running: " + "; ".join(busy) + ".\n\nStop it and quit? A training run is saved first.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        self.status_timer.stop()
+        for page in self.pages:
+            page.shutdown()
+        stop_all_jobs()
+        self.settings.setValue("window_geometry", self.saveGeometry())
+        self.settings.setValue("current_tab", self.tabs.currentIndex())
+        for page in self.pages:
+            page.save_settings()
+        event.accept()
