@@ -9,7 +9,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Test tensors are tiny: one thread is faster than two fighting over small kernels.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

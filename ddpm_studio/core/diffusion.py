@@ -145,23 +145,27 @@ class GaussianDiffusion:
         """The paper's Algorithm 2, one ``SampleStep`` per timestep from ``start_t`` down to 0.
 
         Starts from pure noise x_T, or from ``x_start`` at index ``start_t`` ("denoise from t").
-        No noise is added at the last step.
+        No noise is added at the last step. Settings are checked here, before the first step.
         """
-        self.model_variance(torch.zeros(1, dtype=torch.long), torch.Size([1]), variance)  # validate early
-        start_t = self.num_timesteps - 1 if start_t is None else int(start_t)
+        if variance not in VARIANCES:
+            raise ValueError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
+        start_t = self._check_start(start_t)
+        return self._ddpm_steps(model, shape, generator, variance, clip, x_start, start_t, device)
+
+    @torch.inference_mode()  # as a decorator it is on only while the generator runs, off at each yield
+    def _ddpm_steps(self, model, shape, generator, variance, clip, x_start, start_t, device) -> Iterator[SampleStep]:
         x = self._initial_noise(shape, generator, device) if x_start is None else x_start.to(device).float()
         num_steps = start_t + 1
-        with torch.inference_mode():
-            for step, index in enumerate(range(start_t, -1, -1)):
-                t = torch.full((x.shape[0],), index, device=x.device, dtype=torch.long)
-                mean, var, x0_hat = self.p_mean_variance(model, x, t, variance, clip)
-                if index > 0:
-                    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                    x_prev = mean + var.sqrt() * noise
-                else:
-                    x_prev = mean
-                yield SampleStep(step, num_steps, index, x, x0_hat, x_prev)
-                x = x_prev
+        for step, index in enumerate(range(start_t, -1, -1)):
+            t = torch.full((x.shape[0],), index, device=x.device, dtype=torch.long)
+            mean, var, x0_hat = self.p_mean_variance(model, x, t, variance, clip)
+            if index > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x_prev = mean + var.sqrt() * noise
+            else:
+                x_prev = mean
+            yield SampleStep(step, num_steps, index, x, x0_hat, x_prev)
+            x = x_prev
 
     def ddim_sample_progressive(
         self,
@@ -178,34 +182,44 @@ class GaussianDiffusion:
         """DDIM (Song et al. 2021) over ``num_steps`` evenly spaced timesteps, with stochasticity ``eta``.
 
         With eta = 1 and every timestep it is ancestral sampling with sigma_t^2 = beta~_t and
-        draws its noise in the same order.
+        draws its noise in the same order. Settings are checked here, before the first step.
         """
-        start_t = self.num_timesteps - 1 if start_t is None else int(start_t)
+        start_t = self._check_start(start_t)
         if not 1 <= num_steps <= start_t + 1:
             raise ValueError(f"DDIM needs between 1 and {start_t + 1} steps, not {num_steps}.")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"DDIM's eta must lie in [0, 1], not {eta}.")
+        return self._ddim_steps(model, shape, num_steps, eta, generator, clip, x_start, start_t, device)
+
+    @torch.inference_mode()
+    def _ddim_steps(self, model, shape, num_steps, eta, generator, clip, x_start, start_t, device) -> Iterator[SampleStep]:
         timesteps = self.ddim_timesteps(num_steps, start_t)
-        s = self.schedule
+        # Python floats from the float64 arrays: no device-to-host read per step.
+        alphas_cumprod = self.schedule.float64["alphas_cumprod"]
         x = self._initial_noise(shape, generator, device) if x_start is None else x_start.to(device).float()
-        with torch.inference_mode():
-            for step, index in enumerate(timesteps):
-                prev_index = timesteps[step + 1] if step + 1 < len(timesteps) else -1
-                t = torch.full((x.shape[0],), index, device=x.device, dtype=torch.long)
-                eps = model(x, t).float()
-                x0_hat = self.predict_x0_from_eps(x, t, eps)
-                if clip:
-                    x0_hat = x0_hat.clamp(-1.0, 1.0)
-                    eps = self.predict_eps_from_x0(x, t, x0_hat)
-                alpha_bar = float(s.alphas_cumprod[index])
-                alpha_bar_prev = float(s.alphas_cumprod[prev_index]) if prev_index >= 0 else 1.0
-                sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
-                x_prev = alpha_bar_prev**0.5 * x0_hat + max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
-                if prev_index >= 0 and sigma > 0:
-                    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                    x_prev = x_prev + sigma * noise
-                yield SampleStep(step, len(timesteps), index, x, x0_hat, x_prev)
-                x = x_prev
+        for step, index in enumerate(timesteps):
+            prev_index = timesteps[step + 1] if step + 1 < len(timesteps) else -1
+            t = torch.full((x.shape[0],), index, device=x.device, dtype=torch.long)
+            eps = model(x, t).float()
+            x0_hat = self.predict_x0_from_eps(x, t, eps)
+            if clip:
+                x0_hat = x0_hat.clamp(-1.0, 1.0)
+                eps = self.predict_eps_from_x0(x, t, x0_hat)
+            alpha_bar = float(alphas_cumprod[index])
+            alpha_bar_prev = float(alphas_cumprod[prev_index]) if prev_index >= 0 else 1.0
+            sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
+            x_prev = alpha_bar_prev**0.5 * x0_hat + max(1 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps
+            if prev_index >= 0 and sigma > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x_prev = x_prev + sigma * noise
+            yield SampleStep(step, len(timesteps), index, x, x0_hat, x_prev)
+            x = x_prev
+
+    def _check_start(self, start_t: int | None) -> int:
+        start_t = self.num_timesteps - 1 if start_t is None else int(start_t)
+        if not 0 <= start_t < self.num_timesteps:
+            raise ValueError(f"The starting timestep index must lie in 0..{self.num_timesteps - 1}, not {start_t}.")
+        return start_t
 
     def ddim_timesteps(self, num_steps: int, start_t: int | None = None) -> list[int]:
         """Evenly spaced indices from ``start_t`` (default T-1) down to 0, ``num_steps`` of them."""

@@ -25,8 +25,8 @@ class ScheduleConfig:
 
     kind: str = "linear"
     num_timesteps: int = 1000
-    beta_start: float = 1e-4  # linear only
-    beta_end: float = 0.02  # linear only
+    beta_start: float = 1e-4  # linear only; the value at T = 1000 (other T are rescaled by 1000 / T)
+    beta_end: float = 0.02  # linear only; likewise
     cosine_s: float = 0.008  # cosine only
     max_beta: float = 0.999  # cosine only
 

@@ -76,7 +76,7 @@ PRESETS: dict[str, Preset] = {
     for preset in [
         Preset(
             "tiny",
-            "A few thousand parameters, for tests and smoke runs (16x16).",
+            "About 45 thousand parameters, for tests and smoke runs (16x16).",
             UNetConfig(16, 3, 8, (1, 2), 1, (8,), 0.0, 4),
             {"batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 10},
         ),

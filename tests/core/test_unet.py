@@ -1,0 +1,219 @@
+"""The paper's U-Net: sizes, shapes, gradients, validation and mixed precision."""
+
+import pytest
+import torch
+
+from ddpm_studio.core.unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, timestep_embedding
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run these tests on one torch thread (restored afterwards).
+
+    Measured on the 2-core development machine while other jobs ran: the tiny nets and 200k-sample
+    draws here were up to 10x slower with conftest's 2 threads than with 1 (threads waiting on
+    each other on a loaded machine); with 1 thread they are as fast on an idle one.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+
+def perturb_zero_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised weights (final convs, norm biases) small random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if (p == 0).all():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+
+def test_cifar10_preset_has_the_papers_parameter_count():
+    assert count_parameters(UNet(preset_config("ddpm-cifar10"))) == 35_746_307
+
+
+def test_256_preset_has_the_papers_parameter_count():
+    # Built only, never run: a forward pass at 256x256 is far too slow for a CPU test.
+    assert count_parameters(UNet(preset_config("ddpm-256"))) == 113_673_219
+
+
+def test_paper_presets_follow_the_paper():
+    config = PRESETS["ddpm-cifar10"].config
+    assert (config.base_channels, config.channel_multipliers, config.num_res_blocks) == (128, (1, 2, 2, 2), 2)
+    assert (config.attention_resolutions, config.dropout, config.norm_groups) == ((16,), 0.1, 32)
+    assert PRESETS["ddpm-256"].config.channel_multipliers == (1, 1, 2, 2, 4, 4)
+    model = UNet(config)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 32 and m.eps == 1e-6 for m in norms)
+    # time MLP: Linear(ch, 4ch), Swish, Linear(4ch, 4ch)
+    linears = [m for m in model.time_mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(128, 512), (512, 512)]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_and_validates(name):
+    config = preset_config(name)
+    config.validate()
+    assert UNetConfig.from_dict(config.to_dict()) == config
+
+
+def test_preset_config_overrides_and_unknown_preset():
+    config = preset_config("tiny", image_size=32, image_channels=1)
+    assert (config.image_size, config.image_channels) == (32, 1)
+    with pytest.raises(ValueError, match="preset"):
+        preset_config("enormous")
+    with pytest.raises(ValueError, match="Unknown U-Net settings"):
+        UNetConfig.from_dict({"image_size": 16, "colour": True})
+
+
+# --- shapes and gradients ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_shape_equals_input_shape(channels):
+    torch.manual_seed(0)
+    model = perturb_zero_init(UNet(preset_config("tiny", image_channels=channels))).eval()
+    x = torch.randn(3, channels, 16, 16)
+    t = torch.tensor([0, 500, 999])
+    out = model(x, t)
+    assert out.shape == x.shape
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    # the output depends on t
+    assert not torch.allclose(model(x, torch.tensor([1, 1, 1])), model(x, torch.tensor([900, 900, 900])))
+
+
+def test_fresh_model_outputs_zero():
+    # The official initialisation: the final convolution is zero, so eps_hat starts at 0.
+    model = UNet(preset_config("tiny"))
+    out = model(torch.randn(2, 3, 16, 16), torch.tensor([3, 7]))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = UNet(preset_config("tiny"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(4, 3, 16, 16)
+    target = torch.randn(4, 3, 16, 16)
+    t = torch.tensor([0, 10, 100, 999])
+    # Zero-initialised output convolutions block the gradient to everything before them at first;
+    # two optimizer steps move them away from zero.
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x, t), target)
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.mse_loss(model(x, t), target).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    zero = [name for name, p in model.named_parameters() if p.grad is not None and not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    assert not zero, zero
+    assert len(list(model.parameters())) > 50
+
+
+def test_time_embedding():
+    e = timestep_embedding(torch.tensor([0, 1, 999]), 8)
+    assert e.shape == (3, 8)
+    # sin in the first half, cos in the second; at t = 0 that is (0, ..., 0, 1, ..., 1)
+    assert torch.equal(e[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    torch.testing.assert_close(e[1, 0], torch.sin(torch.tensor(1.0)))
+    torch.testing.assert_close(e[1, 3], torch.sin(torch.tensor(1e-4)))  # lowest frequency 1/10000
+    assert timestep_embedding(torch.tensor([5]), 7).shape == (1, 7)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,multipliers", [(18, (1, 2, 2)), (15, (1, 2)), (20, (1, 2, 2, 2))])
+def test_image_size_that_cannot_be_halved_raises_value_error(size, multipliers):
+    config = UNetConfig(size, 3, 8, multipliers, 1, (), 0.0, 4)
+    with pytest.raises(ValueError, match=rf"Image size {size} cannot be halved cleanly"):
+        config.validate()
+    with pytest.raises(ValueError, match="multiple of"):
+        UNet(config)
+
+
+def test_image_size_override_is_validated():
+    with pytest.raises(ValueError, match="cannot be halved"):
+        preset_config("ddpm-cifar10", image_size=36)  # 4 levels need a multiple of 8
+    assert preset_config("ddpm-cifar10", image_size=64).image_size == 64
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"image_channels": 2},
+        {"base_channels": 0},
+        {"channel_multipliers": ()},
+        {"num_res_blocks": 0},
+        {"dropout": 1.0},
+        {"dropout": -0.1},
+        {"base_channels": 12, "norm_groups": 8},
+        {"image_size": 0},
+    ],
+)
+def test_invalid_configs_raise_value_error(changes):
+    config = UNetConfig(**{**preset_config("tiny").__dict__, **changes})
+    with pytest.raises(ValueError):
+        config.validate()
+    with pytest.raises(ValueError):
+        UNet(config)
+
+
+# --- precision and memory format --------------------------------------------------------------
+
+
+def test_bf16_autocast_and_channels_last_match_float32():
+    torch.manual_seed(0)
+    model = perturb_zero_init(UNet(preset_config("tiny"))).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([5, 700])
+    with torch.no_grad():
+        reference = model(x, t)
+        assert reference.abs().mean() > 0.05  # a non-trivial output
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x, t)
+        assert bf16.shape == x.shape and torch.isfinite(bf16).all()
+        # bf16 has an 8-bit mantissa: expect ~1% relative error
+        error = (bf16.float() - reference).abs().mean() / reference.abs().mean()
+        assert error < 0.05, error
+
+        model_cl = model.to(memory_format=torch.channels_last)
+        out_cl = model_cl(x.contiguous(memory_format=torch.channels_last), t)
+        torch.testing.assert_close(out_cl.contiguous(), reference, rtol=1e-4, atol=1e-5)
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            both = model_cl(x.contiguous(memory_format=torch.channels_last), t)
+        error = (both.float() - reference).abs().mean() / reference.abs().mean()
+        assert error < 0.05, error
+
+
+def test_bf16_autocast_backward():
+    torch.manual_seed(0)
+    model = perturb_zero_init(UNet(preset_config("tiny")))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, torch.tensor([1, 2])).float().pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    config = UNetConfig(16, 3, 8, (1, 2), 1, (8,), 0.5, 4)
+    model = perturb_zero_init(UNet(config))
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([3])
+    model.eval()
+    assert torch.equal(model(x, t), model(x, t))
+    model.train()
+    assert not torch.equal(model(x, t), model(x, t))
