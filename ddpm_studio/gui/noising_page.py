@@ -1,22 +1,466 @@
-"""Placeholder for the noising page (being written)."""
+"""The Noising page: drop any picture, scrub t to watch the forward process noise it, and let a model denoise it back.
 
-from PySide6.QtCore import Signal
+x_t comes from ``core.noising.ForwardProcessView`` (the closed form with one fixed noise draw),
+so scrubbing costs one multiply-add per pixel. "Denoise from t" runs the reverse process of
+the chosen model from that very x_t in a job thread and plays it on the shared timeline.
+"""
 
-from .page import Page
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeyEvent, QPalette
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.data import SkipImage, load_image
+from ..core.imaging import to_hwc, to_uint8
+from ..core.model_store import ModelInfo
+from ..core.noising import ForwardProcessView, ScheduleCurves
+from ..core.sampling import SampleProgress, SamplingRequest, SamplingResult, run_sampling
+from ..core.schedule import NoiseSchedule
+from ..paths import SAMPLE_PICTURE
+from .context import StudioContext
+from .generate_page import MAX_SEED, SAMPLERS
+from .image_view import ImageView
+from .model_chooser import ERROR_STYLE, ModelChooser
+from .page import Page, paths_from_mime
+from .timeline import Timeline
+from .workers import JobRunner, JobWorker
+
+WORKING_SIZE = 128  # the large view's resolution, and the only one when no model is chosen
+DEFAULT_SCHEDULE_STEPS = 1000  # without a model: the paper's linear schedule
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff)"
+
+
+def live_pictures(event: object) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """x_t, x0_hat and the paper's t of a denoising step, as pictures (worker thread, only for events shown)."""
+    if not isinstance(event, SampleProgress):
+        return None
+    return to_hwc(to_uint8(event.x_t)[0]), to_hwc(to_uint8(event.x0_hat)[0]), event.t + 1
+
+
+class SchedulePlot(pg.PlotWidget):
+    """A small plot of one schedule quantity over t, with a draggable cursor at the current t."""
+
+    def __init__(self, y_label: str, parent: QWidget | None = None):
+        palette = QWidget().palette()
+        background = palette.color(QPalette.ColorRole.Base)
+        foreground = palette.color(QPalette.ColorRole.Text)
+        super().__init__(parent, background=background)
+        self.setMinimumHeight(120)
+        self.setMenuEnabled(False)
+        self.setMouseEnabled(x=False, y=False)
+        self.hideButtons()
+        self.showGrid(x=True, y=True, alpha=0.25)
+        for side in ("left", "bottom"):
+            axis = self.getAxis(side)
+            axis.setPen(foreground)
+            axis.setTextPen(foreground)
+        self.setLabel("left", y_label)
+        self.setLabel("bottom", "t")
+        self.curve = self.plot(pen=pg.mkPen((33, 150, 243), width=2))
+        self.cursor = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen((229, 57, 53), width=2),
+                                      hoverPen=pg.mkPen((229, 57, 53), width=4))
+        self.addItem(self.cursor)
+
+    def set_curve(self, timesteps: np.ndarray, values: np.ndarray) -> None:
+        self.curve.setData(timesteps, values)
+        self.setXRange(0, float(timesteps[-1]), padding=0.02)
+        self.cursor.setBounds((0, float(timesteps[-1])))
 
 
 class NoisingPage(Page):
-    datasetReady = Signal(object)
-    modelSaved = Signal(object)
+    def __init__(self, context: StudioContext, parent: QWidget | None = None):
+        super().__init__(context, parent)
+        self.source_path: Path | None = None
+        self.working_picture: np.ndarray | None = None  # uint8 (C, 128, 128)
+        self.model_picture: np.ndarray | None = None  # uint8 (C, S, S) at the model's resolution
+        self.working_view: ForwardProcessView | None = None
+        self.model_view: ForwardProcessView | None = None
+        self.model_info: ModelInfo | None = None
+        self.schedule = NoiseSchedule.linear(DEFAULT_SCHEDULE_STEPS)
+        self.runner: JobRunner | None = None
+        self.result: SamplingResult | None = None
+        self._offered_sample = False
+        self._build()
+        self.setAcceptDrops(True)
+        self._restore_settings()
+        self._on_model_changed(self.model_chooser.current_path())
 
-    def set_dataset(self, result):
-        pass
+    # --- layout ----------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.open_button = QPushButton("Open image…")
+        self.open_button.clicked.connect(self.choose_image)
+        self.source_label = QLabel("Or drop any picture on this page.")
+        self.source_label.setWordWrap(True)
+        self.image_message = QLabel()
+        self.image_message.setWordWrap(True)
+        self.image_message.setStyleSheet(ERROR_STYLE)
+        self.image_message.hide()
+        picture_box = QGroupBox("1 · Picture")
+        picture_layout = QVBoxLayout(picture_box)
+        picture_layout.addWidget(self.open_button)
+        picture_layout.addWidget(self.source_label)
+        picture_layout.addWidget(self.image_message)
 
-    def select_model(self, path):
-        pass
+        self.alpha_bar_plot = SchedulePlot("ᾱ_t")
+        self.log_snr_plot = SchedulePlot("log SNR")
+        self.alpha_bar_plot.cursor.sigPositionChanged.connect(self._on_cursor_moved)
+        self.log_snr_plot.cursor.sigPositionChanged.connect(self._on_cursor_moved)
+        self.alpha_bar_label = QLabel()
+        self.log_snr_label = QLabel()
+        self.schedule_label = QLabel()
+        self.schedule_label.setWordWrap(True)
+        schedule_box = QGroupBox("Schedule")
+        schedule_layout = QVBoxLayout(schedule_box)
+        schedule_layout.addWidget(self.schedule_label)
+        schedule_layout.addWidget(self.alpha_bar_label)
+        schedule_layout.addWidget(self.alpha_bar_plot, 1)
+        schedule_layout.addWidget(self.log_snr_label)
+        schedule_layout.addWidget(self.log_snr_plot, 1)
 
-    def scan(self, paths):
-        pass
+        self.model_chooser = ModelChooser(self.context.library, self.context.settings)
+        self.model_chooser.modelChanged.connect(self._on_model_changed)
+        self.sampler_box = QComboBox()
+        for label, name in SAMPLERS:
+            self.sampler_box.addItem(label, name)
+        self.sampler_box.currentIndexChanged.connect(self._update_enabled)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1000)
+        self.steps_spin.setValue(50)
+        self.steps_spin.setToolTip("DDIM's number of steps from t down to 0")
+        self.denoise_button = QPushButton("Denoise from t")
+        self.denoise_button.setMinimumHeight(32)
+        font = self.denoise_button.font()
+        font.setBold(True)
+        self.denoise_button.setFont(font)
+        self.denoise_button.clicked.connect(self.denoise)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setMinimumHeight(32)
+        self.stop_button.clicked.connect(self.stop)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("")
+        self.status_label = QLabel("Choose a model, set t, then denoise: the model runs the reverse process "
+                                   "from this x_t.")
+        self.status_label.setWordWrap(True)
+        denoise_box = QGroupBox("3 · Denoise with a model")
+        denoise_layout = QVBoxLayout(denoise_box)
+        denoise_layout.addWidget(self.model_chooser)
+        form = QFormLayout()
+        form.addRow("Sampler", self.sampler_box)
+        form.addRow("DDIM steps", self.steps_spin)
+        denoise_layout.addLayout(form)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.denoise_button, 2)
+        buttons.addWidget(self.stop_button, 1)
+        denoise_layout.addLayout(buttons)
+        denoise_layout.addWidget(self.progress_bar)
+        denoise_layout.addWidget(self.status_label)
 
-    def load_image(self, path):
-        pass
+        settings_panel = QWidget()
+        settings_panel.setFixedWidth(340)
+        settings_layout = QVBoxLayout(settings_panel)
+        settings_layout.setContentsMargins(0, 0, 0, 0)
+        settings_layout.addWidget(picture_box)
+        settings_layout.addWidget(schedule_box, 1)
+        settings_layout.addWidget(denoise_box)
+
+        # The forward process: x_t at the working size and at the model's resolution, and the t slider.
+        self.working_image_view = ImageView("Open or drop a picture.", f"x_t at {WORKING_SIZE}×{WORKING_SIZE}")
+        self.model_image_view = ImageView("Choose a model (step 3) to see x_t at the resolution it works at.",
+                                          "x_t at the model's resolution")
+        views = QHBoxLayout()
+        views.addWidget(self.working_image_view, 1)
+        views.addWidget(self.model_image_view, 1)
+        self.t_slider = QSlider(Qt.Orientation.Horizontal)
+        self.t_slider.setRange(0, 0)
+        self.t_slider.setToolTip("t = 0 is the picture; t = T is (almost) pure noise")
+        self.t_slider.valueChanged.connect(self._on_t_changed)
+        self.t_label = QLabel()
+        font = self.t_label.font()
+        font.setBold(True)
+        self.t_label.setFont(font)
+        widest = "t = 0000 of 0000 · √ᾱ_t = 0.000"
+        self.t_label.setMinimumWidth(self.t_label.fontMetrics().horizontalAdvance(widest) + 8)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, MAX_SEED)
+        self.seed_spin.setPrefix("noise seed ")
+        self.seed_spin.setToolTip("The noise ε is drawn once from this seed, so every t uses the same ε")
+        self.seed_spin.valueChanged.connect(self._rebuild_views)
+        slider_row = QHBoxLayout()
+        slider_row.addWidget(QLabel("t"))
+        slider_row.addWidget(self.t_slider, 1)
+        slider_row.addWidget(self.t_label)
+        slider_row.addWidget(self.seed_spin)
+        forward_box = QGroupBox("2 · Noise it: x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, drag t")
+        forward_layout = QVBoxLayout(forward_box)
+        forward_layout.addLayout(views, 1)
+        forward_layout.addLayout(slider_row)
+
+        self.timeline = Timeline("Denoise from t (step 3) to watch the model\ntake this x_t back to an image.")
+        reverse_box = QGroupBox("The model's reverse process, from t down to 0")
+        QVBoxLayout(reverse_box).addWidget(self.timeline)
+
+        right = QVBoxLayout()
+        right.addWidget(forward_box, 1)
+        right.addWidget(reverse_box, 1)
+        layout = QHBoxLayout(self)
+        layout.addWidget(settings_panel)
+        layout.addLayout(right, 1)
+
+    # --- settings --------------------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        settings = self.context.settings
+        self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value("noising/sampler", "ddpm"))))
+        self.steps_spin.setValue(int(settings.value("noising/ddim_steps", 50)))
+        self.seed_spin.blockSignals(True)
+        self.seed_spin.setValue(int(settings.value("noising/seed", 0)))
+        self.seed_spin.blockSignals(False)
+        model = settings.value("noising/model", "")
+        if model and Path(model).is_dir():
+            self.model_chooser.picker.select(model)
+
+    def save_settings(self) -> None:
+        settings = self.context.settings
+        settings.setValue("noising/sampler", self.sampler_box.currentData())
+        settings.setValue("noising/ddim_steps", self.steps_spin.value())
+        settings.setValue("noising/seed", self.seed_spin.value())
+        path = self.model_chooser.current_path()
+        settings.setValue("noising/model", str(path) if path else "")
+
+    # --- the picture -------------------------------------------------------------------------------------
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._offered_sample and self.source_path is None:
+            self._offered_sample = True
+            if SAMPLE_PICTURE.is_file():
+                self.load_image(SAMPLE_PICTURE)
+
+    def choose_image(self) -> None:
+        start = self.context.settings.value("last_image_dir", str(Path.home()))
+        file, _ = QFileDialog.getOpenFileName(self, "Choose a picture to noise", start, IMAGE_FILTER)
+        if file:
+            self.context.settings.setValue("last_image_dir", str(Path(file).parent))
+            self.load_image(Path(file))
+
+    def handle_drop(self, paths: list[Path]) -> None:
+        if len(paths) != 1 or not paths[0].is_file():
+            self.show_image_error("Drop one picture file here; folders of images belong on the Dataset page.")
+            return
+        self.load_image(paths[0])
+
+    def dragEnterEvent(self, event) -> None:
+        # One file is this page's to explain or show; folders go on to the window, which opens models and datasets.
+        paths = paths_from_mime(event.mimeData())
+        if len(paths) == 1 and paths[0].is_file():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event) -> None:
+        paths = paths_from_mime(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.handle_drop(paths)
+
+    def load_image(self, path: Path | str) -> bool:
+        """Decode a picture at the working size (and the model's resolution); False, with a sentence, if unusable."""
+        path = Path(path)
+        self._offered_sample = True
+        try:
+            pictures = self._decode(path)
+        except SkipImage as error:
+            self.show_image_error(f"{path.name} cannot be noised ({error.reason}).")
+            return False
+        self.source_path = path
+        self.working_picture, self.model_picture = pictures
+        self.image_message.hide()
+        self.source_label.setText(f"{path.name}" + (" (the sample picture)" if path == SAMPLE_PICTURE else "")
+                                  + ". Open or drop another to change it.")
+        self.source_label.setToolTip(str(path))
+        self._rebuild_views()
+        return True
+
+    def _decode(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        channels = self.model_info.unet.image_channels if self.model_info else 3
+        working, _ = load_image(path, WORKING_SIZE, channels)
+        model = None
+        if self.model_info is not None:
+            model, _ = load_image(path, self.model_info.unet.image_size, channels)
+        return working, model
+
+    def show_image_error(self, sentence: str) -> None:
+        self.image_message.setText(sentence)
+        self.image_message.show()
+
+    # --- the forward process -----------------------------------------------------------------------------
+    def _on_model_changed(self, _path) -> None:
+        info = self.model_chooser.current_info()
+        # Keep t at the same point of the process when T changes; start a third of the way in.
+        old_fraction = self.t_slider.value() / self.t_slider.maximum() if self.t_slider.maximum() else 1 / 3
+        self.model_info = info
+        if info is None:
+            self.schedule = NoiseSchedule.linear(DEFAULT_SCHEDULE_STEPS)
+        else:
+            self.schedule = NoiseSchedule.from_config(info.schedule)
+        total = self.schedule.num_timesteps
+        config = self.schedule.config
+        self.schedule_label.setText(
+            f"{config.kind.capitalize()} schedule, T = {total}" + (f", from {info.name}." if info else
+                                                                  " (the paper's; choose a model for its own).")
+        )
+        self.steps_spin.setMaximum(total)
+        if self.source_path is not None:
+            try:
+                self.working_picture, self.model_picture = self._decode(self.source_path)
+            except SkipImage as error:
+                self.show_image_error(f"{self.source_path.name} cannot be noised ({error.reason}).")
+        self.t_slider.blockSignals(True)
+        self.t_slider.setRange(0, total)
+        self.t_slider.setValue(round(old_fraction * total))
+        self.t_slider.blockSignals(False)
+        self._rebuild_views()
+        self._update_enabled()
+
+    def _rebuild_views(self) -> None:
+        """New fixed noise and closed forms for the current picture, schedule and seed; then redraw."""
+        seed = self.seed_spin.value()
+        self.working_view = None if self.working_picture is None else ForwardProcessView(
+            self.working_picture, self.schedule, seed)
+        self.model_view = None if self.model_picture is None else ForwardProcessView(
+            self.model_picture, self.schedule, seed)
+        curves = self.curves = ScheduleCurves.of(self.schedule)
+        self.alpha_bar_plot.set_curve(curves.timesteps, curves.alpha_bar)
+        self.log_snr_plot.set_curve(curves.snr_timesteps, curves.log_snr)
+        self.model_image_view.caption = (f"x_t at {self.model_info.unet.image_size}×{self.model_info.unet.image_size}, "
+                                         "what the model sees" if self.model_info else "x_t at the model's resolution")
+        if self.model_view is None:
+            self.model_image_view.set_image(None)
+        self._on_t_changed(self.t_slider.value())
+
+    def current_t(self) -> int:
+        return self.t_slider.value()
+
+    def set_t(self, t: int) -> None:
+        self.t_slider.setValue(t)
+
+    def _on_t_changed(self, t: int) -> None:
+        if self.working_view is not None:
+            self.working_image_view.set_image(self.working_view.x_t(t))
+        if self.model_view is not None:
+            self.model_image_view.set_image(self.model_view.x_t(t))
+        curves = self.curves
+        alpha_bar = curves.alpha_bar[t]
+        self.t_label.setText(f"t = {t} of {self.schedule.num_timesteps} · √ᾱ_t = {np.sqrt(alpha_bar):.3f}")
+        self.alpha_bar_label.setText(f"ᾱ_t, the share of x_0's variance left: {alpha_bar:.4f}")
+        self.log_snr_label.setText("log SNR = log(ᾱ_t / (1 − ᾱ_t)): " +
+                                   ("∞ at t = 0" if t == 0 else f"{curves.log_snr[t - 1]:.2f}"))
+        for plot in (self.alpha_bar_plot, self.log_snr_plot):
+            plot.cursor.blockSignals(True)
+            plot.cursor.setValue(t)
+            plot.cursor.blockSignals(False)
+        self._update_enabled()
+
+    def _on_cursor_moved(self, line) -> None:
+        self.t_slider.setValue(round(line.value()))
+
+    # --- denoising -----------------------------------------------------------------------------------------
+    def _update_enabled(self) -> None:
+        running = self.runner is not None
+        self.steps_spin.setEnabled(self.sampler_box.currentData() == "ddim")
+        self.denoise_button.setEnabled(not running and self.model_view is not None and self.current_t() > 0)
+        self.stop_button.setEnabled(running)
+        for widget in (self.model_chooser, self.sampler_box, self.open_button, self.seed_spin):
+            widget.setEnabled(not running)
+
+    def denoise(self) -> JobRunner | None:
+        """Run the chosen model's reverse process from the x_t shown; returns the job (None if it cannot start)."""
+        if self.runner is not None:
+            return None
+        path, t = self.model_chooser.current_path(), self.current_t()
+        if path is None or self.model_view is None:
+            self.set_status("Choose a model and a picture first.", error=True)
+            return None
+        if t < 1:
+            self.set_status("At t = 0 there is no noise to remove: move t to the right first.", error=True)
+            return None
+        request = SamplingRequest(
+            model_path=path, num_images=1, seed=self.seed_spin.value(), sampler=self.sampler_box.currentData(),
+            steps=min(self.steps_spin.value(), t), x_start=self.model_view.x_t_tensor(t), start_t=t - 1,
+        )
+        worker = JobWorker(lambda: run_sampling(request), progress_types=(SampleProgress,), image_from=live_pictures)
+        worker.progress.connect(self._on_progress)
+        worker.image.connect(self._on_live_pictures)
+        worker.event.connect(self._on_event)
+        worker.failed.connect(self._on_failed)
+        self.runner = JobRunner(worker, "denoising", self)
+        self.runner.done.connect(self._on_done)
+        self.result = None
+        self.timeline.clear()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%v of %m steps")
+        self.set_status(f"Denoising from t = {t} with {path.name}…")
+        self._update_enabled()
+        return self.start_job(self.runner)
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+            self.set_status("Stopping…")
+
+    def set_status(self, text: str, error: bool = False) -> None:
+        self.status_label.setStyleSheet(ERROR_STYLE if error else "")
+        self.status_label.setText(text)
+
+    def _on_progress(self, event: SampleProgress) -> None:
+        self.progress_bar.setRange(0, event.num_steps)
+        self.progress_bar.setValue(event.step + 1)
+
+    def _on_live_pictures(self, pictures) -> None:
+        if self.runner is not None:
+            x_t, x0_hat, t = pictures
+            self.timeline.show_pictures(x_t, x0_hat, f"t = {t}")
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, SamplingResult):
+            self.result = event
+            self.progress_bar.setValue(self.progress_bar.maximum())
+            start = event.trajectory.timesteps[0]
+            self.timeline.set_trajectory(event.trajectory, 0, frame=0)
+            self.set_status(f"Denoised from t = {start} ({event.request.describe()}). Press space or Play to watch.")
+            self.timeline.setFocus()
+
+    def _on_failed(self, message: str) -> None:
+        self.set_status(message, error=True)
+        self.progress_bar.setFormat("")
+        self.progress_bar.setValue(0)
+
+    def _on_done(self, stopped: bool) -> None:
+        self.runner = None
+        if stopped:
+            self.set_status("Stopped.")
+        self._update_enabled()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """Space and arrows that no child used drive the timeline."""
+        if not self.timeline.handle_key(event):
+            super().keyPressEvent(event)

@@ -1,0 +1,203 @@
+"""The Generate page: sampling into a grid, the timeline over a trajectory, stopping, saving, exporting, bad models."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from PySide6.QtCore import Qt
+
+from ddpm_studio.core.imaging import to_hwc, to_uint8
+from ddpm_studio.core.sampling import SampleProgress
+from ddpm_studio.gui.generate_page import preview_picture
+
+T = 50  # the tiny model's number of timesteps
+
+
+@pytest.fixture
+def page(window, tiny_model):
+    window.library.open(tiny_model)
+    page = window.generate_page
+    window.tabs.setCurrentWidget(page)
+    assert page.select_model(tiny_model)
+    page.count_spin.setValue(3)
+    page.seed_spin.setValue(11)
+    return page
+
+
+def generate(qtbot, page):
+    runner = page.generate()
+    assert runner is not None
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    return runner
+
+
+def test_generate_fills_the_grid_and_puts_the_first_image_on_the_timeline(qtbot, page):
+    generate(qtbot, page)
+    result = page.result
+    assert result is not None and page.grid.count() == 3 == len(result.images)
+    assert page.results_stack.currentWidget() is page.grid
+
+    timeline = page.timeline
+    assert timeline.image_index == 0 and timeline.frame_count() == T + 1
+    assert result.trajectory.timesteps[0] == T and result.trajectory.timesteps[-1] == 0
+    # It opens on the final image: the last frame is exactly the generated picture.
+    assert timeline.current_frame() == T
+    assert np.array_equal(timeline.x_t_view.image(), to_hwc(result.images[0]))
+
+    # The first frame is the seeded noise x_T itself.
+    timeline.set_frame(0)
+    noise = torch.randn((3, 3, 16, 16), generator=torch.Generator().manual_seed(11))
+    first = timeline.x_t_view.image()
+    assert np.array_equal(first, to_hwc(to_uint8(noise)[0]))
+    assert 85 < first.std() < 115  # clipped N(0, 1) in 0..255
+    assert timeline.position_label.text() == f"t = {T} · frame 1 of {T + 1}"
+
+    shown = timeline.x_t_view.image().copy()
+    timeline.set_frame(30)
+    assert not np.array_equal(timeline.x_t_view.image(), shown)
+    assert timeline.current_t() == result.trajectory.timesteps[30]
+
+
+def test_clicking_an_image_puts_it_on_the_timeline_and_keys_drive_it(qtbot, page):
+    generate(qtbot, page)
+    grid = page.grid
+    rect = grid.visualItemRect(grid.item(2))
+    qtbot.mouseClick(grid.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    timeline = page.timeline
+    assert timeline.image_index == 2
+    assert np.array_equal(timeline.x_t_view.image(), to_hwc(page.result.images[2]))
+    assert page.timeline_caption.text() == "Image 3 of 3"
+
+    qtbot.keyClick(timeline, Qt.Key.Key_Home)
+    assert timeline.current_frame() == 0
+    qtbot.keyClick(timeline, Qt.Key.Key_Right)
+    assert timeline.current_frame() == 1
+    qtbot.keyClick(timeline, Qt.Key.Key_Left)
+    assert timeline.current_frame() == 0
+    qtbot.keyClick(timeline, Qt.Key.Key_Space)
+    assert timeline.is_playing()
+    qtbot.waitUntil(lambda: timeline.current_frame() > 2, timeout=5_000)
+    qtbot.keyClick(page, Qt.Key.Key_Space)  # keys that reach the page drive the timeline too
+    assert not timeline.is_playing()
+    page.hide()
+    assert not timeline.timer.isActive()
+
+
+def test_playing_runs_to_the_end_and_stops_its_timer(qtbot, page):
+    generate(qtbot, page)
+    timeline = page.timeline
+    timeline.speed_box.setCurrentIndex(timeline.speed_box.count() - 1)
+    timeline.play()  # from the end, play starts again at x_T
+    assert timeline.current_frame() == 0
+    qtbot.waitUntil(lambda: not timeline.is_playing(), timeout=10_000)
+    assert timeline.current_frame() == T
+
+
+def test_ddim_enables_its_steps_and_samples_fewer_frames(qtbot, page):
+    assert not page.steps_spin.isEnabled() and page.variance_box.isEnabled()
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddim"))
+    assert page.steps_spin.isEnabled() and not page.variance_box.isEnabled()
+    assert page.steps_spin.maximum() == T
+    page.steps_spin.setValue(10)
+    generate(qtbot, page)
+    assert page.result.metadata["sampler"] == "ddim" and page.timeline.frame_count() == 11
+
+
+def test_the_live_preview_shows_x_t_or_x0_hat_as_chosen(qtbot, page):
+    x_t, x0_hat = -torch.ones(3, 3, 16, 16), torch.ones(3, 3, 16, 16)
+    event = SampleProgress(0, T, T - 1, x_t, x0_hat)
+    assert preview_picture(event, "x_t").shape == (38, 38, 3)  # 2 x 2 grid with 2 px padding
+    assert preview_picture(event, "x_t")[2:18, 2:18].max() == 0
+    assert preview_picture(event, "x0_hat")[2:18, 2:18].min() == 255
+    assert preview_picture(page.result, "x_t") is None
+
+    page.preview_x0.setChecked(True)
+    assert page._preview_kind == ["x0_hat"]
+    generate(qtbot, page)
+    assert page.preview_view.image() is not None and page.preview_view.image().shape == (38, 38, 3)
+
+
+def test_stop_ends_sampling_without_a_result(qtbot, page):
+    page.count_spin.setValue(64)
+    page.generate()
+    assert page.stop_button.isEnabled() and not page.generate_button.isEnabled()
+    page.stop()
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.result is None
+    assert "Stopped" in page.status_label.text()
+    assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
+
+
+def test_save_writes_pngs_with_metadata(qtbot, page, tmp_path):
+    assert not page.save_all_button.isEnabled()
+    generate(qtbot, page)
+    paths = page.save_images(tmp_path / "all")
+    assert len(paths) == 4 and all(path.is_file() for path in paths)
+    with Image.open(paths[1]) as image:
+        assert image.size == (16, 16)
+        assert image.text["seed"] == "11" and image.text["model"] == "tiny" and image.text["sampler"] == "ddpm"
+        assert image.text["index"] == "1"
+        assert np.array_equal(np.asarray(image), to_hwc(page.result.images[1]))
+
+    page.grid.clearSelection()
+    assert page.save_images(tmp_path / "none", selected_only=True) == []
+    assert "Select images" in page.status_label.text()
+    page.grid.item(0).setSelected(True)
+    page.grid.item(2).setSelected(True)
+    assert page.save_selected_button.isEnabled()
+    paths = page.save_images(tmp_path / "some", selected_only=True)
+    assert [path.name.rsplit("_", 1)[1] for path in paths] == ["000.png", "002.png", "grid.png"]
+
+
+def test_export_writes_an_animation_and_a_strip(qtbot, page, tmp_path):
+    generate(qtbot, page)
+    page.show_on_timeline(1)
+    gif = page.export_timeline(tmp_path / "trajectory.gif", "gif")
+    with Image.open(gif) as animation:
+        assert animation.n_frames == T + 1 and animation.size == ((2 * 16 + 3) * 4, (16 + 2) * 4)  # x_t | x0_hat
+    strip = page.export_timeline(tmp_path / "trajectory", "strip")
+    assert strip.suffix == ".png" and strip.is_file()
+    with Image.open(strip) as picture:
+        assert picture.width > picture.height  # ten frames wide, two rows high
+        assert picture.text["rows"] == "x_t, x0_hat"
+
+
+def test_a_damaged_model_json_gives_a_message(qtbot, window, tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.json").write_text("{ not json", encoding="utf-8")
+    page = window.generate_page
+    window.tabs.setCurrentWidget(page)
+    assert not page.select_model(broken)
+    chooser = page.model_chooser
+    assert "model.json" in chooser.error_text() and "damaged" in chooser.error_text()
+    assert chooser.message.isVisible() and chooser.message.text() == chooser.error_text()
+    assert not page.generate_button.isEnabled()
+
+
+def test_damaged_weights_give_a_message_at_generate_time(qtbot, window, tiny_model, tmp_path):
+    broken = tmp_path / "truncated"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    page = window.generate_page
+    window.tabs.setCurrentWidget(page)
+    assert page.select_model(broken)
+    generate(qtbot, page)
+    assert page.result is None
+    message = page.status_label.text()
+    assert "ema.safetensors" in message and "damaged" in message
+    assert page.status_label.isVisible()
+    assert page.generate_button.isEnabled()
+
+
+def test_unreadable_folders_in_the_models_folder_are_named(qtbot, window, tiny_model, models_dir):
+    broken = models_dir / "half-copied"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.json").write_bytes(b"\x00" * 10)
+    window.library.refresh()
+    chooser = window.generate_page.model_chooser
+    assert chooser.picker.count() == 0
+    assert "half-copied" in chooser.message.text() and "model.json" in chooser.message.toolTip()

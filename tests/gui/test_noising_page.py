@@ -1,0 +1,164 @@
+"""The Noising page: the sample picture, scrubbing t through the closed form, drops it cannot use, denoising from t."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
+
+from ddpm_studio.core.data import load_image
+from ddpm_studio.gui.noising_page import WORKING_SIZE
+from ddpm_studio.paths import SAMPLE_PICTURE
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
+
+
+@pytest.fixture
+def picture_file(tmp_path):
+    """A 200 x 160 picture with broad shapes, so it correlates with itself and not with noise."""
+    ys, xs = np.mgrid[0:160, 0:200]
+    red = (xs * 255 / 199).astype(np.uint8)
+    green = (ys * 255 / 159).astype(np.uint8)
+    blue = np.where((xs - 100) ** 2 + (ys - 80) ** 2 < 50**2, 230, 20).astype(np.uint8)
+    path = tmp_path / "shapes.png"
+    Image.fromarray(np.stack([red, green, blue], axis=2)).save(path)
+    return path
+
+
+@pytest.fixture
+def page(window):
+    page = window.noising_page
+    window.tabs.setCurrentWidget(page)
+    return page
+
+
+def drop(widget, paths) -> bool:
+    """Send a real drag-enter and, if accepted, the drop, carrying file URLs; True if accepted."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path)) for path in paths])
+    position = QPointF(20, 20)
+    enter = QDragEnterEvent(position, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    enter.ignore()
+    QApplication.sendEvent(widget, enter)
+    if not enter.isAccepted():
+        return False
+    event = QDropEvent(position, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, event)
+    return True
+
+
+def test_the_sample_picture_is_shown_at_first(page):
+    if not SAMPLE_PICTURE.is_file():
+        pytest.skip("the project has no sample picture")
+    assert page.source_path == SAMPLE_PICTURE
+    assert page.working_image_view.image().shape == (WORKING_SIZE, WORKING_SIZE, 3)
+    # Without a model: the paper's schedule, a third of the way in.
+    assert page.t_slider.maximum() == 1000 and page.current_t() == 333
+
+
+def test_scrubbing_goes_from_the_picture_to_noise(page, picture_file):
+    assert page.load_image(picture_file)
+    expected, _ = load_image(picture_file, WORKING_SIZE, 3)
+    expected = expected.transpose(1, 2, 0)
+    view = page.working_image_view
+
+    page.set_t(0)
+    assert np.array_equal(view.image(), expected)
+    page.set_t(1000)
+    noise_r = correlation(view.image(), expected)
+    assert abs(noise_r) < 0.1
+    page.set_t(250)
+    middle_r = correlation(view.image(), expected)
+    assert abs(noise_r) < middle_r < 0.999
+    assert "t = 250 of 1000" in page.t_label.text()
+
+    # Fixed noise: coming back to t shows the very same frame; another seed shows another.
+    frame = view.image().copy()
+    page.set_t(600)
+    page.set_t(250)
+    assert np.array_equal(view.image(), frame)
+    page.seed_spin.setValue(1)
+    assert not np.array_equal(view.image(), frame)
+
+    # The plots' cursors follow t, and dragging a cursor moves t.
+    assert page.alpha_bar_plot.cursor.value() == 250 == page.log_snr_plot.cursor.value()
+    page.log_snr_plot.cursor.setValue(700)
+    assert page.current_t() == 700 and page.alpha_bar_plot.cursor.value() == 700
+
+
+def test_dropping_a_picture_loads_it(page, picture_file):
+    assert drop(page, [picture_file])
+    assert page.source_path == picture_file
+    assert "shapes.png" in page.source_label.text()
+
+
+def test_dropping_a_file_that_is_not_a_picture_explains_itself(page, picture_file, tmp_path):
+    page.load_image(picture_file)
+    shown = page.working_image_view.image().copy()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture", encoding="utf-8")
+    assert drop(page, [notes])
+    message = page.image_message
+    assert message.isVisible()
+    assert message.text() == "notes.txt cannot be noised (not an image)."
+    assert page.source_path == picture_file and np.array_equal(page.working_image_view.image(), shown)
+
+    # A folder is left to the window, which opens datasets and models; given one anyway, the page explains.
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path))])
+    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    page.dragEnterEvent(enter)
+    assert not enter.isAccepted()
+    page.handle_drop([tmp_path])
+    assert "Dataset page" in message.text()
+
+
+def test_denoise_from_t_plays_on_the_timeline(qtbot, window, page, tiny_model, picture_file):
+    assert not page.denoise_button.isEnabled()  # no model yet
+    window.library.open(tiny_model)
+    assert page.model_chooser.select(tiny_model)
+    page.load_image(picture_file)
+    assert page.t_slider.maximum() == 50
+    assert page.model_image_view.image().shape == (16, 16, 3)
+
+    page.set_t(0)
+    assert not page.denoise_button.isEnabled()
+    page.set_t(20)
+    assert page.denoise_button.isEnabled()
+    start = page.model_image_view.image().copy()
+    assert np.array_equal(start, page.model_view.x_t(20))
+    assert page.denoise() is not None
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+
+    timeline = page.timeline
+    assert page.result is not None
+    assert timeline.frame_count() == 21 and page.result.trajectory.timesteps[0] == 20
+    assert timeline.current_frame() == 0
+    assert np.array_equal(timeline.x_t_view.image(), start)  # the reverse process starts from the x_t shown
+    timeline.set_frame(timeline.frame_count() - 1)
+    assert np.array_equal(timeline.x_t_view.image(), page.result.images[0].numpy().transpose(1, 2, 0))
+    assert page.result.metadata["start_t"] == "20"
+
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddim"))
+    page.steps_spin.setValue(5)
+    page.denoise()
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert timeline.frame_count() == 6
+
+
+def test_stop_ends_denoising(qtbot, window, page, tiny_model):
+    window.library.open(tiny_model)
+    page.model_chooser.select(tiny_model)
+    page.set_t(50)
+    page.denoise()
+    assert page.stop_button.isEnabled()
+    page.stop()
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.result is None and page.status_label.text() == "Stopped."
+    assert page.denoise_button.isEnabled()
