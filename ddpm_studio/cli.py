@@ -21,6 +21,29 @@ def fail(message: str) -> None:
     raise UserError(message)
 
 
+def check_device(name: str) -> str:
+    """Check a --device value, so that an unknown or absent device is one line, not a traceback."""
+    if name == "auto":
+        return name
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            fail(f"--device {name} needs a CUDA GPU, and PyTorch finds none here; use --device cpu or auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            fail(f"--device {name}: there is no such GPU; PyTorch finds {torch.cuda.device_count()}.")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            fail(f"--device {name} needs Apple's Metal (MPS), and PyTorch finds none here; use --device cpu or auto.")
+    elif device.type != "cpu":
+        fail(f"Device '{name}' is not supported; use auto, cpu, cuda or cuda:N.")
+    return name
+
+
 # --- train ----------------------------------------------------------------------------------------
 
 
@@ -77,6 +100,7 @@ def run_train(args) -> int:
         distributed_context, train_from_folder,
     )
 
+    check_device(args.device)
     context = distributed_context()
     overrides = training_overrides(args)
     if args.resume:
@@ -108,8 +132,11 @@ def run_train(args) -> int:
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
     events = train_from_folder(data_paths, config, out_dir, resume=args.resume, command=command, device=args.device)
     bar = None
+    stop = StopRequest()
     try:
         for event in events:
+            if stop.requested:
+                raise KeyboardInterrupt
             if isinstance(event, ScanProgress):
                 if main_process and event.done == event.total:
                     print(f"Read {event.total} files.", flush=True)
@@ -127,6 +154,7 @@ def run_train(args) -> int:
                           f"from step {event.step} to {event.total_steps}.")
                 bar = tqdm(total=event.total_steps, initial=event.step, unit="step", disable=not main_process,
                            dynamic_ncols=True)
+                stop.install()  # from here on, Ctrl-C stops between two steps, never inside one
             elif isinstance(event, StepEvent):
                 bar.update(event.step - bar.n)
                 if event.losses:
@@ -154,8 +182,35 @@ def run_train(args) -> int:
             print(f"Stopped; the model in {out_dir} is saved and can be resumed with --resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        stop.uninstall()
         events.close()
     return 0
+
+
+class StopRequest:
+    """Turns the first Ctrl-C (or SIGTERM) into a flag checked between training steps; a second one interrupts."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        import signal
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, handler)
+
+    def uninstall(self) -> None:
+        import signal
+
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous.clear()
 
 
 # --- sample ---------------------------------------------------------------------------------------
@@ -194,7 +249,8 @@ def resolve_model_path(name: str) -> Path:
 def run_sample(args) -> int:
     from tqdm import tqdm
 
-    from .core.sampling import SamplingRequest, export_trajectory, run_sampling, save_samples
+    from .core.model_store import load_model
+    from .core.sampling import SamplingRequest, export_trajectory, resolve_device, run_sampling, save_samples
 
     request = SamplingRequest(
         model_path=resolve_model_path(args.model), num_images=args.num, seed=args.seed, sampler=args.sampler,
@@ -202,9 +258,13 @@ def run_sample(args) -> int:
         keep_trajectory_of=[0] if args.trajectory else [],
     )
     request.validate()
+    check_device(args.device)
+    if args.out.exists() and not args.out.is_dir():
+        fail(f"--out {args.out} is a file; give a folder for the images.")
+    model = load_model(request.model_path, resolve_device(request.device))  # a bad model fails before any progress bar
     result = None
     with tqdm(desc=f"Sampling ({request.sampler})", unit="step") as bar:
-        for event in run_sampling(request):
+        for event in run_sampling(request, model):
             if hasattr(event, "num_steps"):
                 bar.total = event.num_steps
                 bar.update(event.step + 1 - bar.n)
@@ -273,6 +333,7 @@ def add_bench_parser(subparsers) -> None:
 def run_bench(args) -> int:
     from .core.bench import BenchSettings, run_benchmark
 
+    check_device(args.device)
     settings = BenchSettings(args.preset, args.image_size, args.batch_size, args.train_steps, args.sample_steps,
                              args.precision, args.compile, args.device)
     for line in run_benchmark(settings):
@@ -297,11 +358,22 @@ def run_demo_data(args) -> int:
 
     from .core.demo_data import DEFAULT_DEMO_COUNT, write_demo_dataset
 
-    count = args.count or DEFAULT_DEMO_COUNT
+    count = DEFAULT_DEMO_COUNT if args.count is None else args.count
     if count < 1 or args.size < 8:
         fail("The demo dataset needs at least 1 image of at least 8 pixels.")
-    with tqdm(total=count, unit="img", desc="Drawing shapes") as bar:
-        paths = write_demo_dataset(args.out, count, args.size, args.seed, progress=lambda done, total: bar.update(done - bar.n))
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # opened at the first image, so that a refused folder prints only its error
+            bar = tqdm(total=total, unit="img", desc="Drawing shapes")
+        bar.update(done - bar.n)
+
+    try:
+        paths = write_demo_dataset(args.out, count, args.size, args.seed, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     print(f"Wrote {len(paths)} images to {args.out}")
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,25 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# The names _atomic_write gives its temporary files: "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that writes cut short (a crash, kill -9) left in a model folder; return them.
+
+    Only call this while no other process writes the folder.
+    """
+    removed = []
+    for directory in (Path(folder), Path(folder) / PREVIEW_DIR):
+        if directory.is_dir():
+            for path in directory.iterdir():
+                if _TEMPORARY_NAME.fullmatch(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -139,7 +159,7 @@ def read_model_info(path: Path | str) -> ModelInfo:
         raise ModelError(f"{config_path} is missing, so {folder} is not a DDPM Studio model folder.")
     try:
         data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ModelError(f"{config_path} is damaged and cannot be read ({type(error).__name__}).") from None
     if not isinstance(data, dict) or data.get("format") != "ddpm-studio-model":
         raise ModelError(f"{config_path} is not a DDPM Studio model description.")
@@ -167,7 +187,7 @@ def read_model_info(path: Path | str) -> ModelInfo:
             extra={k: v for k, v in data.items() if k not in known},
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build: {error}") from None
+        raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build ({str(error).rstrip('.')}).") from None
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -240,9 +260,12 @@ def load_loss_history(path: Path | str) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
     try:
         losses = np.load(loss_path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{loss_path} is damaged ({error}).") from None
-    if losses.ndim != 1:
+    except (OSError, ValueError, EOFError) as error:
+        raise ModelError(f"{loss_path} is damaged ({str(error).splitlines()[0][:80] if str(error) else type(error).__name__}).") from None
+    if not isinstance(losses, np.ndarray):  # a zip file (an .npz archive, a torch.save file) opens as an NpzFile
+        losses.close()
+        raise ModelError(f"{loss_path} is not a loss history.")
+    if losses.ndim != 1 or losses.dtype.kind not in "fiu":
         raise ModelError(f"{loss_path} is not a loss history.")
     return losses.astype(np.float32)
 
@@ -272,7 +295,9 @@ def default_user_models_dir() -> Path:
 
 def bundled_models_dir() -> Path:
     """The repository's ``models/`` folder, where the demo model ships."""
-    return Path(__file__).resolve().parents[2] / "models"
+    from ..paths import BUNDLED_MODELS_DIR
+
+    return BUNDLED_MODELS_DIR
 
 
 def model_search_dirs() -> list[Path]:

@@ -203,7 +203,10 @@ def distributed_context() -> DistributedContext:
 
 def pick_device(context: DistributedContext, requested: str | None = None) -> torch.device:
     if requested and requested != "auto":
-        return torch.device(requested)
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is None:  # under torchrun, "cuda" means this process's GPU
+            device = torch.device("cuda", context.local_rank)
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", context.local_rank)
     return torch.device("cpu")
@@ -290,10 +293,11 @@ class TrainingState:
         model_store.load_weights_into(self.model, group("model."), state_path)
         model_store.load_weights_into(self.ema, group("ema."), state_path)
         optimizer_state: dict[int, dict] = {}
-        for name, value in group("optimizer.").items():
-            index, key = name.split(".", 1)
-            optimizer_state.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
         try:
+            for name, value in group("optimizer.").items():
+                index, key = name.split(".", 1)
+                optimizer_state.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
+            check_optimizer_state(optimizer_state, list(self.model.parameters()))
             self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
             torch.set_rng_state(tensors["rng.torch"])
             if self.device.type == "cuda" and "rng.cuda" in tensors:
@@ -301,10 +305,30 @@ class TrainingState:
             self.data_generator.set_state(tensors["generator.data"])
             if tensors["generator.noise"].numel() == self.noise_generator.get_state().numel():
                 self.noise_generator.set_state(tensors["generator.noise"])
+            losses = tensors["loss"].tolist()[:step]
         except (KeyError, ValueError, RuntimeError) as error:
-            raise ModelError(f"{state_path} does not match this model's training setup ({error}).") from None
+            detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            raise ModelError(f"{state_path} does not match this model's training setup ({detail}).") from None
         self.step = step
-        self.losses = tensors["loss"].tolist()[:step]
+        self.losses = losses
+
+
+def check_optimizer_state(state: dict[int, dict], parameters: list[torch.Tensor]) -> None:
+    """Raise ValueError unless ``state`` holds Adam's moments, shaped like ``parameters``, for some of them.
+
+    The optimizer's own ``load_state_dict`` checks none of this, and a mismatch would only fail
+    at the next step, deep inside Adam.
+    """
+    for index, entry in state.items():
+        if not 0 <= index < len(parameters):
+            raise ValueError(f"optimizer state for parameter {index}, but the model has {len(parameters)}")
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            if key not in entry:
+                raise ValueError(f"optimizer.{index}.{key} is missing")
+        for key, value in entry.items():
+            if key != "step" and value.shape != parameters[index].shape:
+                raise ValueError(f"optimizer.{index}.{key} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(parameters[index].shape)}")
 
 
 @dataclass
@@ -405,6 +429,7 @@ def train(
                 dataset=dataset_summary or {"count": len(images)}, command=command, created=now_iso(),
             )
         writer = ModelFolderWriter(out_dir, info)
+        model_store.remove_stale_temporaries(out_dir)  # left by a run that was killed mid-write
 
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(run_device))
     network: torch.nn.Module = state.model
@@ -451,6 +476,11 @@ def train(
 
     def checkpoint(reduce: bool = True) -> None:
         read_back_losses(reduce)
+        # A step can end with a finite loss and non-finite weights (an infinite gradient, a NaN in
+        # Adam's moments); such weights must never replace the last good checkpoint. Every rank
+        # checks (their weights are identical), so that all of them stop together.
+        if not weights_are_finite(state):
+            raise NonFiniteLoss()
         if writer is not None:
             writer.save_checkpoint(state)
 
@@ -497,7 +527,9 @@ def train(
                 yield PreviewEvent(step, preview, writer.save_preview(step, preview))
                 report_time = time.monotonic()  # previews are not training time
             due = step % config.checkpoint_every == 0
-            due = due or time.monotonic() - last_checkpoint_time > config.checkpoint_minutes * 60
+            # The clock differs between processes, so only a single process checkpoints by time:
+            # under torchrun a rank checkpointing alone would wait forever in its collective call.
+            due = due or (not context.enabled and time.monotonic() - last_checkpoint_time > config.checkpoint_minutes * 60)
             if due and step != config.steps:
                 checkpoint()
                 last_checkpoint_time = time.monotonic()
@@ -507,10 +539,11 @@ def train(
         yield FinishedEvent(state.step, out_dir)
     except NonFiniteLoss:
         failed = True
+        kept = (f"the checkpoint of step {writer.info.step} in {out_dir} is kept" if writer is not None and writer.info.step
+                else "no checkpoint was saved")
         yield FailedEvent(
             state.step,
-            f"The loss became non-finite near step {state.step}; try a lower learning rate. "
-            f"The last good checkpoint in {out_dir} is kept.",
+            f"The loss or the weights became non-finite near step {state.step}; try a lower learning rate ({kept}).",
             out_dir,
         )
     except torch.OutOfMemoryError:
@@ -551,6 +584,12 @@ def train_from_folder(
     summary = result.summary()
     summary["paths"] = [str(Path(p).resolve()) for p in paths]
     yield from train(config, result.images, out_dir, summary, resume=resume, command=command, device=device)
+
+
+def weights_are_finite(state: TrainingState) -> bool:
+    """Whether the raw and EMA weights hold no NaN or infinity (one host sync)."""
+    tensors = [p.detach() for p in state.model.parameters()] + list(state.ema.parameters())
+    return bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())
 
 
 def describe_device(device: torch.device) -> str:

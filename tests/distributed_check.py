@@ -1,0 +1,54 @@
+"""Run the ``train`` command under torchrun and record what every process ends with.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_check.py DUMP_DIR train ...
+
+Each process runs ``ddpm_studio.cli.main`` on the arguments after DUMP_DIR, exactly as
+``python -m ddpm_studio`` would, with two additions for tests/test_distributed.py to check:
+- when training finishes, each rank writes its raw and EMA weights and its loss history to
+  DUMP_DIR/rank<R>.safetensors (read from the trainer's own state, in its suspended frame);
+- every rank but 0 is given the model folder ``<OUT>.rank<R>`` instead of ``<OUT>``, so that
+  anything it wrote there would show; it must write nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def main() -> int:
+    dump_dir, argv = Path(sys.argv[1]), sys.argv[2:]
+    torch.set_num_threads(1)
+    from ddpm_studio import cli
+    from ddpm_studio.core import training
+
+    rank = int(os.environ.get("RANK", "0"))
+    real_train = training.train
+
+    def recording_train(config, images, out_dir, *args, **kwargs):
+        if rank != 0:
+            out_dir = Path(f"{out_dir}.rank{rank}")
+        events = real_train(config, images, out_dir, *args, **kwargs)
+        with closing(events):
+            for event in events:
+                if isinstance(event, training.FinishedEvent):
+                    state = events.gi_frame.f_locals["state"]
+                    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
+                    tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
+                    tensors["losses"] = torch.tensor(state.losses, dtype=torch.float32)
+                    dump_dir.mkdir(parents=True, exist_ok=True)
+                    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                              str(dump_dir / f"rank{rank}.safetensors"), metadata={"step": str(state.step)})
+                yield event
+
+    training.train = recording_train  # train_from_folder, which the CLI calls, looks it up at call time
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

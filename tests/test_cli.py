@@ -1,0 +1,319 @@
+"""The ``ddpm-studio`` command end to end, in real subprocesses: demo-data, train (stopped with Ctrl-C,
+then resumed), sample and info; and bad input, which must give one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_studio import cli
+from ddpm_studio.core import model_store
+from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.training import TrainingConfig, train
+from ddpm_studio.core.unet import UNet, count_parameters
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ERROR_PREFIX = "ddpm-studio: error: "
+TIMEOUT = 300  # seconds; a guard against a hang, never a timing assertion
+
+
+def command(*args) -> list[str]:
+    return [sys.executable, "-m", "ddpm_studio", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def env(workspace) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "DDPM_STUDIO_MODELS": str(workspace / "user-models")}
+
+
+def run_all(commands: list[list[str]], env: dict, cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Run commands side by side (each pays for importing torch) and wait for all of them."""
+    processes = [subprocess.Popen(c, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
+    results = []
+    try:
+        for c, process in zip(commands, processes):
+            stdout, stderr = process.communicate(timeout=TIMEOUT)
+            results.append(subprocess.CompletedProcess(c, process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return results
+
+
+def run_one(args: list, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return run_all([command(*args)], env, cwd)[0]
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"{result.args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr
+
+
+def assert_one_error_line(stderr: str, fragment: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(ERROR_PREFIX), stderr
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# --- the happy path, and Ctrl-C -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_folder(workspace, env) -> Path:
+    folder = workspace / "shapes"
+    result = run_one(["demo-data", folder, "--count", 40, "--size", 16], env, workspace)
+    assert_ok(result)
+    assert "Wrote 40 images" in result.stdout
+    return folder
+
+
+def test_demo_data_writes_small_pngs(demo_folder):
+    pngs = sorted(demo_folder.glob("*.png"))
+    assert len(pngs) == 40
+    with Image.open(pngs[0]) as image:
+        assert image.size == (16, 16) and image.mode == "RGB"
+
+
+@pytest.fixture(scope="module")
+def trained(workspace, env, demo_folder) -> dict:
+    """Train until the first checkpoints, press Ctrl-C, then resume to the end with previews."""
+    out = workspace / "models" / "shapes-tiny"
+    process = subprocess.Popen(
+        command("train", demo_folder, "--out", out, "--preset", "tiny", "--image-size", 16, "--steps", 100_000,
+                "--timesteps", 50, "--batch-size", 8, "--checkpoint-every", 2, "--preview-count", 0, "--seed", 1),
+        env=env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not ((out / model_store.CONFIG_FILE).exists() and model_store.read_model_info(out).step >= 2):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    interrupted = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    info = model_store.read_model_info(out)
+    state_step = int(model_store.read_safetensors_metadata(out / model_store.STATE_FILE)["step"])
+    model_store.load_model(out)  # loadable as it was left
+    target = state_step + 4
+    resumed = run_one(["train", "--resume", "--out", out, "--steps", target, "--preview-every", 2,
+                       "--preview-count", 4], env, workspace)
+    return dict(out=out, interrupted=interrupted, info_after_stop=info, state_step=state_step, target=target,
+                resumed=resumed)
+
+
+def test_ctrl_c_stops_training_with_status_130_and_a_resumable_model(trained):
+    interrupted = trained["interrupted"]
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert "Traceback" not in interrupted.stderr
+    assert "can be resumed with --resume" in interrupted.stderr
+    assert "Training " in interrupted.stdout and "Finished" not in interrupted.stdout
+    info = trained["info_after_stop"]
+    assert info.can_resume and info.step >= 2
+    assert trained["state_step"] >= info.step
+
+
+def test_the_interrupted_model_resumes_where_it_stopped(trained):
+    resumed = trained["resumed"]
+    assert_ok(resumed)
+    assert f"from step {trained['state_step']} to {trained['target']}" in resumed.stdout
+    assert f"Finished {trained['target']} steps" in resumed.stdout
+    info = model_store.read_model_info(trained["out"])
+    assert info.step == trained["target"]
+    assert len(model_store.load_loss_history(trained["out"])) == trained["target"]
+    assert info.training["preview_count"] == 4 and info.unet.image_size == 16 and info.schedule.num_timesteps == 50
+    assert any("--resume" in c for c in info.extra.get("commands", []))
+    assert (trained["out"] / model_store.PREVIEW_FILE).is_file()
+    assert len(list((trained["out"] / model_store.PREVIEW_DIR).glob("step_*.png"))) >= 2
+    assert not list(trained["out"].rglob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def sampled_and_described(trained, workspace, env) -> tuple:
+    out = workspace / "samples"
+    console_script = Path(sys.executable).with_name("ddpm-studio")
+    info_command = [str(console_script), "info", str(trained["out"])] if console_script.exists() else \
+        command("info", trained["out"])
+    sample, info = run_all([
+        command("sample", trained["out"], "--num", 4, "--sampler", "ddim", "--steps", 5, "--seed", 7, "--out", out,
+                "--trajectory", "strip", "--trajectory", "gif"),
+        info_command,
+    ], env, workspace)
+    return sample, info, out
+
+
+def test_sample_writes_pngs_of_the_right_size_with_metadata(sampled_and_described, trained):
+    sample, _, out = sampled_and_described
+    assert_ok(sample)
+    assert "Saved 4 images and a grid" in sample.stdout
+    images = sorted(p for p in out.glob("*.png") if p.stem[-3:].isdigit())
+    assert len(images) == 4
+    for index, path in enumerate(images):
+        with Image.open(path) as image:
+            assert image.size == (16, 16) and image.mode == "RGB"
+            assert image.text["model"] == trained["out"].name and image.text["model_step"] == str(trained["target"])
+            assert image.text["seed"] == "7" and image.text["sampler"] == "ddim" and image.text["steps"] == "5"
+            assert image.text["index"] == str(index)
+    assert len(list(out.glob("*_grid.png"))) == 1
+    assert (out / "trajectory_0.png").is_file() and (out / "trajectory_0.gif").is_file()
+
+
+def test_info_describes_the_model(sampled_and_described, trained):
+    _, info, _ = sampled_and_described
+    assert_ok(info)
+    config = model_store.read_model_info(trained["out"]).unet
+    parameters = count_parameters(UNet(config))
+    assert f"Trained      {trained['target']:,} steps (preset tiny)" in info.stdout
+    assert f"Architecture U-Net, {parameters:,} parameters: 16x16x3, base 8, multipliers [1, 2]" in info.stdout
+    assert "Schedule     linear, T = 50" in info.stdout
+    assert "Resumable    yes" in info.stdout
+    assert "Last loss" in info.stdout
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Image folders and model folders, good and bad, made in this process."""
+    root = tmp_path_factory.mktemp("bad-input")
+    images = make_demo_images(12, size=16)
+    (root / "images").mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(root / "images" / f"{index}.png")
+    (root / "empty").mkdir()
+    (root / "junk").mkdir()
+    (root / "junk" / "notes.png").write_text("not a picture")
+    (root / "junk" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
+    (root / "junk" / "empty.gif").write_bytes(b"")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = TrainingConfig.for_preset("tiny", steps=1, num_timesteps=50, preview_count=0)
+        tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        list(train(config, tensor, root / "model", {"count": 12, "paths": [str(root / "images")]}))
+    finally:
+        torch.set_num_threads(previous)
+    shutil.copytree(root / "model", root / "damaged-model")
+    weights = root / "damaged-model" / model_store.EMA_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    shutil.copytree(root / "model", root / "junk-json-model")
+    (root / "junk-json-model" / model_store.CONFIG_FILE).write_text("{ this is not json")
+    shutil.copytree(root / "model", root / "sampling-only-model")
+    (root / "sampling-only-model" / model_store.STATE_FILE).unlink()
+    (root / "a-file.png").write_bytes(b"x")
+    (root / "not-empty").mkdir()
+    (root / "not-empty" / "holiday.jpg").write_bytes(b"x")
+    return {path.name: path for path in root.iterdir()}
+
+
+TRAIN = ["train", "--preset", "tiny", "--image-size", "16", "--steps", "3", "--timesteps", "50", "--preview-count", "0"]
+
+BAD_INPUT = {
+    "missing folder": (lambda f: TRAIN + [f["images"].parent / "no-such-folder", "--out", f["images"].parent / "m1"],
+                       "No such file or folder"),
+    "empty folder": (lambda f: TRAIN + [f["empty"], "--out", f["empty"].parent / "m2"], "empty"),
+    "folder of junk": (lambda f: TRAIN + [f["junk"], "--out", f["junk"].parent / "m3"], "No usable images"),
+    "image size 15 for tiny": (lambda f: ["train", f["images"], "--preset", "tiny", "--image-size", "15",
+                                          "--out", f["images"].parent / "m4"], "Image size 15"),
+    "batch size 0": (lambda f: TRAIN + [f["images"], "--batch-size", "0", "--out", f["images"].parent / "m5"],
+                     "Batch size must be at least 1"),
+    "learning rate 2": (lambda f: TRAIN + [f["images"], "--lr", "2", "--out", f["images"].parent / "m6"],
+                        "learning rate"),
+    "zero timesteps": (lambda f: TRAIN + [f["images"], "--timesteps", "0", "--out", f["images"].parent / "m7"],
+                       "at least 1"),
+    "no data": (lambda f: TRAIN + ["--out", f["images"].parent / "m8"], "Give the folder of images"),
+    "resume without out": (lambda f: ["train", "--resume"], "--resume needs --out"),
+    "resume a sampling-only model": (lambda f: ["train", "--resume", "--out", f["sampling-only-model"], "--steps", "9"],
+                                     "no training state"),
+    "resume with another size": (lambda f: ["train", "--resume", "--out", f["model"], "--image-size", "32",
+                                            "--steps", "9"], "cannot change when resuming"),
+    "resume a finished model": (lambda f: ["train", "--resume", "--out", f["model"]], "already trained 1 steps"),
+    "train over a model": (lambda f: TRAIN + [f["images"], "--out", f["model"]], "already holds a model"),
+    "train with an unknown device": (lambda f: TRAIN + [f["images"], "--device", "gpu7", "--out", f["images"].parent / "m9"],
+                                     "Unknown device"),
+    "sample a non-model folder": (lambda f: ["sample", f["images"], "--out", f["images"].parent / "s1"],
+                                  "model.json is missing"),
+    "sample a damaged model": (lambda f: ["sample", f["damaged-model"], "--out", f["images"].parent / "s2"],
+                               "ema.safetensors is damaged"),
+    "sample a model with junk json": (lambda f: ["sample", f["junk-json-model"], "--out", f["images"].parent / "s3"],
+                                      "model.json is damaged"),
+    "sample an unknown model name": (lambda f: ["sample", "no-model-by-this-name", "--out", f["images"].parent / "s4"],
+                                     "No model folder at 'no-model-by-this-name'"),
+    "sample zero images": (lambda f: ["sample", f["model"], "--num", "0", "--out", f["images"].parent / "s5"],
+                           "number of images"),
+    "sample ddim with zero steps": (lambda f: ["sample", f["model"], "--steps", "0", "--out", f["images"].parent / "s6"],
+                                    "at least 1 step"),
+    "sample eta 2": (lambda f: ["sample", f["model"], "--eta", "2", "--out", f["images"].parent / "s7"], "eta"),
+    "sample into a file": (lambda f: ["sample", f["model"], "--out", f["a-file.png"]], "is a file"),
+    "sample on an unknown device": (lambda f: ["sample", f["model"], "--device", "warp-drive",
+                                               "--out", f["images"].parent / "s8"], "Unknown device"),
+    "info on a non-model folder": (lambda f: ["info", f["empty"]], "model.json is missing"),
+    "info on a damaged model.json": (lambda f: ["info", f["junk-json-model"]], "model.json is damaged"),
+    "demo data into a folder of photos": (lambda f: ["demo-data", f["not-empty"], "--count", "3", "--size", "16"],
+                                          "already holds other files"),
+    "demo data of zero images": (lambda f: ["demo-data", f["images"].parent / "d0", "--count", "0"], "at least 1 image"),
+    "demo data too small": (lambda f: ["demo-data", f["images"].parent / "d1", "--size", "4"], "at least 8 pixels"),
+}
+if not torch.cuda.is_available():
+    BAD_INPUT["sample on CUDA without a GPU"] = (
+        lambda f: ["sample", f["model"], "--device", "cuda", "--out", f["images"].parent / "s9"], "CUDA")
+    BAD_INPUT["train on CUDA without a GPU"] = (
+        lambda f: TRAIN + [f["images"], "--device", "cuda:0", "--out", f["images"].parent / "m10"], "CUDA")
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_on_stderr_and_status_2(folders, case, capsys):
+    """In this process, through the same main() as the command (fast); the subprocess test below
+    checks a few of these end to end."""
+    argv, fragment = BAD_INPUT[case]
+    before = sorted(p.name for p in folders["images"].parent.iterdir())
+    status = cli.main([str(a) for a in argv(folders)])
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert_one_error_line(captured.err, fragment)
+    assert "Traceback" not in captured.err + captured.out
+    # Nothing half-made is left behind: no new model or sample folders.
+    assert sorted(p.name for p in folders["images"].parent.iterdir()) == before
+
+
+SUBPROCESS_CASES = ["folder of junk", "sample a damaged model"]
+
+
+def test_bad_input_in_real_processes(folders, env, workspace):
+    results = run_all([command(*BAD_INPUT[case][0](folders)) for case in SUBPROCESS_CASES], env, workspace)
+    for case, result in zip(SUBPROCESS_CASES, results):
+        assert result.returncode == 2, (case, result.stderr)
+        assert "Traceback" not in result.stderr, (case, result.stderr)
+        assert_one_error_line(result.stderr, BAD_INPUT[case][1])
+
+
+def test_an_unknown_option_is_argparse_usage_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--preset", "gigantic"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
