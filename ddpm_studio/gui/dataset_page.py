@@ -1,22 +1,489 @@
-"""Placeholder for the dataset page (being written)."""
+"""The Dataset page: drop or choose a folder of images, scan it in the background, see what is usable and what was skipped.
 
-from PySide6.QtCore import Signal
+The scan is core's ``scan_images`` iterator run by a ``JobWorker``. When it ends the page
+shows how many images are usable, their original sizes, a grid of thumbnails (a sample of a
+large folder) and every skipped file with its reason, then hands the result to the Train page.
+"""
 
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import model_store
+from ..core.data import IMAGE_EXTENSIONS, ScanProgress, ScanResult, describe_sources, explain_no_usable_images, scan_images
+from ..core.demo_data import DEFAULT_DEMO_COUNT, README_NAME, write_demo_dataset
+from ..core.imaging import to_hwc
+from .context import StudioContext
+from .image_view import ThumbnailGrid
 from .page import Page
+from .workers import JobRunner, JobWorker
+
+RESOLUTIONS = (16, 32, 64, 128, 256)
+DEFAULT_RESOLUTION = 32
+CHANNEL_CHOICES = (("Colour (RGB)", 3), ("Grayscale", 1))
+THUMBNAIL_SAMPLE = 256
+DEMO_FOLDER_NAME = "demo-dataset"
+
+ERROR_STYLE = "QLabel { color: #8a1c1c; background: #fdecec; border: 1px solid #e8a5a5; border-radius: 4px; padding: 8px; }"
+DROP_ZONE_STYLE = """
+QFrame#dropZone { border: 2px dashed #9aa5b1; border-radius: 12px; background: palette(base); }
+QLabel#dropTitle { font-size: 20pt; font-weight: 600; }
+QLabel#dropSubtitle { color: #505a66; }
+"""
+
+
+def demo_dataset_dir() -> Path:
+    """Where the demo dataset is written: beside the user's models folder."""
+    return model_store.default_user_models_dir().parent / DEMO_FOLDER_NAME
+
+
+@dataclass
+class DemoProgress:
+    """While the demo dataset is drawn: ``done`` of ``total`` images written."""
+
+    done: int
+    total: int
+
+
+class _DemoCancelled(Exception):
+    pass
+
+
+def write_demo_events(folder: Path, count: int) -> Iterator[DemoProgress]:
+    """Draw the demo dataset into ``folder`` unless a complete one is there, with progress events.
+
+    ``write_demo_dataset`` reports progress by callback, so it runs on a helper thread while
+    this generator yields; closing the generator makes the next callback abandon the write.
+    Its README is written last, so a folder holding one is complete.
+    """
+    if (folder / README_NAME).is_file():
+        return
+    written = [0]
+    cancelled = threading.Event()
+
+    def on_progress(done: int, total: int) -> None:
+        written[0] = done
+        if cancelled.is_set():
+            raise _DemoCancelled()
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-demo")
+    future = pool.submit(write_demo_dataset, folder, count, progress=on_progress)
+    try:
+        while True:
+            try:
+                future.result(timeout=0.1)
+                break
+            except FutureTimeout:
+                yield DemoProgress(written[0], count)
+    finally:
+        cancelled.set()
+        pool.shutdown(wait=True)
+    yield DemoProgress(count, count)
+
+
+def sample_indices(count: int, limit: int | None = None) -> np.ndarray:
+    """Every index when ``count <= limit``, else ``limit`` indices spread evenly from first to last."""
+    limit = THUMBNAIL_SAMPLE if limit is None else limit
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
+
+
+def format_size(size) -> str:
+    return f"{size[0]}×{size[1]}" if size else "?"
+
+
+class DropZone(QFrame):
+    """The first thing a new user sees: where to drop images, and the two buttons that do the same."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("dropZone")
+        self.setStyleSheet(DROP_ZONE_STYLE)
+        title = QLabel("Drop a folder of images here")
+        title.setObjectName("dropTitle")
+        extensions = ", ".join(sorted(extension.lstrip(".").upper() for extension in IMAGE_EXTENSIONS))
+        subtitle = QLabel(
+            "…or several image files. Subfolders are included. Images are centre-cropped and resized to the "
+            f"resolution above; nothing on disk is changed.\nReads {extensions}."
+        )
+        subtitle.setObjectName("dropSubtitle")
+        subtitle.setWordWrap(True)
+        subtitle.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+        self.choose_button = QPushButton("Choose folder…")
+        self.demo_button = QPushButton("Use demo dataset")
+        self.demo_button.setToolTip("2,000 procedurally drawn coloured shapes: learnable by a small model on a CPU.")
+        for button in (self.choose_button, self.demo_button):
+            button.setMinimumSize(180, 40)
+        self.choose_button.setDefault(True)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.choose_button)
+        buttons.addSpacing(12)
+        buttons.addWidget(self.demo_button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(40, 40, 40, 40)
+        layout.addStretch(2)
+        layout.addWidget(title, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addSpacing(8)
+        layout.addWidget(subtitle)
+        layout.addSpacing(20)
+        layout.addLayout(buttons)
+        layout.addStretch(3)
 
 
 class DatasetPage(Page):
-    datasetReady = Signal(object)
-    modelSaved = Signal(object)
+    """Scans image folders and shows the result; ``datasetReady(ScanResult)`` when images are usable."""
 
-    def set_dataset(self, result):
-        pass
+    datasetReady = Signal(object)  # ScanResult with at least one image; its ``sources`` are the scanned paths
+    nextRequested = Signal()  # "Train on these images": the window shows the Train page
 
-    def select_model(self, path):
-        pass
+    def __init__(self, context: StudioContext, parent: QWidget | None = None):
+        super().__init__(context, parent)
+        self.result: ScanResult | None = None  # the last scan with usable images
+        self.last_scan: ScanResult | None = None  # the last finished scan, usable or not
+        self.demo_count = DEFAULT_DEMO_COUNT
+        self._sources: list[Path] = []
+        self._runner: JobRunner | None = None
+        self._build()
+        self._restore_settings()
+        self._show_idle()
 
-    def scan(self, paths):
-        pass
+    # --- layout -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.resolution_combo = QComboBox()
+        for size in RESOLUTIONS:
+            self.resolution_combo.addItem(f"{size} × {size} px", size)
+        self.resolution_combo.setToolTip("The size images are resized to for training; the Train page starts from it.")
+        self.channels_combo = QComboBox()
+        for label, channels in CHANNEL_CHOICES:
+            self.channels_combo.addItem(label, channels)
+        self.resolution_combo.currentIndexChanged.connect(self._settings_changed)
+        self.channels_combo.currentIndexChanged.connect(self._settings_changed)
 
-    def load_image(self, path):
-        pass
+        self.choose_button = QPushButton("Choose folder…")
+        self.demo_button = QPushButton("Use demo dataset")
+        header = QHBoxLayout()
+        intro = QLabel("<b>Step 1.</b> Choose the images to train on.")
+        header.addWidget(intro)
+        header.addStretch(1)
+        header.addWidget(QLabel("Resolution"))
+        header.addWidget(self.resolution_combo)
+        header.addSpacing(8)
+        header.addWidget(QLabel("Channels"))
+        header.addWidget(self.channels_combo)
+        header.addSpacing(16)
+        header.addWidget(self.choose_button)
+        header.addWidget(self.demo_button)
+
+        self.scan_label = QLabel()
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop scanning; the dataset shown before stays.")
+        self.stop_button.clicked.connect(self.stop_scan)
+        self.scan_row = QWidget()
+        scan_layout = QHBoxLayout(self.scan_row)
+        scan_layout.setContentsMargins(0, 0, 0, 0)
+        scan_layout.addWidget(self.scan_label)
+        scan_layout.addWidget(self.progress_bar, 1)
+        scan_layout.addWidget(self.stop_button)
+
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label.hide()
+
+        self.drop_zone = DropZone()
+        for button in (self.choose_button, self.drop_zone.choose_button):
+            button.clicked.connect(self.choose_folder)
+        for button in (self.demo_button, self.drop_zone.demo_button):
+            button.clicked.connect(self.use_demo_dataset)
+
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.drop_zone)
+        self.stack.addWidget(self._build_results())
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(header)
+        layout.addWidget(self.scan_row)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.stack, 1)
+
+    def _build_results(self) -> QWidget:
+        self.summary_label = QLabel()
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.next_button = QPushButton("Train on these images  →")
+        self.next_button.setMinimumHeight(34)
+        self.next_button.clicked.connect(self.nextRequested.emit)
+        summary_row = QHBoxLayout()
+        summary_row.addWidget(self.summary_label, 1)
+        summary_row.addWidget(self.next_button, 0, Qt.AlignmentFlag.AlignTop)
+
+        self.sample_label = QLabel()
+        self.thumbnails = ThumbnailGrid(thumbnail_size=64)
+        thumbnails_box = QWidget()
+        thumbnails_layout = QVBoxLayout(thumbnails_box)
+        thumbnails_layout.setContentsMargins(0, 0, 0, 0)
+        thumbnails_layout.addWidget(self.sample_label)
+        thumbnails_layout.addWidget(self.thumbnails, 1)
+
+        self.skipped_label = QLabel()
+        self.skipped_label.setWordWrap(True)
+        self.skipped_list = QTreeWidget()
+        self.skipped_list.setHeaderLabels(["File", "Reason"])
+        self.skipped_list.setRootIsDecorated(False)
+        self.skipped_list.setUniformRowHeights(True)
+        # Whole reasons, with a horizontal scroll bar when they are long, rather than cut off.
+        self.skipped_list.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.skipped_list.header().setStretchLastSection(False)
+        self.skipped_box = skipped_box = QWidget()
+        skipped_layout = QVBoxLayout(skipped_box)
+        skipped_layout.setContentsMargins(0, 0, 0, 0)
+        skipped_layout.addWidget(self.skipped_label)
+        skipped_layout.addWidget(self.skipped_list, 1)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(thumbnails_box)
+        self.splitter.addWidget(skipped_box)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([600, 400])
+
+        results = QWidget()
+        layout = QVBoxLayout(results)
+        layout.setContentsMargins(0, 4, 0, 0)
+        layout.addLayout(summary_row)
+        layout.addWidget(self.splitter, 1)
+        return results
+
+    # --- settings ---------------------------------------------------------------------------------
+    def image_size(self) -> int:
+        return int(self.resolution_combo.currentData())
+
+    def channels(self) -> int:
+        return int(self.channels_combo.currentData())
+
+    def set_scan_settings(self, image_size: int, channels: int) -> None:
+        """Choose the resolution and channels without rescanning."""
+        for combo, value in ((self.resolution_combo, image_size), (self.channels_combo, channels)):
+            index = combo.findData(value)
+            if index >= 0:
+                combo.blockSignals(True)
+                combo.setCurrentIndex(index)
+                combo.blockSignals(False)
+
+    def _restore_settings(self) -> None:
+        settings = self.context.settings
+        self.set_scan_settings(int(settings.value("dataset/resolution", DEFAULT_RESOLUTION)),
+                               int(settings.value("dataset/channels", 3)))
+
+    def save_settings(self) -> None:
+        self.context.settings.setValue("dataset/resolution", self.image_size())
+        self.context.settings.setValue("dataset/channels", self.channels())
+
+    def _settings_changed(self) -> None:
+        """A new resolution or channel count rescans what is loaded (or being scanned)."""
+        if self._sources:
+            self.scan(self._sources)
+
+    # --- actions ----------------------------------------------------------------------------------
+    def choose_folder(self) -> None:
+        start = self.context.settings.value("last_dataset_dir", str(Path.home()))
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of images", start)
+        if folder:
+            self.context.settings.setValue("last_dataset_dir", folder)
+            self.scan([Path(folder)])
+
+    def handle_drop(self, paths: list[Path]) -> None:
+        """A folder, several folders or image files dropped on the window: scan them."""
+        self.scan([Path(path) for path in paths])
+
+    def use_demo_dataset(self) -> None:
+        """Scan the procedural demo dataset, drawing it first if it is not on disk yet."""
+        folder = demo_dataset_dir()
+        count = self.demo_count
+        size, channels = self.image_size(), self.channels()
+
+        def demo_then_scan():
+            yield from write_demo_events(folder, count)
+            yield from scan_images([folder], size, channels)
+
+        self._start_scan([folder], demo_then_scan)
+
+    def scan(self, paths: list[Path]) -> None:
+        """Scan ``paths`` (folders and image files) at the chosen resolution, in the background."""
+        paths = [Path(path) for path in paths]
+        if not paths:
+            return
+        size, channels = self.image_size(), self.channels()
+        self._start_scan(paths, lambda: scan_images(paths, size, channels))
+
+    def stop_scan(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+            self.stop_button.setEnabled(False)
+            self.scan_label.setText("Stopping…")
+
+    def is_scanning(self) -> bool:
+        """True from the start of a scan until the page has taken in its end."""
+        return self._runner is not None
+
+    def _start_scan(self, paths: list[Path], make_iterator) -> None:
+        if self._runner is not None:
+            self._runner.stop()  # its results are ignored: only the newest scan's arrive
+        self._sources = paths
+        worker = JobWorker(make_iterator, progress_types=(ScanProgress, DemoProgress))
+        runner = JobRunner(worker, "scanning images", parent=self)
+        # Bound methods of this page, not lambdas: only then does Qt queue the calls into the GUI thread.
+        worker.progress.connect(self._on_progress)
+        worker.event.connect(self._on_event)
+        worker.failed.connect(self._on_failed)
+        runner.done.connect(lambda stopped, r=runner: self._on_done(r, stopped))
+        self._runner = runner
+        self.error_label.hide()
+        self.scan_label.setText(f"Looking at {describe_sources(paths)}…")
+        self.progress_bar.setRange(0, 0)  # busy until the first file is decoded
+        self.stop_button.setEnabled(True)
+        self.scan_row.show()
+        self.start_job(runner)
+
+    # --- job events -------------------------------------------------------------------------------
+    def _from_current_scan(self) -> bool:
+        """Whether the signal being handled comes from the newest scan (an older one may still be ending)."""
+        return self._runner is not None and self.sender() is self._runner.worker
+
+    @Slot(object)
+    def _on_progress(self, event) -> None:
+        if not self._from_current_scan():
+            return
+        if isinstance(event, DemoProgress):
+            self.scan_label.setText("Drawing the demo dataset…")
+        else:
+            self.scan_label.setText(f"Scanning {event.done:,} of {event.total:,} files")
+        self.progress_bar.setRange(0, max(1, event.total))
+        self.progress_bar.setValue(event.done)
+
+    @Slot(object)
+    def _on_event(self, event) -> None:
+        if self._from_current_scan() and isinstance(event, ScanResult):
+            self.show_result(event)
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        if self._from_current_scan():
+            self.show_error(message)
+
+    def _on_done(self, runner: JobRunner, stopped: bool) -> None:
+        if runner is not self._runner:
+            return
+        self._runner = None
+        self._show_idle()
+        if stopped:
+            kept = " The dataset shown before is kept." if self.result is not None else ""
+            self.context.show_message("Scan stopped." + kept)
+            self._sources = list(self.result.sources) if self.result is not None else []
+
+    def _show_idle(self) -> None:
+        self.scan_row.setVisible(False)
+        has_result = self.last_scan is not None
+        self.stack.setCurrentIndex(1 if has_result else 0)
+        self.choose_button.setVisible(has_result)
+        self.demo_button.setVisible(has_result)
+
+    def show_error(self, message: str) -> None:
+        self.error_label.setText(message)
+        self.error_label.show()
+
+    # --- showing a result -------------------------------------------------------------------------
+    def show_result(self, result: ScanResult) -> None:
+        """Show a finished scan; hand it on when it holds usable images."""
+        self.last_scan = result
+        self.stack.setCurrentIndex(1)
+        usable = len(result.files)
+        summary = result.summary()
+        colour = "colour" if result.channels == 3 else "grayscale"
+        if usable:
+            self.error_label.hide()
+            sizes = (f"Original sizes: smallest {format_size(summary['source_size_min'])}, "
+                     f"median {format_size(summary['source_size_median'])}, "
+                     f"largest {format_size(summary['source_size_max'])}.")
+            self.summary_label.setText(
+                f"<span style='font-size:14pt'><b>{usable:,} usable image{'s' if usable != 1 else ''}</b></span>"
+                f" in {describe_sources(result.sources)}<br>"
+                f"Scanned at {result.image_size}×{result.image_size} px, {colour}. {sizes}"
+                + ("" if result.skipped else " No file was skipped.")
+            )
+        else:
+            self.summary_label.setText(f"<b>No usable images</b> in {describe_sources(result.sources)}.")
+            self.show_error(explain_no_usable_images(result))
+        self.next_button.setVisible(usable > 0)
+        self._show_thumbnails(result)
+        self._show_skipped(result)
+        if usable:
+            self.result = result
+            self.context.show_message(f"{usable:,} usable images; {len(result.skipped):,} skipped.")
+            self.datasetReady.emit(result)
+
+    def _show_thumbnails(self, result: ScanResult) -> None:
+        count = len(result.files)
+        indices = sample_indices(count)
+        images = [to_hwc(result.images[index]) for index in indices]
+        tooltips = [f"{result.files[index]}\n{format_size(result.source_sizes[index])} px originally" for index in indices]
+        self.thumbnails.set_images(images, tooltips)
+        if count == 0:
+            self.sample_label.setText("No thumbnails: nothing was usable.")
+        elif len(indices) < count:
+            self.sample_label.setText(f"Showing {len(indices):,} of {count:,} images, spread evenly through the folder.")
+        else:
+            self.sample_label.setText(f"All {count:,} images, as the model will see them:")
+
+    def _show_skipped(self, result: ScanResult) -> None:
+        self.skipped_list.clear()
+        skipped = result.skipped
+        self.skipped_box.setVisible(bool(skipped))  # nothing skipped: the thumbnails take the whole width
+        if not skipped:
+            self.skipped_label.setText("No files were skipped.")
+            return
+        by_reason = result.summary()["skipped_by_reason"]
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(by_reason.items(), key=lambda item: -item[1]))
+        self.skipped_label.setText(f"<b>{len(skipped):,} file{'s' if len(skipped) != 1 else ''} skipped</b> ({kinds}):")
+        items = []
+        for skipped_file in skipped:
+            item = QTreeWidgetItem([skipped_file.path.name, skipped_file.reason])
+            item.setToolTip(0, str(skipped_file.path))
+            item.setToolTip(1, skipped_file.reason)
+            items.append(item)
+        self.skipped_list.addTopLevelItems(items)
+
+    def skipped_rows(self) -> list[tuple[str, str]]:
+        """The skipped list as shown: (file name, reason) per row."""
+        return [(self.skipped_list.topLevelItem(row).text(0), self.skipped_list.topLevelItem(row).text(1))
+                for row in range(self.skipped_list.topLevelItemCount())]

@@ -6,25 +6,20 @@ import os
 from pathlib import Path
 
 import torch
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from ..core.model_store import ModelError
 from .context import StudioContext
 from .dataset_page import DatasetPage
+from .garbage import GuiThreadGarbageCollector
 from .generate_page import GeneratePage
 from .model_library import ModelLibrary
 from .noising_page import NoisingPage
+from .page import paths_from_mime
 from .train_page import TrainPage
 from .workers import stop_all_jobs
-
-
-def paths_from_mime(mime) -> list[Path]:
-    """Local file paths carried by a drag's QMimeData."""
-    if not mime.hasUrls():
-        return []
-    return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
 
 
 def process_memory_bytes() -> int | None:
@@ -49,6 +44,9 @@ def device_status() -> str:
 class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, library: ModelLibrary | None = None):
         super().__init__()
+        self.closed = False  # set once a close was accepted
+        self.garbage_collector = GuiThreadGarbageCollector(self)  # cycles are freed in this thread only
+        self.garbage_collector.start()
         self.setWindowTitle("DDPM Studio")
         self.settings = settings or QSettings("DDPM Studio", "DDPM Studio")
         self.library = library or ModelLibrary()
@@ -67,6 +65,7 @@ class MainWindow(QMainWindow):
         self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page]
 
         self.dataset_page.datasetReady.connect(self.train_page.set_dataset)
+        self.dataset_page.nextRequested.connect(lambda: self.tabs.setCurrentWidget(self.train_page))
         self.train_page.modelSaved.connect(self.on_model_saved)
 
         self.device_label = QLabel(device_status())
@@ -144,6 +143,8 @@ class MainWindow(QMainWindow):
                           "on your images and shows every step of the process.")
 
     def show_message(self, message: str, timeout_ms: int = 8000) -> None:
+        if self.closed:
+            return  # late news from a job that ended during the close; its timeout timer would outlive the window
         self.statusBar().showMessage(message, timeout_ms)
 
     def on_model_saved(self, path: Path) -> None:
@@ -194,6 +195,7 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
         self.status_timer.stop()
+        self.statusBar().clearMessage()  # stops the status bar's own timer for a timed message
         for page in self.pages:
             page.shutdown()
         stop_all_jobs()
@@ -201,4 +203,6 @@ class MainWindow(QMainWindow):
         self.settings.setValue("current_tab", self.tabs.currentIndex())
         for page in self.pages:
             page.save_settings()
+        self.closed = True
+        self.garbage_collector.stop()
         event.accept()

@@ -10,6 +10,13 @@ from .context import StudioContext
 from .workers import JobRunner
 
 
+def paths_from_mime(mime) -> list[Path]:
+    """Local file paths carried by a drag's QMimeData."""
+    if not mime.hasUrls():
+        return []
+    return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
+
+
 class Page(QWidget):
     """A page owns its jobs; the window asks it whether it is busy and tells it to shut down."""
 

@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QApplication
+from drops import drag_enter_event, send_drop as drop
 
 from ddpm_studio.core.data import load_image
 from ddpm_studio.gui.noising_page import WORKING_SIZE
@@ -33,23 +31,6 @@ def page(window):
     page = window.noising_page
     window.tabs.setCurrentWidget(page)
     return page
-
-
-def drop(widget, paths) -> bool:
-    """Send a real drag-enter and, if accepted, the drop, carrying file URLs; True if accepted."""
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path)) for path in paths])
-    position = QPointF(20, 20)
-    enter = QDragEnterEvent(position, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
-    enter.ignore()
-    QApplication.sendEvent(widget, enter)
-    if not enter.isAccepted():
-        return False
-    event = QDropEvent(position, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                       Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(widget, event)
-    return True
 
 
 def test_the_sample_picture_is_shown_at_first(page):
@@ -109,10 +90,7 @@ def test_dropping_a_file_that_is_not_a_picture_explains_itself(page, picture_fil
     assert page.source_path == picture_file and np.array_equal(page.working_image_view.image(), shown)
 
     # A folder is left to the window, which opens datasets and models; given one anyway, the page explains.
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(tmp_path))])
-    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
+    enter = drag_enter_event([tmp_path])
     page.dragEnterEvent(enter)
     assert not enter.isAccepted()
     page.handle_drop([tmp_path])

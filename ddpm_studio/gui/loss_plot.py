@@ -1,0 +1,224 @@
+"""The training loss curve: raw values faint, a debiased EMA-smoothed line bold, log-y, redrawn on a timer.
+
+Values go into preallocated arrays that double when full, so appending costs nothing per
+step; a timer redraws only when something new arrived and stops itself when nothing did.
+The curves are handed log10 values computed once per point (the axis alone is in log mode),
+clipping to the view and peak downsampling keep each redraw short, and the timer slows down
+as the curve grows so that redrawing never takes more than a tenth of the GUI thread.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+
+REDRAW_INTERVAL_MS = 100  # at most 10 redraws a second
+SLOWEST_REDRAW_INTERVAL_MS = 2000
+REDRAW_SHARE = 0.1  # of the GUI thread's time, at most
+INITIAL_CAPACITY = 4096
+SLIDER_STEPS = 100
+DEFAULT_SMOOTHING = 0.97  # about 30 steps: follows a fast early descent, still calm on long runs
+SMALLEST_LOSS = 1e-12  # log-y cannot show zero
+
+
+def smoothing_from_slider(position: int) -> float:
+    """Slider 0..100 to an EMA factor 0..0.999, evenly spaced in log(1 - beta)."""
+    return 0.0 if position <= 0 else 1.0 - 10.0 ** (-3.0 * position / SLIDER_STEPS)
+
+
+def slider_from_smoothing(beta: float) -> int:
+    if beta <= 0:
+        return 0
+    return int(round(-math.log10(max(1.0 - beta, 1e-3)) * SLIDER_STEPS / 3.0))
+
+
+def continue_ema(values: np.ndarray, beta: float, state: float, count: int) -> tuple[np.ndarray, float]:
+    """Extend an exponential moving average over ``values``, debiased as in Adam.
+
+    ``state`` is the biased average after ``count`` earlier values (0 before the first):
+    ema_t = beta * ema_{t-1} + (1 - beta) * x_t, shown as ema_t / (1 - beta**t).
+    Vectorised by chunks, with the closed form ema_k = beta^k (state + (1 - beta) sum_j beta^-j x_j),
+    each chunk short enough that beta^-k stays far from overflowing.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if beta <= 0.0 or len(values) == 0:
+        return values.copy(), float(values[-1]) if len(values) else state
+    smoothed = np.empty_like(values)
+    chunk = max(1, min(4096, int(50.0 / -math.log(beta))))
+    for start in range(0, len(values), chunk):
+        part = values[start : start + chunk]
+        powers = beta ** np.arange(1, len(part) + 1, dtype=np.float64)
+        smoothed[start : start + len(part)] = powers * (state + (1.0 - beta) * np.cumsum(part / powers))
+        state = float(smoothed[start + len(part) - 1])
+    steps = np.arange(count + 1, count + len(values) + 1, dtype=np.float64)
+    return smoothed / (1.0 - beta**steps), state
+
+
+class LossPlot(QWidget):
+    """A live loss curve over steps 1..n; ``append`` new losses, ``set_history`` for a whole run."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._raw = np.empty(INITIAL_CAPACITY, dtype=np.float64)
+        self._smoothed = np.empty(INITIAL_CAPACITY, dtype=np.float64)
+        self._log_raw = np.empty(INITIAL_CAPACITY, dtype=np.float64)  # what the curves draw
+        self._log_smoothed = np.empty(INITIAL_CAPACITY, dtype=np.float64)
+        self._steps = np.arange(1, INITIAL_CAPACITY + 1, dtype=np.float64)
+        self._count = 0
+        self._ema_state = 0.0
+        self._smoothing = DEFAULT_SMOOTHING
+        self._dirty = False
+
+        self.plot_widget = pg.PlotWidget(background="w")
+        plot = self.plot_widget.getPlotItem()
+        # Only the axis is in log mode: the curves get log10 values, computed once per point rather
+        # than by pyqtgraph for the whole curve at every redraw.
+        plot.getAxis("left").setLogMode(True)
+        plot.setClipToView(True)
+        plot.setDownsampling(auto=True, mode="peak")
+        plot.showGrid(x=True, y=True, alpha=0.25)
+        plot.setLabel("bottom", "step")
+        plot.setLabel("left", "loss (log scale)")
+        plot.setMenuEnabled(False)
+        for axis in ("left", "bottom"):
+            plot.getAxis(axis).setTextPen(pg.mkPen(60, 60, 60))
+            plot.getAxis(axis).setPen(pg.mkPen(120, 120, 120))
+        plot.addLegend(offset=(-10, 10), labelTextColor=(60, 60, 60))
+        self.raw_curve = plot.plot(pen=pg.mkPen(70, 120, 200, 110), name="loss")
+        self.smooth_curve = plot.plot(pen=pg.mkPen(20, 70, 170, width=2.5), name="smoothed")
+        self.empty_text = pg.TextItem("The loss appears here once training starts.", color=(120, 120, 120), anchor=(0.5, 0.5))
+        self.plot_widget.addItem(self.empty_text, ignoreBounds=True)
+        self.empty_text.setPos(0.5, 0.5)  # the middle of the empty view
+
+        self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing_slider.setRange(0, SLIDER_STEPS)
+        self.smoothing_slider.setValue(slider_from_smoothing(DEFAULT_SMOOTHING))
+        self.smoothing_slider.setToolTip("How strongly the bold line averages recent steps (an exponential moving average).")
+        self.smoothing_slider.valueChanged.connect(lambda position: self.set_smoothing(smoothing_from_slider(position)))
+        self.smoothing_label = QLabel()
+        self.smoothing_label.setMinimumWidth(40)
+        self._show_smoothing()
+
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("Smoothing"))
+        controls.addWidget(self.smoothing_slider, 1)
+        controls.addWidget(self.smoothing_label)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot_widget, 1)
+        layout.addLayout(controls)
+
+        self.redraw_timer = QTimer(self)
+        self.redraw_timer.setObjectName("loss-plot-redraw")
+        self.redraw_timer.setInterval(REDRAW_INTERVAL_MS)
+        self.redraw_timer.timeout.connect(self._redraw_if_changed)
+
+    # --- data ---------------------------------------------------------------------------------------
+    def point_count(self) -> int:
+        return self._count
+
+    def losses(self) -> np.ndarray:
+        return self._raw[: self._count].copy()
+
+    def smoothed(self) -> np.ndarray:
+        return self._smoothed[: self._count].copy()
+
+    @property
+    def smoothing(self) -> float:
+        return self._smoothing
+
+    def append(self, losses) -> None:
+        """Add the losses of the next steps; the curve redraws at the next timer tick."""
+        values = np.maximum(np.asarray(losses, dtype=np.float64).ravel(), SMALLEST_LOSS)
+        if len(values) == 0:
+            return
+        self._reserve(self._count + len(values))
+        end = self._count + len(values)
+        self._raw[self._count : end] = values
+        self._smoothed[self._count : end], self._ema_state = continue_ema(
+            values, self._smoothing, self._ema_state, self._count
+        )
+        np.log10(self._raw[self._count : end], out=self._log_raw[self._count : end])
+        np.log10(self._smoothed[self._count : end], out=self._log_smoothed[self._count : end])
+        self._count = end
+        self._mark_dirty()
+
+    def set_history(self, losses) -> None:
+        """Replace the curve with a whole history (step 1 first), e.g. of a model reopened to resume."""
+        self._count = 0
+        self._ema_state = 0.0
+        self.append(losses)
+        self._mark_dirty()
+
+    def clear(self) -> None:
+        self.set_history([])
+
+    def set_smoothing(self, beta: float) -> None:
+        self._smoothing = float(beta)
+        if self.smoothing_slider.value() != slider_from_smoothing(beta):
+            self.smoothing_slider.blockSignals(True)
+            self.smoothing_slider.setValue(slider_from_smoothing(beta))
+            self.smoothing_slider.blockSignals(False)
+        self._smoothed[: self._count], self._ema_state = continue_ema(self._raw[: self._count], self._smoothing, 0.0, 0)
+        np.log10(self._smoothed[: self._count], out=self._log_smoothed[: self._count])
+        self._show_smoothing()
+        self._mark_dirty()
+
+    def _reserve(self, needed: int) -> None:
+        capacity = len(self._raw)
+        if needed <= capacity:
+            return
+        while capacity < needed:
+            capacity *= 2
+        for name in ("_raw", "_smoothed", "_log_raw", "_log_smoothed"):
+            grown = np.empty(capacity, dtype=np.float64)
+            grown[: self._count] = getattr(self, name)[: self._count]
+            setattr(self, name, grown)
+        self._steps = np.arange(1, capacity + 1, dtype=np.float64)
+
+    # --- drawing --------------------------------------------------------------------------------------
+    def _show_smoothing(self) -> None:
+        self.smoothing_label.setText(f"{self._smoothing:.3g}" if self._smoothing > 0 else "off")
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        if self.isVisible() and not self.redraw_timer.isActive():
+            self.redraw_timer.start()
+
+    def _redraw_if_changed(self) -> None:
+        if not self._dirty:
+            self.redraw_timer.stop()  # idle: no timer runs between bursts of data
+            return
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the current data now (the timer calls this; tests and screenshots may too)."""
+        started = time.perf_counter()
+        self._dirty = False
+        count = self._count
+        steps = self._steps[:count]
+        self.raw_curve.setData(steps, self._log_raw[:count])
+        self.smooth_curve.setData(steps, self._log_smoothed[:count])
+        self.empty_text.setVisible(count == 0)
+        # Long curves cost more to hand over; redraw less often rather than take the GUI thread.
+        took_ms = (time.perf_counter() - started) * 1000
+        interval = min(SLOWEST_REDRAW_INTERVAL_MS, max(REDRAW_INTERVAL_MS, int(took_ms / REDRAW_SHARE)))
+        self.redraw_timer.setInterval(interval)
+
+    def stop(self) -> None:
+        """Stop redrawing (the page is shutting down); the data stays."""
+        self.redraw_timer.stop()
+
+    def hideEvent(self, event) -> None:
+        self.redraw_timer.stop()
+        super().hideEvent(event)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._dirty:
+            self.redraw_timer.start()

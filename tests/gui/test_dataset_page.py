@@ -1,0 +1,185 @@
+"""The Dataset page: drops and scans in the background, the usable and skipped files, errors, the demo dataset."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from drops import send_drop
+from PySide6.QtCore import Qt
+
+from ddpm_studio.core import model_store
+from ddpm_studio.core.demo_data import README_NAME
+from ddpm_studio.gui import dataset_page
+from ddpm_studio.gui.dataset_page import sample_indices
+
+SCAN_TIMEOUT_MS = 30_000
+
+
+def write_png(path: Path, size: int = 24, seed: int = 0) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """Three good PNGs, a truncated PNG and a text file named like a JPEG."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for index in range(3):
+        write_png(folder / f"good_{index}.png", seed=index)
+    whole = write_png(tmp_path / "whole.png", size=64, seed=9).read_bytes()
+    (folder / "broken.png").write_bytes(whole[: len(whole) // 3])
+    (folder / "notes.jpg").write_text("not a picture at all\n")
+    return folder
+
+
+def drop_paths(target, paths: list[Path]) -> None:
+    assert send_drop(target, paths)
+
+
+def wait_for_scan(qtbot, page) -> None:
+    qtbot.waitUntil(lambda: not page.is_scanning(), timeout=SCAN_TIMEOUT_MS)
+
+
+def test_dropping_a_folder_scans_it_and_lists_the_skipped_files(window, qtbot, mixed_folder):
+    page = window.dataset_page
+    assert page.stack.currentWidget() is page.drop_zone  # the first step is what an empty page shows
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        drop_paths(window, [mixed_folder])
+    result = ready.args[0]
+    wait_for_scan(qtbot, page)
+
+    assert window.tabs.currentWidget() is page
+    assert [path.name for path in result.files] == ["good_0.png", "good_1.png", "good_2.png"]
+    assert result.sources == [mixed_folder]
+    assert page.thumbnails.count() == 3
+    reasons = dict(page.skipped_rows())
+    assert set(reasons) == {"broken.png", "notes.jpg"}
+    assert reasons["broken.png"].startswith("damaged")
+    assert reasons["notes.jpg"].startswith("not an image")
+    assert page.skipped_list.topLevelItem(0).toolTip(0).startswith(str(mixed_folder))
+    assert "3 usable images" in page.summary_label.text()
+    assert "24×24" in page.summary_label.text()
+    assert page.error_label.isHidden()
+    assert window.train_page.dataset is result  # handed to the Train page
+
+
+def test_dropping_several_image_files_scans_just_those(window, qtbot, mixed_folder):
+    page = window.dataset_page
+    files = [mixed_folder / "good_0.png", mixed_folder / "good_2.png"]
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        drop_paths(window, files)
+    assert ready.args[0].files == files
+    wait_for_scan(qtbot, page)
+    assert page.skipped_box.isHidden()
+
+
+@pytest.mark.parametrize("contents", ["empty", "broken"])
+def test_a_folder_without_usable_images_explains_why_and_hands_nothing_on(window, qtbot, tmp_path, contents):
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    if contents == "broken":
+        (folder / "a.png").write_bytes(b"")
+        (folder / "b.jpg").write_text("text")
+    page = window.dataset_page
+    with qtbot.assertNotEmitted(page.datasetReady):
+        page.scan([folder])
+        wait_for_scan(qtbot, page)
+        qtbot.waitUntil(lambda: page.last_scan is not None)
+    assert page.error_label.isVisible()
+    message = page.error_label.text()
+    assert message.startswith("No usable images in")
+    assert ("folder is empty" in message) if contents == "empty" else ("1 empty" in message and "1 not an image" in message)
+    assert window.train_page.dataset is None
+    assert not window.train_page.start_button.isEnabled()
+
+
+def test_a_missing_folder_gives_a_message_not_a_crash(window, qtbot, tmp_path):
+    page = window.dataset_page
+    page.scan([tmp_path / "no-such-folder"])
+    wait_for_scan(qtbot, page)
+    qtbot.waitUntil(page.error_label.isVisible)
+    assert "No such file or folder" in page.error_label.text()
+
+
+def test_changing_the_resolution_rescans_at_the_new_size(window, qtbot, mixed_folder):
+    page = window.dataset_page
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+        page.scan([mixed_folder])
+    assert page.result.image_size == 32
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        page.resolution_combo.setCurrentIndex(page.resolution_combo.findData(16))
+    assert ready.args[0].image_size == 16
+    assert tuple(ready.args[0].images.shape[1:]) == (3, 16, 16)
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        page.channels_combo.setCurrentIndex(page.channels_combo.findData(1))
+    assert tuple(ready.args[0].images.shape[1:]) == (1, 16, 16)
+    wait_for_scan(qtbot, page)
+    assert window.train_page.resolution_combo.currentData() == 16  # the Train page follows the dataset
+    assert window.train_page.channels_combo.currentData() == 1
+
+
+def test_a_large_folder_shows_an_even_sample_and_says_so(window, qtbot, mixed_folder, monkeypatch):
+    monkeypatch.setattr(dataset_page, "THUMBNAIL_SAMPLE", 2)
+    page = window.dataset_page
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+        page.scan([mixed_folder])
+    assert page.thumbnails.count() == 2
+    assert page.sample_label.text().startswith("Showing 2 of 3 images")
+    assert list(sample_indices(1000, 256)[[0, -1]]) == [0, 999]
+    assert len(sample_indices(1000, 256)) == 256
+    assert list(sample_indices(5, 256)) == [0, 1, 2, 3, 4]
+
+
+def test_the_demo_dataset_is_drawn_once_beside_the_models_then_scanned(window, qtbot, monkeypatch, tmp_path):
+    assert dataset_page.demo_dataset_dir() == model_store.default_user_models_dir().parent / "demo-dataset"
+    folder = tmp_path / "demo-dataset"
+    monkeypatch.setattr(dataset_page, "demo_dataset_dir", lambda: folder)
+    page = window.dataset_page
+    page.demo_count = 12
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        qtbot.mouseClick(page.drop_zone.demo_button, Qt.MouseButton.LeftButton)
+    assert len(ready.args[0].files) == 12
+    assert (folder / README_NAME).is_file()
+    wait_for_scan(qtbot, page)
+    first_written = (folder / "shape_00000.png").stat().st_mtime_ns
+
+    page.demo_count = 20  # already there: used as it is, not drawn again
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        qtbot.mouseClick(page.demo_button, Qt.MouseButton.LeftButton)
+    assert len(ready.args[0].files) == 12
+    assert (folder / "shape_00000.png").stat().st_mtime_ns == first_written
+    wait_for_scan(qtbot, page)
+
+
+def test_stop_ends_drawing_the_demo_dataset_and_keeps_the_last_dataset(window, qtbot, monkeypatch, tmp_path, mixed_folder):
+    page = window.dataset_page
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        page.scan([mixed_folder])
+    kept = ready.args[0]
+    folder = tmp_path / "demo-dataset"
+    monkeypatch.setattr(dataset_page, "demo_dataset_dir", lambda: folder)
+    page.demo_count = 100_000  # far too many to finish before Stop
+    with qtbot.assertNotEmitted(page.datasetReady):
+        page.use_demo_dataset()
+        assert page.scan_row.isVisible() and page.stop_button.isEnabled()
+        qtbot.waitUntil(lambda: folder.is_dir() and any(folder.iterdir()), timeout=SCAN_TIMEOUT_MS)
+        qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+        wait_for_scan(qtbot, page)
+    assert not (folder / README_NAME).exists()  # incomplete, so the next click draws it again
+    assert len(list(folder.glob("shape_*.png"))) < 100_000
+    assert page.result is kept
+    assert page.scan_row.isHidden()
+    assert window.train_page.dataset is kept
+
+
+def test_train_on_these_images_shows_the_train_page(window, qtbot, mixed_folder):
+    page = window.dataset_page
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+        page.scan([mixed_folder])
+    wait_for_scan(qtbot, page)
+    qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
+    assert window.tabs.currentWidget() is window.train_page
+    assert window.train_page.start_button.isEnabled()

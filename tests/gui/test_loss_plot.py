@@ -1,0 +1,80 @@
+"""The loss plot: a debiased EMA equal to the plain recurrence, arrays that grow, a timer that stops when idle."""
+
+import numpy as np
+import pytest
+
+from ddpm_studio.gui.loss_plot import LossPlot, continue_ema, slider_from_smoothing, smoothing_from_slider
+
+
+def naive_debiased_ema(values, beta):
+    ema, out = 0.0, []
+    for step, value in enumerate(values, start=1):
+        ema = beta * ema + (1 - beta) * value
+        out.append(ema / (1 - beta**step))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 0.99, 0.999])
+def test_the_smoothed_curve_is_the_debiased_ema_even_across_chunks_and_appends(beta):
+    values = np.random.default_rng(0).uniform(0.01, 1.0, 10_000)
+    expected = naive_debiased_ema(values, beta)
+    whole, _ = continue_ema(values, beta, 0.0, 0)
+    np.testing.assert_allclose(whole, expected, rtol=1e-9)
+    first, state = continue_ema(values[:3333], beta, 0.0, 0)
+    rest, _ = continue_ema(values[3333:], beta, state, 3333)
+    np.testing.assert_allclose(np.concatenate([first, rest]), expected, rtol=1e-9)
+
+
+def test_the_slider_maps_to_smoothing_and_back():
+    assert smoothing_from_slider(0) == 0.0
+    assert smoothing_from_slider(100) == pytest.approx(0.999)
+    for beta in (0.9, 0.99, 0.999):
+        assert smoothing_from_slider(slider_from_smoothing(beta)) == pytest.approx(beta, abs=0.005)
+
+
+def test_appending_grows_the_arrays_and_the_timer_stops_when_idle(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.show()
+    plot.append(np.full(5000, 0.5))  # beyond the first capacity
+    plot.append([0.25])
+    assert plot.point_count() == 5001
+    assert plot.losses()[-1] == 0.25
+    assert plot.redraw_timer.isActive()
+    qtbot.waitUntil(lambda: not plot.redraw_timer.isActive(), timeout=2000)  # drew once, then found nothing new
+    x, y = plot.raw_curve.getOriginalDataset()
+    assert len(x) == 5001 and x[0] == 1 and y[-1] == pytest.approx(np.log10(0.25))  # drawn as log10 on a log axis
+    assert plot.plot_widget.getPlotItem().getAxis("left").logMode
+    assert plot.smoothed()[0] == pytest.approx(0.5)  # debiased: no pull towards zero at the start
+
+    plot.set_smoothing(0.0)
+    np.testing.assert_allclose(plot.smoothed(), plot.losses())
+    plot.set_history([1.0, 0.5])
+    assert plot.point_count() == 2
+    plot.stop()
+    assert not plot.redraw_timer.isActive()
+
+
+def test_a_long_curve_is_redrawn_less_often(qtbot, monkeypatch):
+    from ddpm_studio.gui import loss_plot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.append([0.5])
+    plot.redraw()
+    assert plot.redraw_timer.interval() == loss_plot.REDRAW_INTERVAL_MS
+    clock = iter([0.0, 0.05])  # a redraw that took 50 ms
+    monkeypatch.setattr(loss_plot.time, "perf_counter", lambda: next(clock))
+    plot.redraw()
+    assert plot.redraw_timer.interval() == 500
+
+
+def test_no_timer_starts_while_hidden(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.append([1.0, 2.0])
+    assert not plot.redraw_timer.isActive()
+    plot.show()
+    assert plot.redraw_timer.isActive()
+    plot.hide()
+    assert not plot.redraw_timer.isActive()

@@ -1,0 +1,221 @@
+"""The Train page: settings, Start / Stop / Resume on a tiny model, the loss curve, previews and errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+
+from ddpm_studio.core import model_store
+from ddpm_studio.core.data import load_dataset
+from ddpm_studio.core.demo_data import write_demo_dataset
+from ddpm_studio.core.training import FailedEvent, StartedEvent
+from ddpm_studio.gui import train_page as train_page_module
+
+RUN_TIMEOUT_MS = 60_000
+# Stop takes effect after the current step; a tiny step takes milliseconds, but the machine may be busy.
+STOP_TIMEOUT_MS = 5_000
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shapes") / "shapes"
+    write_demo_dataset(folder, count=24, size=16)
+    return folder
+
+
+@pytest.fixture
+def loaded(window, demo_folder):
+    """The window with a 16 px dataset loaded and the Train page set up for a tiny, short run."""
+    result = load_dataset([demo_folder], 16)
+    result.sources = [demo_folder]
+    window.dataset_page.show_result(result)
+    page = window.train_page
+    window.tabs.setCurrentWidget(page)
+    configure(page, steps=2000)
+    return window
+
+
+def configure(page, steps: int, preview_every: int = 1000, checkpoint_every: int = 1000) -> None:
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
+    page.steps_spin.setValue(steps)
+    page.batch_spin.setValue(4)
+    page.timesteps_spin.setValue(50)
+    page.preview_every_spin.setValue(preview_every)
+    page.preview_count_spin.setValue(4)
+    page.checkpoint_every_spin.setValue(checkpoint_every)
+
+
+def wait_idle(qtbot, page, timeout=RUN_TIMEOUT_MS) -> None:
+    qtbot.waitUntil(lambda: not page.is_training() and not page.jobs, timeout=timeout)
+
+
+def test_start_is_disabled_until_a_dataset_is_loaded_and_says_why(window):
+    page = window.train_page
+    assert page.dataset is None
+    assert not page.start_button.isEnabled()
+    assert "needs a dataset" in page.start_hint.text()
+
+
+def test_a_preset_brings_its_batch_size_and_learning_rate(window):
+    page = window.train_page
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("medium"))
+    assert page.batch_spin.value() == 64
+    assert page.learning_rate_spin.value() == pytest.approx(2e-4)
+    assert "9 M parameters" in page.preset_combo.toolTip()
+    tooltip = page.preset_combo.itemData(page.preset_combo.findData("tiny"), Qt.ItemDataRole.ToolTipRole)
+    assert "tests" in tooltip
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
+    assert page.batch_spin.value() == 16
+    assert page.learning_rate_spin.value() == pytest.approx(1e-3)
+
+
+def test_the_name_comes_from_the_dataset_folder_and_is_unique(loaded, user_models_dir, demo_folder):
+    page = loaded.train_page
+    assert page.name_edit.text() == demo_folder.name
+    assert page.start_button.isEnabled()
+    (user_models_dir / demo_folder.name).mkdir()
+    loaded.library.refresh()
+    assert not page.start_button.isEnabled()
+    assert "already exists" in page.start_hint.text()
+    page.set_dataset(page.dataset)
+    assert page.name_edit.text() == f"{demo_folder.name}-2"
+    assert page.start_button.isEnabled()
+
+
+def test_the_memory_estimate_appears(loaded, qtbot):
+    page = loaded.train_page
+    qtbot.waitUntil(lambda: "≈" in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
+    assert "parameters" in page.memory_label.text()
+
+
+def test_start_stop_and_resume(loaded, qtbot, user_models_dir):
+    page = loaded.train_page
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    assert page.is_training() and not page.start_button.isEnabled()
+    qtbot.waitUntil(lambda: page.loss_plot.point_count() >= 3, timeout=RUN_TIMEOUT_MS)
+    assert page.device_value.text().startswith("CPU")
+
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, page, STOP_TIMEOUT_MS)
+    stopped_at = page.current_step
+    assert 3 <= stopped_at < 2000
+    folder = user_models_dir / page.run_path.name
+    model = model_store.load_model(folder)
+    assert model.info.step == stopped_at
+    history = model_store.load_loss_history(folder)
+    assert len(history) == stopped_at
+    assert "Stopped at step" in page.status_label.text()
+    assert page.resume_picker.current_path() == folder  # ready to continue in one click
+    assert page.name_edit.text() != folder.name  # the next new model gets a free name
+
+    qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.current_step >= stopped_at + 3, timeout=RUN_TIMEOUT_MS)
+    np.testing.assert_allclose(page.loss_plot.losses()[:stopped_at], history)  # the old curve is kept
+    page.stop_training()
+    wait_idle(qtbot, page, STOP_TIMEOUT_MS)
+    assert model_store.read_model_info(folder).step == page.current_step > stopped_at
+    assert page.loss_plot.point_count() == page.current_step
+
+
+def test_a_finished_run_saves_shows_previews_and_refreshes_the_library(loaded, qtbot):
+    page = loaded.train_page
+    configure(page, steps=6, preview_every=3, checkpoint_every=4)
+    saved = []
+    page.modelSaved.connect(saved.append)
+    page.start_training()
+    wait_idle(qtbot, page)
+    assert page.error_label.isHidden()
+    assert "Finished 6 steps" in page.status_label.text()
+    assert page.preview_view.image() is not None
+    assert page.preview_view.image().shape[:2] == (2 * 16 + 3, 2 * 16 + 3)  # 4 previews in a 2x2 grid
+    assert page.run_path in saved and saved.count(page.run_path) >= 2  # the checkpoint and the end
+    assert page.run_path in [entry.path for entry in loaded.library.resumable()]
+    assert page.progress_bar.value() == 6
+    assert page.loss_plot.point_count() == 6
+
+
+def test_picking_a_saved_model_shows_its_curve_and_settings(window, qtbot, tiny_model):
+    window.library.open(tiny_model)
+    page = window.train_page
+    index = page.resume_picker.findData(str(tiny_model))
+    assert index >= 0
+    page.resume_picker.setCurrentIndex(index)
+    page.resume_picker.activated.emit(index)
+    assert page.loss_plot.point_count() == 12
+    np.testing.assert_allclose(page.loss_plot.losses(), model_store.load_loss_history(tiny_model))
+    assert page.preset_combo.currentData() == "tiny"
+    assert page.steps_spin.value() > 12
+    assert "12 steps trained" in page.resume_hint.text()
+
+
+def test_resume_without_its_images_asks_for_a_dataset(window, qtbot, tiny_model):
+    window.library.open(tiny_model)
+    page = window.train_page
+    window.tabs.setCurrentWidget(page)
+    page.resume_picker.select(tiny_model)
+    page.resume_training()
+    assert not page.is_training()
+    assert page.error_label.isVisible()
+    assert "not found" in page.error_label.text()
+
+
+@pytest.mark.parametrize("failure", ["event", "exception"])
+def test_a_failed_run_shows_its_reason(loaded, qtbot, monkeypatch, failure):
+    def failing_train(config, images, out_dir, *args, **kwargs):
+        yield StartedEvent(0, config.steps, 1, "CPU", "float32", Path(out_dir), np.zeros(0, np.float32))
+        if failure == "event":
+            yield FailedEvent(0, "The loss became non-finite near step 1; try a lower learning rate.", Path(out_dir))
+        else:
+            raise ValueError("Training images must be uint8.")
+
+    monkeypatch.setattr(train_page_module, "train", failing_train)
+    page = loaded.train_page
+    page.start_training()
+    wait_idle(qtbot, page)
+    assert page.error_label.isVisible()
+    assert ("non-finite" if failure == "event" else "must be uint8") in page.error_label.text()
+    assert page.start_button.isEnabled()  # nothing was saved, so the name is still free
+
+
+def test_training_at_another_resolution_rescans_the_folder(loaded, qtbot):
+    page = loaded.train_page
+    configure(page, steps=2)
+    page.resolution_combo.setCurrentIndex(page.resolution_combo.findData(32))
+    page.preview_count_spin.setValue(0)
+    page.start_training()
+    wait_idle(qtbot, page)
+    assert page.error_label.isHidden(), page.error_label.text()
+    assert model_store.read_model_info(page.run_path).unet.image_size == 32
+
+
+def test_the_settings_are_remembered(window, settings):
+    from ddpm_studio.gui.train_page import TrainPage
+
+    page = window.train_page
+    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
+    page.batch_spin.setValue(24)
+    page.learning_rate_spin.setValue(3e-4)
+    page.steps_spin.setValue(777)
+    page.ema_spin.setValue(0.995)
+    page.save_settings()
+    reopened = TrainPage(window.context)
+    try:
+        config = reopened.config()
+        assert (config.preset, config.batch_size, config.steps) == ("tiny", 24, 777)
+        assert config.learning_rate == pytest.approx(3e-4)
+        assert config.ema_decay == pytest.approx(0.995)
+    finally:
+        reopened.shutdown()
+        reopened.deleteLater()
+
+
+def test_the_learning_rate_and_ema_step_by_factors(window):
+    page = window.train_page
+    page.learning_rate_spin.setValue(1e-3)
+    page.learning_rate_spin.stepBy(1)
+    assert page.learning_rate_spin.value() == pytest.approx(2e-3)
+    page.ema_spin.setValue(0.99)
+    page.ema_spin.stepBy(1)
+    assert page.ema_spin.value() == pytest.approx(0.999)
+    assert page.ema_spin.text() == "0.999"
