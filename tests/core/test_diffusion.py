@@ -12,20 +12,6 @@ from ddpm_studio.core.schedule import NoiseSchedule
 from ddpm_studio.core.unet import UNet, preset_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run these tests on one torch thread (restored afterwards).
-
-    Measured on the 2-core development machine while other jobs ran: the tiny nets and 200k-sample
-    draws here were up to 10x slower with conftest's 2 threads than with 1 (threads waiting on
-    each other on a loaded machine); with 1 thread they are as fast on an idle one.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --- helpers ----------------------------------------------------------------------------------
 
 

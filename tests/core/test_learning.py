@@ -33,17 +33,7 @@ def simple_images() -> torch.Tensor:
     return (base[:, None] * colours[:, :, None, None]).clamp(-1, 1)
 
 
-@pytest.fixture
-def one_thread():
-    # Measured on the 2-core development machine while other jobs ran: a training step of this net
-    # took ~0.7 s with conftest's 2 threads against ~0.06-0.09 s with 1 thread, so pin 1 thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def test_tiny_unet_learns_to_predict_noise(one_thread):
+def test_tiny_unet_learns_to_predict_noise():
     images = simple_images()
     assert images.shape == (8, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
     diffusion = GaussianDiffusion(NoiseSchedule.linear(1000))

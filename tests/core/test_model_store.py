@@ -20,14 +20,6 @@ from ddpm_studio.core.model_store import ModelError
 from ddpm_studio.core.training import FinishedEvent, StepEvent, TrainingConfig, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def model(tiny_model, tmp_path) -> Path:
     """A private copy of the shared tiny model (16x16, T = 50, 12 steps), free to damage."""

@@ -28,14 +28,6 @@ from ddpm_studio.core.training import FinishedEvent, TrainingConfig, train
 T = 50  # the shared tiny model's number of timesteps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def loaded(tiny_model):
     return model_store.load_model(tiny_model)

@@ -34,15 +34,6 @@ from ddpm_studio.core.training import (
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy two-core machine, two threads per step are many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def images_uint8(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
 

@@ -6,21 +6,6 @@ import torch
 from ddpm_studio.core.unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run these tests on one torch thread (restored afterwards).
-
-    Measured on the 2-core development machine while other jobs ran: the tiny nets and 200k-sample
-    draws here were up to 10x slower with conftest's 2 threads than with 1 (threads waiting on
-    each other on a loaded machine); with 1 thread they are as fast on an idle one.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-
 def perturb_zero_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give the zero-initialised weights (final convs, norm biases) small random values."""
     g = torch.Generator().manual_seed(seed)
