@@ -13,7 +13,6 @@ half the time and otherwise a soft gradient between two neighbouring tones.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .model_store import atomic_write
 
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND_KINDS = ("plain", "gradient")
@@ -58,7 +59,7 @@ BORDER_MARGIN = 1.0
 
 DEMO_FILE_PATTERN = re.compile(r"shape_\d{5,}\.png")
 # Left behind only if a write was interrupted; ours to overwrite or remove.
-DEMO_TEMP_PATTERN = re.compile(r"\.shape_\d{5,}\.png\.tmp|\.README\.txt\.tmp")
+DEMO_TEMP_PATTERN = re.compile(r"\.(shape_\d{5,}\.png|README\.txt)\.[a-z0-9_]{8}\.tmp")  # model_store.atomic_write's names
 README_NAME = "README.txt"
 README_FIRST_LINE = "DDPM Studio demo dataset"
 
@@ -201,21 +202,6 @@ def _is_own_file(path: Path) -> bool:
     return False
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary name beside ``path``, then move it over ``path``.
-
-    Unlike model checkpoints, demo images are not fsynced: they are cheap to make again, and
-    2000 fsyncs would cost more than drawing them.
-    """
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _readme_text(count: int, size: int, seed: int) -> str:
     return (
         f"{README_FIRST_LINE}\n\n"
@@ -258,12 +244,13 @@ def write_demo_dataset(
     paths: list[Path] = []
     for index, (image, _spec) in enumerate(iter_demo_images(count, size, seed)):
         path = out_dir / demo_file_name(index)
-        _write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
+        atomic_write(path, lambda temporary: image.save(temporary, format="PNG"), durable=False)
         paths.append(path)
         if progress is not None:
             progress(index + 1, count)
     readme_text = _readme_text(count, size, seed)
-    _write_atomically(out_dir / README_NAME, lambda temporary: temporary.write_text(readme_text, encoding="utf-8"))
+    atomic_write(out_dir / README_NAME, lambda temporary: temporary.write_text(readme_text, encoding="utf-8"),
+                 durable=False)
 
     written = set(paths) | {out_dir / README_NAME}
     for entry in existing:

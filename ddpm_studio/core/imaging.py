@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from .data import from_model_range
 from .model_store import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Model-range images in [-1, 1] (N, C, H, W) to uint8 on the CPU, same layout."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return from_model_range(images).cpu()
 
 
 def to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -48,22 +48,27 @@ class ModelError(ValueError):
 # --- atomic writes ----------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, flush it to disk, then move it over ``path``."""
+def atomic_write(path: Path, write, durable: bool = True) -> None:
+    """Call ``write(temporary_path)``, then move the result over ``path``; a crash leaves the old file whole.
+
+    ``durable`` flushes the file to disk before the move (checkpoints); files that are cheap to
+    make again (the demo dataset's thousands of PNGs) skip that cost.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(Path(temporary))
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
+        if durable:
+            with open(temporary, "rb+") as stream:
+                os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-# The names _atomic_write gives its temporary files: "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
+# The names atomic_write gives its temporary files: "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
 _TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
@@ -83,7 +88,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    _atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
+    atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -92,7 +97,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def save_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-    _atomic_write(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    atomic_write(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 def save_numpy_atomic(path: Path, array: np.ndarray) -> None:
@@ -100,7 +105,7 @@ def save_numpy_atomic(path: Path, array: np.ndarray) -> None:
         with open(temporary, "wb") as stream:
             np.save(stream, array, allow_pickle=False)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 # --- reading --------------------------------------------------------------------------------------

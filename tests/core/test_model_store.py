@@ -300,7 +300,7 @@ def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary_file(tmp_path
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        model_store._atomic_write(path, fail_halfway)
+        model_store.atomic_write(path, fail_halfway)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]
     assert torch.equal(load_file(str(path))["a"], torch.ones(3))

@@ -1,24 +1,14 @@
 """Closing the window while work runs: it asks first, stops every job, waits for its thread, and a training run is saved."""
 
-from pathlib import Path
-
-import pytest
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from ddpm_studio.core import model_store
 from ddpm_studio.core.data import load_dataset
-from ddpm_studio.core.demo_data import README_NAME, write_demo_dataset
+from ddpm_studio.core.demo_data import README_NAME
 from ddpm_studio.gui import dataset_page
 from ddpm_studio.gui.workers import JobRunner
 
 RUN_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def demo_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes") / "shapes"
-    write_demo_dataset(folder, count=16, size=16)
-    return folder
 
 
 def answer_questions(monkeypatch, answer) -> list[str]:

@@ -8,20 +8,12 @@ from PySide6.QtCore import Qt
 
 from ddpm_studio.core import model_store
 from ddpm_studio.core.data import load_dataset
-from ddpm_studio.core.demo_data import write_demo_dataset
 from ddpm_studio.core.training import FailedEvent, StartedEvent
 from ddpm_studio.gui import train_page as train_page_module
 
 RUN_TIMEOUT_MS = 60_000
 # Stop takes effect after the current step; a tiny step takes milliseconds, but the machine may be busy.
 STOP_TIMEOUT_MS = 5_000
-
-
-@pytest.fixture(scope="module")
-def demo_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes") / "shapes"
-    write_demo_dataset(folder, count=24, size=16)
-    return folder
 
 
 @pytest.fixture
