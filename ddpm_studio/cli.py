@@ -72,7 +72,7 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--preview-count", type=int, help="images in a preview grid (default 16; 0 for none)")
     parser.add_argument("--log-every", type=int, help="steps between loss read-backs (default: 1 on CPU, 20 on GPU)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 where the GPU or CPU has it natively, else fp32")
     parser.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -101,7 +101,7 @@ def run_train(args) -> int:
     )
 
     check_device(args.device)
-    context = distributed_context()
+    context = distributed_context(args.device)
     overrides = training_overrides(args)
     if args.resume:
         if args.out is None:
@@ -250,7 +250,8 @@ def run_sample(args) -> int:
     from tqdm import tqdm
 
     from .core.model_store import load_model
-    from .core.sampling import SamplingRequest, export_trajectory, resolve_device, run_sampling, save_samples
+    from .core.devices import choose_device
+    from .core.sampling import SamplingRequest, export_trajectory, run_sampling, save_samples
 
     request = SamplingRequest(
         model_path=resolve_model_path(args.model), num_images=args.num, seed=args.seed, sampler=args.sampler,
@@ -261,7 +262,7 @@ def run_sample(args) -> int:
     check_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         fail(f"--out {args.out} is a file; give a folder for the images.")
-    model = load_model(request.model_path, resolve_device(request.device))  # a bad model fails before any progress bar
+    model = load_model(request.model_path, choose_device(request.device))  # a bad model fails before any progress bar
     result = None
     with tqdm(desc=f"Sampling ({request.sampler})", unit="step") as bar:
         for event in run_sampling(request, model):

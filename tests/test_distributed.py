@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from ddpm_studio.core import model_store
 from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.training import DistributedContext, pick_device
+from ddpm_studio.core.devices import choose_device
 
 TESTS_DIR = Path(__file__).resolve().parent
 STEPS = 6
@@ -85,9 +85,8 @@ def test_only_rank_0_writes_the_model_folder(run):
 
 def test_an_explicit_cuda_device_means_each_process_own_gpu():
     """``--device cuda`` under torchrun: each process takes the GPU of its local rank, not all of them GPU 0."""
-    context = DistributedContext(rank=3, world_size=4, local_rank=1)
-    assert pick_device(context, "cuda") == torch.device("cuda", 1)
-    assert pick_device(context, "cuda:0") == torch.device("cuda", 0)
-    assert pick_device(context, "cpu") == torch.device("cpu")
+    assert choose_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert choose_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    assert choose_device("cpu", local_rank=1) == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert pick_device(context, "auto") == torch.device("cpu")
+        assert choose_device("auto", local_rank=1) == torch.device("cpu")

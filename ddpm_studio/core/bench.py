@@ -11,7 +11,8 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .schedule import NoiseSchedule
-from .training import TrainingConfig, describe_device, pick_device, DistributedContext, use_bf16
+from .devices import choose_device, describe_device, use_bf16, use_channels_last
+from .training import TrainingConfig
 from .unet import UNet, count_parameters
 
 
@@ -37,24 +38,26 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
     config = TrainingConfig.for_preset(settings.preset, image_size=settings.image_size, batch_size=settings.batch_size,
                                        precision=settings.precision)
     config.validate()
-    device = pick_device(DistributedContext(), settings.device)
+    device = choose_device(settings.device)
     bf16 = use_bf16(config.precision, device)
     unet_config = config.unet_config()
     model = UNet(unet_config).to(device)
-    if device.type == "cuda":
+    channels_last = use_channels_last(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     network = torch.compile(model) if settings.compile else model
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     shape = (settings.batch_size, unet_config.image_channels, unet_config.image_size, unet_config.image_size)
     x0 = torch.rand(shape, device=device) * 2 - 1
-    if device.type == "cuda":
+    if channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     yield f"device        {describe_device(device)}"
     yield f"torch         {torch.__version__} (Python {platform.python_version()}, {torch.get_num_threads()} CPU threads)"
-    yield f"dtype         {'bfloat16 autocast' if bf16 else 'float32'}{', channels_last' if device.type == 'cuda' else ''}"
+    yield f"dtype         {'bfloat16 autocast' if bf16 else 'float32'}{', channels_last' if channels_last else ''}"
     yield (f"model         {settings.preset}: {count_parameters(model):,} parameters at "
            f"{unet_config.image_size}x{unet_config.image_size}x{unet_config.image_channels}, batch {settings.batch_size}")
 

@@ -10,7 +10,6 @@ counted. That is an upper bound on what autograd keeps for the backward pass, an
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -82,16 +81,3 @@ def estimate_training_memory(
         activation_bytes //= 2
     dataset_bytes = dataset_images * config.image_channels * config.image_size**2
     return MemoryEstimate(parameters, parameters * BYTES_PER_PARAMETER, activation_bytes, dataset_bytes)
-
-
-def device_memory_bytes(device: torch.device | str | None = None) -> int | None:
-    """Total memory of a CUDA device, or the system's RAM for the CPU; None where it cannot be read."""
-    device = torch.device(device) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    )
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not on every platform (Windows)
-        return None

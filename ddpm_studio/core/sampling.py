@@ -14,18 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import PRECISIONS, choose_device, use_bf16
 from .diffusion import SAMPLERS, VARIANCES, SampleStep
 from .imaging import make_grid, make_strip, save_animation, save_png, to_hwc, to_uint8
 from .model_store import LoadedModel, load_model
 
 DETAIL_STEPS = 50
 DEFAULT_TRAJECTORY_BUDGET = 512 * 2**20
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -41,6 +36,7 @@ class SamplingRequest:
     variance: str = "fixed_large"  # DDPM only
     clip: bool = True
     device: str = "auto"
+    precision: str = "auto"  # "auto": bf16 autocast where the device has it natively
     keep_trajectory_of: list[int] | None = None  # image indices to record; None: all
     trajectory_budget_bytes: int = DEFAULT_TRAJECTORY_BUDGET
     x_start: torch.Tensor | None = None  # model range, (N, C, H, W)
@@ -57,6 +53,8 @@ class SamplingRequest:
             raise ValueError(f"DDIM needs at least 1 step, not {self.steps}.")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"DDIM's eta must lie in [0, 1], not {self.eta}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
 
     def describe(self) -> str:
         if self.sampler == "ddim":
@@ -133,7 +131,7 @@ def sampling_metadata(model: LoadedModel, request: SamplingRequest) -> dict[str,
 def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
     """Yield ``SampleProgress`` for each reverse step, then one ``SamplingResult``."""
     request.validate()
-    device = resolve_device(request.device)
+    device = choose_device(request.device)
     model = model or load_model(request.model_path, device)
     if next(model.unet.parameters()).device != device:
         model.unet.to(device)
@@ -153,9 +151,9 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
     bytes_per_frame = 2 * len(recorded) * int(np.prod(model.image_shape))
     trajectory = Trajectory([], recorded)
     keep: set[int] | None = None
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = use_bf16(request.precision, device)
     final: SampleStep | None = None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for sample_step in steps:
             if keep is None:
                 keep = frames_to_keep(sample_step.num_steps, bytes_per_frame, request.trajectory_budget_bytes)

@@ -25,13 +25,12 @@ import torch.distributed as dist
 
 from . import model_store
 from .data import DatasetError, ScanResult, explain_no_usable_images, scan_images, to_model_range
+from .devices import PRECISIONS, choose_device, describe_device, process_group_backend, use_bf16, use_channels_last
 from .diffusion import GaussianDiffusion
 from .imaging import make_grid, save_png, to_uint8
 from .model_store import ModelError, ModelInfo
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import PRESETS, UNet, count_parameters, preset_config
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -190,32 +189,16 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def distributed_context() -> DistributedContext:
-    """Join the process group that ``torchrun`` describes in the environment (a no-op for one process)."""
+def distributed_context(requested_device: str | None = None) -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment (a no-op for one process),
+    with the backend that suits the device the run will use."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(context: DistributedContext, requested: str | None = None) -> torch.device:
-    if requested and requested != "auto":
-        device = torch.device(requested)
-        if device.type == "cuda" and device.index is None:  # under torchrun, "cuda" means this process's GPU
-            device = torch.device("cuda", context.local_rank)
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", context.local_rank)
-    return torch.device("cpu")
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "bf16":
-        return True
-    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dist.init_process_group(backend=process_group_backend(choose_device(requested_device, local_rank)))
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def ema_decay_at(config: TrainingConfig, step: int) -> float:
@@ -240,7 +223,7 @@ class TrainingState:
         unet_config = config.unet_config()
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = UNet(unet_config).to(device)
-        if device.type == "cuda":
+        if use_channels_last(device):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
@@ -399,10 +382,10 @@ def train(
     if len(images) == 0:
         raise ValueError("There are no images to train on.")
 
-    context = distributed_context()
+    context = distributed_context(device)
     if config.batch_size % context.world_size:
         raise ValueError(f"Batch size {config.batch_size} cannot be split evenly over {context.world_size} processes.")
-    run_device = pick_device(context, device)
+    run_device = choose_device(device, context.local_rank)
     if run_device.type == "cuda":
         torch.cuda.set_device(run_device)
     bf16 = use_bf16(config.precision, run_device)
@@ -446,7 +429,7 @@ def train(
         free, _ = torch.cuda.mem_get_info(run_device)
         data = images.to(run_device) if images.numel() < free // 4 else images.pin_memory()
     per_rank = config.batch_size // context.world_size
-    channels_last = run_device.type == "cuda"
+    channels_last = use_channels_last(run_device)
 
     yield StartedEvent(
         state.step, config.steps, count_parameters(state.model), describe_device(run_device),
@@ -591,8 +574,3 @@ def weights_are_finite(state: TrainingState) -> bool:
     tensors = [p.detach() for p in state.model.parameters()] + list(state.ema.parameters())
     return bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())
 
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({device})"
-    return "CPU"

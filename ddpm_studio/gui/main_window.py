@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import torch
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
+from ..core.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
 from ..core.model_store import ModelError
 from .context import StudioContext
 from .dataset_page import DatasetPage
@@ -22,23 +21,13 @@ from .train_page import TrainPage
 from .workers import stop_all_jobs
 
 
-def process_memory_bytes() -> int | None:
-    """Resident memory of this process (Linux /proc; None where unavailable)."""
-    try:
-        with open("/proc/self/statm") as stream:
-            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def device_status() -> str:
-    if torch.cuda.is_available():
-        device = torch.cuda.current_device()
-        free, total = torch.cuda.mem_get_info(device)
-        return (f"{torch.cuda.get_device_name(device)} · GPU memory {(total - free) / 2**30:.1f} of "
-                f"{total / 2**30:.1f} GiB in use")
-    memory = process_memory_bytes()
-    return "Device: CPU (no CUDA GPU found)" + (f" · {memory / 2**20:,.0f} MiB in use" if memory else "")
+    device = choose_device("auto")
+    in_use = memory_in_use_bytes(device)
+    if device.type == "cuda":
+        total = device_memory_bytes(device)
+        return f"{describe_device(device)} · GPU memory {in_use / 2**30:.1f} of {total / 2**30:.1f} GiB in use"
+    return "Device: CPU (no CUDA GPU found)" + (f" · {in_use / 2**20:,.0f} MiB in use" if in_use else "")
 
 
 class MainWindow(QMainWindow):

@@ -38,7 +38,8 @@ from PySide6.QtWidgets import (
 from ..core import model_store
 from ..core.data import ScanProgress, ScanResult
 from ..core.imaging import make_grid
-from ..core.memory import device_memory_bytes, estimate_training_memory
+from ..core.devices import choose_device, device_memory_bytes, use_bf16
+from ..core.memory import estimate_training_memory
 from ..core.model_store import ModelError
 from ..core.schedule import SCHEDULE_KINDS
 from ..core.training import (
@@ -521,10 +522,11 @@ class TrainPage(Page):
             self.memory_label.setStyleSheet(WARNING_STYLE)
             return
         batch_size = config.batch_size
-        bf16 = config.precision == "bf16"
+        bf16 = use_bf16(config.precision, choose_device("auto"))
+        dataset_images = len(self.dataset.files) if self.dataset is not None else 0
 
         def estimate():
-            yield estimate_training_memory(unet_config, batch_size, bf16)
+            yield estimate_training_memory(unet_config, batch_size, bf16, dataset_images)
 
         worker = JobWorker(estimate)
         runner = JobRunner(worker, "memory estimate", parent=self)
@@ -535,8 +537,9 @@ class TrainPage(Page):
 
     @Slot(object)
     def _show_estimate(self, estimate) -> None:
-        available = device_memory_bytes()
-        where = "GPU" if _cuda_available() else "CPU"
+        device = choose_device("auto")
+        available = device_memory_bytes(device)
+        where = "GPU" if device.type == "cuda" else "CPU"
         text = f"Memory: ≈ {format_bytes(estimate.total_bytes)} on the {where} ({estimate.parameters:,} parameters)"
         if available and estimate.total_bytes > MEMORY_WARNING_SHARE * available:
             text += (f". That is more than this {'GPU' if where == 'GPU' else 'computer'} has to spare "
@@ -803,8 +806,3 @@ def _read_png(path: Path) -> np.ndarray | None:
     except OSError:
         return None
 
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

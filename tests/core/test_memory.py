@@ -2,7 +2,8 @@
 
 import torch
 
-from ddpm_studio.core.memory import BYTES_PER_PARAMETER, device_memory_bytes, estimate_training_memory
+from ddpm_studio.core.devices import device_memory_bytes
+from ddpm_studio.core.memory import BYTES_PER_PARAMETER, estimate_training_memory
 from ddpm_studio.core.unet import UNet, preset_config
 
 

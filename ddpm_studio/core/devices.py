@@ -1,0 +1,148 @@
+"""Where a run computes: the one place that picks the device, decides on bf16, names the device and reads its memory.
+
+Training, sampling, the bench, the doctor, the CLI and the window's status bar all ask here, so that
+"auto" means the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def choose_device(requested: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """The device a run uses: the requested one, or a CUDA GPU when there is one, else the CPU.
+
+    Under torchrun, a bare "cuda" (and "auto") means this process's own GPU, the one of ``local_rank``.
+    """
+    if requested is not None and str(requested) != "auto":
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def process_group_backend(device: torch.device) -> str:
+    """The torch.distributed backend for a run on ``device``: NCCL for GPUs, gloo for the CPU.
+
+    Chosen by the run's device, not by whether CUDA exists: ``--device cpu`` on a GPU machine
+    needs gloo, since NCCL cannot reduce CPU tensors.
+    """
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+# --- bf16 --------------------------------------------------------------------------------------
+
+
+def cpu_capabilities() -> Mapping:
+    """The instruction sets torch detects on this CPU (name -> bool)."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is not None:  # torch >= 2.10
+        return get_capabilities()
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"}
+    return {name: bool(getattr(torch.cpu, probe, lambda: False)()) for name, probe in probes.items()}
+
+
+def cpu_has_native_bf16(capabilities: Mapping | None = None) -> bool:
+    """Whether this x86 CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX).
+
+    Elsewhere oneDNN emulates bf16 in fp32 registers, which is slower than fp32 itself.
+    """
+    capabilities = cpu_capabilities() if capabilities is None else capabilities
+    amx_bf16 = capabilities.get("amx_bf16", capabilities.get("amx_tile"))  # older torch reports only the tiles
+    return bool(capabilities.get("avx512_bf16") or amx_bf16)
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` (not the current one) has bf16 tensor cores (compute capability 8.0+).
+
+    ``torch.cuda.is_bf16_supported()`` by default also counts emulation, which T4s and V100s
+    offer at a fraction of fp32's speed.
+    """
+    if torch.version.hip:
+        return True
+    with torch.cuda.device(device):
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no including_emulation and counts no emulation
+            return torch.cuda.is_bf16_supported()
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return cuda_has_native_bf16(device)
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a run at ``precision`` ("auto", "fp32", "bf16") computes in bf16 autocast on ``device``.
+
+    "auto" picks bf16 where the device has it natively: GPUs from Ampere on, and CPUs with
+    AVX512-BF16 or AMX.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{precision}'.")
+    if precision == "bf16":
+        return True
+    return precision == "auto" and has_native_bf16(device)
+
+
+def use_channels_last(device: torch.device) -> bool:
+    """Whether the model and its inputs use the channels_last layout: on GPUs, where cuDNN's
+    tensor-core convolutions want it."""
+    return device.type == "cuda"
+
+
+# --- describing and measuring ------------------------------------------------------------------
+
+
+def describe_device(device: torch.device) -> str:
+    """A short name for a status line: "NVIDIA H100 (cuda:0)", or "CPU"."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    if device.type == "cpu":
+        return "CPU"
+    return str(device)
+
+
+def device_memory_bytes(device: torch.device | str | None = None) -> int | None:
+    """Total memory of a CUDA device, or the system's RAM for the CPU; None where it cannot be read."""
+    device = choose_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on every platform (Windows)
+        return None
+
+
+def memory_in_use_bytes(device: torch.device) -> int | None:
+    """Memory in use: on a GPU by every process on it, on the CPU by this process (None where unknown)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free
+    try:
+        with open("/proc/self/statm") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # Linux only
+        return None
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without making the host wait for the GPU.
+
+    The copy goes through pinned memory (torch's caching host allocator, which keeps the buffer
+    until the copy is done), so ``non_blocking`` is really asynchronous.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

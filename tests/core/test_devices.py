@@ -1,0 +1,84 @@
+"""The one place that decides where and how a run computes: device, process-group backend, bf16."""
+
+import pytest
+import torch
+
+from ddpm_studio.core import devices
+from ddpm_studio.core.devices import (
+    choose_device, cpu_has_native_bf16, describe_device, device_memory_bytes, host_to_device, process_group_backend,
+    use_bf16,
+)
+
+
+@pytest.fixture
+def cuda_machine(monkeypatch):
+    """Pretend a CUDA GPU is there: the decisions must not depend on one being usable."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_auto_means_this_process_gpu_where_there_is_one(cuda_machine):
+    assert choose_device("auto", local_rank=2) == torch.device("cuda", 2)
+    assert choose_device(None) == torch.device("cuda", 0)
+    assert choose_device("cuda", local_rank=1) == torch.device("cuda", 1)
+
+
+def test_device_cpu_on_a_gpu_machine_joins_the_process_group_with_gloo(cuda_machine):
+    # NCCL cannot reduce CPU tensors: --device cpu under torchrun would crash at the first collective.
+    assert process_group_backend(choose_device("cpu")) == "gloo"
+    assert process_group_backend(choose_device("auto", local_rank=1)) == "nccl"
+    assert process_group_backend(choose_device("cuda:1")) == "nccl"
+
+
+@pytest.mark.parametrize("capabilities, native", [
+    ({"avx2": True, "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, False),
+    ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, True),  # Zen 4, Cooper Lake
+    ({"avx512_bf16": False, "amx_bf16": True, "amx_tile": True}, True),  # Sapphire Rapids and later
+    ({"architecture": "aarch64", "neon": True}, False),
+    ({"amx_tile": True}, True),  # older torch reports only the AMX tiles
+])
+def test_native_bf16_on_the_cpu_means_avx512_bf16_or_amx(capabilities, native):
+    assert cpu_has_native_bf16(capabilities) is native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_picks_bf16_on_the_cpu_only_where_it_is_native(monkeypatch, native):
+    monkeypatch.setattr(devices, "cpu_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) is native
+    assert use_bf16("bf16", cpu) is True and use_bf16("fp32", cpu) is False
+    with pytest.raises(ValueError, match="Precision"):
+        use_bf16("fp16", cpu)
+
+
+def test_auto_precision_asks_the_run_device_for_native_bf16_without_emulation(monkeypatch, cuda_machine):
+    """A T4 (compute 7.5) emulates bf16: "auto" must not pick it. The question goes to the run's
+    GPU (made current for it), not to whichever GPU is current."""
+    asked = []
+
+    class FakeDeviceContext:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            asked.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    def is_bf16_supported(including_emulation=True):
+        assert including_emulation is False
+        return asked[-1] == torch.device("cuda", 1)  # GPU 1 is an A100, GPU 0 a T4
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDeviceContext)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert use_bf16("auto", torch.device("cuda", 1)) is True
+    assert use_bf16("auto", torch.device("cuda", 0)) is False
+
+
+def test_the_cpu_is_described_and_measured():
+    assert describe_device(torch.device("cpu")) == "CPU"
+    total = device_memory_bytes("cpu")
+    assert total is None or total > 2**28
+    tensor = torch.arange(5)
+    assert torch.equal(host_to_device(tensor, torch.device("cpu")), tensor)
