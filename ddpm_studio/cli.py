@@ -9,15 +9,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from .core.errors import UserError
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class UserError(Exception):
-    """Bad input a user gave; printed as one line, exit status 2."""
-
-
 def fail(message: str) -> None:
+    """Stop with one line for the user and exit status 2."""
     raise UserError(message)
 
 
@@ -357,21 +356,21 @@ def add_demo_parser(subparsers) -> None:
 def run_demo_data(args) -> int:
     from tqdm import tqdm
 
-    from .core.demo_data import DEFAULT_DEMO_COUNT, write_demo_dataset
+    from .core.demo_data import DEFAULT_DEMO_COUNT, DemoDataset, write_demo_dataset
 
     count = DEFAULT_DEMO_COUNT if args.count is None else args.count
     if count < 1 or args.size < 8:
         fail("The demo dataset needs at least 1 image of at least 8 pixels.")
     bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # opened at the first image, so that a refused folder prints only its error
-            bar = tqdm(total=total, unit="img", desc="Drawing shapes")
-        bar.update(done - bar.n)
-
+    paths: list[Path] = []
     try:
-        paths = write_demo_dataset(args.out, count, args.size, args.seed, progress=progress)
+        for event in write_demo_dataset(args.out, count, args.size, args.seed):
+            if isinstance(event, DemoDataset):
+                paths = event.paths
+                continue
+            if bar is None:  # opened at the first image, so that a refused folder prints only its error
+                bar = tqdm(total=event.total, unit="img", desc="Drawing shapes")
+            bar.update(event.done - bar.n)
     finally:
         if bar is not None:
             bar.close()
@@ -405,12 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         from .gui.app import run_app
 
         return run_app()
-    from .core.data import DatasetError
-    from .core.model_store import ModelError
-
     try:
         return args.handler(args)
-    except (UserError, DatasetError, ModelError, ValueError, OSError) as error:
+    except (UserError, OSError) as error:  # a programming error is not caught: its traceback is the report
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if isinstance(error, OSError) and error.filename:
             message = f"{error.strerror or message}: {error.filename}"

@@ -43,7 +43,7 @@ def main() -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from ddpm_studio.core.demo_data import write_demo_dataset
+    from ddpm_studio.core.demo_data import create_demo_dataset
     from ddpm_studio.gui.main_window import MainWindow
 
     app = QApplication([])
@@ -53,7 +53,7 @@ def main() -> int:
     settle(app)
 
     data = scratch / "shapes"
-    write_demo_dataset(data, count=300, seed=3)
+    create_demo_dataset(data, count=300, seed=3)
     page = window.dataset_page
     window.tabs.setCurrentWidget(page)
     page.scan([data])
@@ -94,7 +94,7 @@ def main() -> int:
     settle(app)
     noising.set_t(300)
     noising.denoise()
-    wait_until(app, lambda: not noising.is_busy())
+    wait_until(app, lambda: not noising.jobs.is_running())
     settle(app, 1.0)  # the finished run arrives as a queued signal, and resets the timeline
     noising.timeline.set_frame(int(noising.timeline.frame_count() * 0.6))
     settle(app)

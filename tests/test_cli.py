@@ -317,3 +317,15 @@ def test_an_unknown_option_is_argparse_usage_with_status_2(capsys):
         cli.main(["train", "--preset", "gigantic"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_programming_error_is_reported_as_a_bug_not_as_a_user_error(monkeypatch):
+    """Only ``UserError`` (and the system's OSError) become one line and exit 2; a stray ValueError keeps its traceback."""
+    from ddpm_studio import cli
+
+    def broken(args):
+        raise ValueError("not enough values to unpack")
+
+    monkeypatch.setattr(cli, "run_info", broken)
+    with pytest.raises(ValueError, match="not enough values"):
+        cli.main(["info", "anything"])

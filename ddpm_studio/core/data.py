@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .errors import SettingError, UserError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # Only the decoders of the formats above are tried. Pillow would otherwise also open
@@ -61,7 +62,7 @@ REASON_PHRASES = {
 MAX_DETAIL_LENGTH = 80
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset the user chose cannot be used; the message is one sentence that says why."""
 
 
@@ -368,9 +369,9 @@ def load_image(path: Path, image_size: int, channels: int) -> tuple[np.ndarray, 
 
 def _check_settings(image_size: int, channels: int) -> None:
     if image_size < 1:
-        raise ValueError(f"The image size must be at least 1 pixel, not {image_size}.")
+        raise SettingError(f"The image size must be at least 1 pixel, not {image_size}.")
     if channels not in SUPPORTED_CHANNELS:
-        raise ValueError(f"Images can have 1 channel (grey) or 3 (colour), not {channels}.")
+        raise SettingError(f"Images can have 1 channel (grey) or 3 (colour), not {channels}.")
 
 
 def default_workers() -> int:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .model_store import atomic_write
+from .atomic import atomic_write
+from .errors import SettingError
 
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND_KINDS = ("plain", "gradient")
@@ -59,7 +60,7 @@ BORDER_MARGIN = 1.0
 
 DEMO_FILE_PATTERN = re.compile(r"shape_\d{5,}\.png")
 # Left behind only if a write was interrupted; ours to overwrite or remove.
-DEMO_TEMP_PATTERN = re.compile(r"\.(shape_\d{5,}\.png|README\.txt)\.[a-z0-9_]{8}\.tmp")  # model_store.atomic_write's names
+DEMO_TEMP_PATTERN = re.compile(r"\.(shape_\d{5,}\.png|README\.txt)\.[a-z0-9_]{8}\.tmp")  # atomic_write's names
 README_NAME = "README.txt"
 README_FIRST_LINE = "DDPM Studio demo dataset"
 
@@ -212,31 +213,53 @@ def _readme_text(count: int, size: int, seed: int) -> str:
     )
 
 
+@dataclass
+class DemoProgress:
+    """While the demo dataset is drawn: ``done`` of ``total`` images written."""
+
+    done: int
+    total: int
+
+
+@dataclass
+class DemoDataset:
+    """The last event of ``write_demo_dataset``: the folder and its images, in order."""
+
+    folder: Path
+    paths: list[Path]
+
+
+def is_complete_demo_dataset(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a whole demo dataset: its README is written last, so one that is there means so."""
+    readme = Path(folder) / README_NAME
+    return readme.is_file() and _is_own_file(readme)
+
+
 def write_demo_dataset(
     out_dir: Path | str,
     count: int = DEFAULT_DEMO_COUNT,
     size: int = DEFAULT_DEMO_SIZE,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Path]:
-    """Write the demo images as ``out_dir/shape_00000.png`` ... plus a README.txt; return the PNG paths.
+) -> Iterator[DemoProgress | DemoDataset]:
+    """Write the demo images as ``out_dir/shape_00000.png`` ... plus a README.txt, yielding progress.
 
-    The folder is created if needed. A folder that holds anything besides an earlier demo
-    dataset is refused with a ``ValueError``, so the demo never mixes into a user's images.
-    An earlier demo dataset there is replaced, including any of its images beyond ``count``.
-    Each file is written to a temporary name and moved into place. ``progress(done, count)``
-    is called after each image.
+    Yields a ``DemoProgress`` after each image, then one ``DemoDataset``. The folder is
+    created if needed. A folder that holds anything besides an earlier demo dataset is
+    refused with a ``SettingError``, so the demo never mixes into a user's images. An earlier
+    demo dataset there is replaced, including any of its images beyond ``count``. Each file
+    is written to a temporary name and moved into place; the README comes last, so a run
+    stopped part-way (the consumer closes the iterator) leaves a folder that is not complete.
     """
     if count < 1:
-        raise ValueError(f"count must be at least 1, not {count}")
+        raise SettingError(f"The demo dataset needs at least 1 image, not {count}.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"Cannot write the demo dataset to {out_dir}: it is a file, not a folder.")
+        raise SettingError(f"Cannot write the demo dataset to {out_dir}: it is a file, not a folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = list(out_dir.iterdir())
     foreign = [entry for entry in existing if not _is_own_file(entry)]
     if foreign:
-        raise ValueError(
+        raise SettingError(
             f"Cannot write the demo dataset to {out_dir}: the folder already holds other files "
             f"(such as {foreign[0].name}); choose an empty folder."
         )
@@ -246,8 +269,7 @@ def write_demo_dataset(
         path = out_dir / demo_file_name(index)
         atomic_write(path, lambda temporary: image.save(temporary, format="PNG"), durable=False)
         paths.append(path)
-        if progress is not None:
-            progress(index + 1, count)
+        yield DemoProgress(index + 1, count)
     readme_text = _readme_text(count, size, seed)
     atomic_write(out_dir / README_NAME, lambda temporary: temporary.write_text(readme_text, encoding="utf-8"),
                  durable=False)
@@ -256,4 +278,14 @@ def write_demo_dataset(
     for entry in existing:
         if entry not in written and entry.exists():
             entry.unlink()  # an earlier, larger demo run or an interrupted write
-    return paths
+    yield DemoDataset(out_dir, paths)
+
+
+def create_demo_dataset(
+    out_dir: Path | str, count: int = DEFAULT_DEMO_COUNT, size: int = DEFAULT_DEMO_SIZE, seed: int = 0
+) -> list[Path]:
+    """Run ``write_demo_dataset`` to the end; return the PNG paths."""
+    result = None
+    for event in write_demo_dataset(out_dir, count, size, seed):
+        result = event
+    return result.paths

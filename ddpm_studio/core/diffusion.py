@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SettingError
 from .schedule import NoiseSchedule
 
 VARIANCES = ("fixed_large", "fixed_small")
@@ -94,7 +95,7 @@ class GaussianDiffusion:
     def model_variance(self, t: torch.Tensor, shape: torch.Size, variance: str) -> torch.Tensor:
         """sigma_t^2: beta_t ("fixed_large") or beta~_t ("fixed_small")."""
         if variance not in VARIANCES:
-            raise ValueError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
+            raise SettingError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
         s = self.schedule
         if variance == "fixed_small":
             return extract(s.posterior_variance, t, shape)
@@ -148,7 +149,7 @@ class GaussianDiffusion:
         No noise is added at the last step. Settings are checked here, before the first step.
         """
         if variance not in VARIANCES:
-            raise ValueError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
+            raise SettingError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
         start_t = self._check_start(start_t)
         return self._ddpm_steps(model, shape, generator, variance, clip, x_start, start_t, device)
 
@@ -186,9 +187,9 @@ class GaussianDiffusion:
         """
         start_t = self._check_start(start_t)
         if not 1 <= num_steps <= start_t + 1:
-            raise ValueError(f"DDIM needs between 1 and {start_t + 1} steps, not {num_steps}.")
+            raise SettingError(f"DDIM needs between 1 and {start_t + 1} steps, not {num_steps}.")
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"DDIM's eta must lie in [0, 1], not {eta}.")
+            raise SettingError(f"DDIM's eta must lie in [0, 1], not {eta}.")
         return self._ddim_steps(model, shape, num_steps, eta, generator, clip, x_start, start_t, device)
 
     @torch.inference_mode()
@@ -218,7 +219,7 @@ class GaussianDiffusion:
     def _check_start(self, start_t: int | None) -> int:
         start_t = self.num_timesteps - 1 if start_t is None else int(start_t)
         if not 0 <= start_t < self.num_timesteps:
-            raise ValueError(f"The starting timestep index must lie in 0..{self.num_timesteps - 1}, not {start_t}.")
+            raise SettingError(f"The starting timestep index must lie in 0..{self.num_timesteps - 1}, not {start_t}.")
         return start_t
 
     def ddim_timesteps(self, num_steps: int, start_t: int | None = None) -> list[int]:
@@ -238,7 +239,7 @@ class GaussianDiffusion:
         if sampler == "ddim":
             options.pop("variance", None)
             return self.ddim_sample_progressive(model, shape, **options)
-        raise ValueError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
+        raise SettingError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
 
     def sample(self, model: EpsModel, shape: tuple[int, ...], sampler: str = "ddpm", **options) -> torch.Tensor:
         """Run a sampler to the end and return only the final images x_0, in [-1, 1]."""

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from .atomic import write_bytes_atomic
 from .data import from_model_range
-from .model_store import write_bytes_atomic
+from .errors import SettingError
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ def save_animation(path: Path | str, frames: Sequence[np.ndarray], duration_ms: 
     durations[-1] = max(duration_ms, final_hold_ms)
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".webp"):
-        raise ValueError(f"Animations are saved as .gif or .webp, not '{suffix or path.name}'.")
+        raise SettingError(f"Animations are saved as .gif or .webp, not '{suffix or path.name}'.")
     buffer = io.BytesIO()
     options = {"save_all": True, "append_images": images[1:], "duration": durations, "loop": 0}
     if suffix == ".gif":

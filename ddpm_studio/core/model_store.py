@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import TEMPORARY_NAME, atomic_write, write_bytes_atomic
 from .diffusion import GaussianDiffusion
+from .errors import UserError
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig
 
@@ -41,35 +41,11 @@ PREVIEW_FILE = "preview.png"
 PREVIEW_DIR = "previews"
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model folder that is missing, damaged or not ours; the message is one sentence naming the file."""
 
 
 # --- atomic writes ----------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, write, durable: bool = True) -> None:
-    """Call ``write(temporary_path)``, then move the result over ``path``; a crash leaves the old file whole.
-
-    ``durable`` flushes the file to disk before the move (checkpoints); files that are cheap to
-    make again (the demo dataset's thousands of PNGs) skip that cost.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        if durable:
-            with open(temporary, "rb+") as stream:
-                os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-# The names atomic_write gives its temporary files: "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
-_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -81,14 +57,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     for directory in (Path(folder), Path(folder) / PREVIEW_DIR):
         if directory.is_dir():
             for path in directory.iterdir():
-                if _TEMPORARY_NAME.fullmatch(path.name) and path.is_file():
+                if TEMPORARY_NAME.fullmatch(path.name) and path.is_file():
                     path.unlink(missing_ok=True)
                     removed.append(path)
     return removed
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -1,6 +1,6 @@
 """Generating images from a saved model as an iterator of events, with the trajectory kept for the timeline.
 
-``run_sampling(request)`` yields a ``SampleProgress`` per reverse step and ends with a
+``run_sampling(request)`` yields the sampler's ``SampleStep`` per reverse step and ends with a
 ``SamplingResult``: the final images, and the trajectory frames (x_t and x0_hat as uint8 on
 the CPU) that fit a memory budget. The last ``DETAIL_STEPS`` steps, where the image forms,
 are always kept; earlier ones are kept at a stride when the budget requires it.
@@ -16,6 +16,7 @@ import torch
 
 from .devices import PRECISIONS, choose_device, use_bf16
 from .diffusion import SAMPLERS, VARIANCES, SampleStep
+from .errors import SettingError
 from .imaging import make_grid, make_strip, save_animation, save_png, to_hwc, to_uint8
 from .model_store import LoadedModel, load_model
 
@@ -44,33 +45,22 @@ class SamplingRequest:
 
     def validate(self) -> None:
         if self.num_images < 1 or self.num_images > 4096:
-            raise ValueError(f"The number of images must be between 1 and 4096, not {self.num_images}.")
+            raise SettingError(f"The number of images must be between 1 and 4096, not {self.num_images}.")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
+            raise SettingError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
         if self.variance not in VARIANCES:
-            raise ValueError(f"Unknown variance '{self.variance}'; choose one of {', '.join(VARIANCES)}.")
+            raise SettingError(f"Unknown variance '{self.variance}'; choose one of {', '.join(VARIANCES)}.")
         if self.sampler == "ddim" and self.steps < 1:
-            raise ValueError(f"DDIM needs at least 1 step, not {self.steps}.")
+            raise SettingError(f"DDIM needs at least 1 step, not {self.steps}.")
         if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"DDIM's eta must lie in [0, 1], not {self.eta}.")
+            raise SettingError(f"DDIM's eta must lie in [0, 1], not {self.eta}.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
+            raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
 
     def describe(self) -> str:
         if self.sampler == "ddim":
             return f"DDIM {self.steps} steps, eta {self.eta:g}"
         return f"DDPM every step, {self.variance.replace('_', ' ')} variance"
-
-
-@dataclass
-class SampleProgress:
-    """One reverse step. Tensors are the sampler's own (model range, on the device): convert only when shown."""
-
-    step: int
-    num_steps: int
-    t: int  # array index of x_t
-    x_t: torch.Tensor
-    x0_hat: torch.Tensor
 
 
 @dataclass
@@ -129,7 +119,8 @@ def sampling_metadata(model: LoadedModel, request: SamplingRequest) -> dict[str,
 
 
 def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
-    """Yield ``SampleProgress`` for each reverse step, then one ``SamplingResult``."""
+    """Yield the sampler's ``SampleStep`` for each reverse step (tensors on the device, model range: convert
+    only what is shown), then one ``SamplingResult``."""
     request.validate()
     device = choose_device(request.device)
     model = model or load_model(request.model_path, device)
@@ -162,7 +153,7 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
                 trajectory.x_t.append(to_uint8(sample_step.x_t[recorded]))
                 trajectory.x0_hat.append(to_uint8(sample_step.x0_hat[recorded]))
             final = sample_step
-            yield SampleProgress(sample_step.step, sample_step.num_steps, sample_step.t, sample_step.x_t, sample_step.x0_hat)
+            yield sample_step
     images = to_uint8(final.x_prev)
     if recorded:
         trajectory.timesteps.append(0)
@@ -217,7 +208,7 @@ def export_trajectory(result: SamplingResult, image: int, path: Path | str, kind
     """Save one image's trajectory as an animation ("gif", "webp") or a strip of x_t frames ("strip")."""
     path = Path(path)
     if image not in result.trajectory.image_indices:
-        raise ValueError(f"The trajectory of image {image} was not recorded.")
+        raise SettingError(f"The trajectory of image {image} was not recorded.")
     if kind == "strip":
         trajectory = result.trajectory
         picks = sorted(set(np.linspace(0, len(trajectory) - 1, 10).round().astype(int).tolist()))
@@ -231,6 +222,6 @@ def export_trajectory(result: SamplingResult, image: int, path: Path | str, kind
         return save_png(path.with_suffix(".png"), image_out, {**result.metadata, "timesteps": timesteps,
                                                              "rows": "x_t, x0_hat"})
     if kind not in ("gif", "webp"):
-        raise ValueError(f"Export the trajectory as gif, webp or strip, not '{kind}'.")
+        raise SettingError(f"Export the trajectory as gif, webp or strip, not '{kind}'.")
     frames = trajectory_frames(result, image, max_frames=200)
     return save_animation(path.with_suffix(f".{kind}"), frames, duration_ms=40, scale=scale, metadata=result.metadata)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import SettingError
 SCHEDULE_KINDS = ("linear", "cosine")
 
 
@@ -32,11 +33,11 @@ class ScheduleConfig:
 
     def validate(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"Unknown schedule '{self.kind}'; choose one of {', '.join(SCHEDULE_KINDS)}.")
+            raise SettingError(f"Unknown schedule '{self.kind}'; choose one of {', '.join(SCHEDULE_KINDS)}.")
         if self.num_timesteps < 1:
-            raise ValueError(f"The number of timesteps must be at least 1, not {self.num_timesteps}.")
+            raise SettingError(f"The number of timesteps must be at least 1, not {self.num_timesteps}.")
         if self.kind == "linear" and not (0 < self.beta_start <= self.beta_end < 1):
-            raise ValueError("Linear betas need 0 < beta_start <= beta_end < 1.")
+            raise SettingError("Linear betas need 0 < beta_start <= beta_end < 1.")
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:

@@ -27,6 +27,7 @@ from . import model_store
 from .data import DatasetError, ScanResult, explain_no_usable_images, scan_images, to_model_range
 from .devices import PRECISIONS, choose_device, describe_device, process_group_backend, use_bf16, use_channels_last
 from .diffusion import GaussianDiffusion
+from .errors import SettingError
 from .imaging import make_grid, save_png, to_uint8
 from .model_store import ModelError, ModelInfo
 from .schedule import NoiseSchedule, ScheduleConfig
@@ -67,15 +68,15 @@ class TrainingConfig:
         positive = ("batch_size", "steps", "num_timesteps", "checkpoint_every", "preview_every", "preview_steps")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ').capitalize()} must be at least 1, not {getattr(self, name)}.")
+                raise SettingError(f"{name.replace('_', ' ').capitalize()} must be at least 1, not {getattr(self, name)}.")
         if not (0 < self.learning_rate < 1):
-            raise ValueError(f"The learning rate must lie in (0, 1), not {self.learning_rate}.")
+            raise SettingError(f"The learning rate must lie in (0, 1), not {self.learning_rate}.")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"The EMA decay must lie in [0, 1), not {self.ema_decay}.")
+            raise SettingError(f"The EMA decay must lie in [0, 1), not {self.ema_decay}.")
         if self.warmup_steps < 0 or self.grad_clip <= 0 or self.preview_count < 0 or self.log_every < 0:
-            raise ValueError("Warm-up steps, preview count and log interval cannot be negative, and clipping must be positive.")
+            raise SettingError("Warm-up steps, preview count and log interval cannot be negative, and clipping must be positive.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
+            raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
         self.unet_config()  # raises for a bad preset, size or channels
         ScheduleConfig(self.schedule, self.num_timesteps).validate()
 
@@ -101,7 +102,7 @@ class TrainingConfig:
     def for_preset(cls, preset: str, **overrides) -> TrainingConfig:
         """A config with the preset's suggested batch size, learning rate and warm-up, then ``overrides``."""
         if preset not in PRESETS:
-            raise ValueError(f"Unknown preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+            raise SettingError(f"Unknown preset '{preset}'; choose one of {', '.join(PRESETS)}.")
         base = PRESETS[preset]
         values = {"preset": preset, "image_size": base.config.image_size, **base.defaults}
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -136,6 +137,20 @@ class StepEvent:
     @property
     def loss(self) -> float | None:
         return sum(self.losses) / len(self.losses) if self.losses else None
+
+
+def merge_step_events(pending: object | None, event: object) -> object:
+    """Fold a newer progress event into one not yet shown; two steps keep every loss of both.
+
+    A consumer that shows progress now and then (the window, at 20 Hz) passes this to its
+    throttle, so that the loss curve still gets every value.
+    """
+    if isinstance(pending, StepEvent) and isinstance(event, StepEvent):
+        return StepEvent(
+            event.step, event.total_steps, event.learning_rate, pending.losses + event.losses,
+            event.images_per_second or pending.images_per_second, event.steps_per_second or pending.steps_per_second,
+        )
+    return event
 
 
 @dataclass
@@ -380,11 +395,11 @@ def train(
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected_shape:
         raise ValueError(f"Training images must be uint8 of shape (N, {', '.join(map(str, expected_shape))}).")
     if len(images) == 0:
-        raise ValueError("There are no images to train on.")
+        raise SettingError("There are no images to train on.")
 
     context = distributed_context(device)
     if config.batch_size % context.world_size:
-        raise ValueError(f"Batch size {config.batch_size} cannot be split evenly over {context.world_size} processes.")
+        raise SettingError(f"Batch size {config.batch_size} cannot be split evenly over {context.world_size} processes.")
     run_device = choose_device(device, context.local_rank)
     if run_device.type == "cuda":
         torch.cuda.set_device(run_device)
@@ -395,7 +410,7 @@ def train(
     if resume:
         state.load_state(out_dir)
     if state.step >= config.steps:
-        raise ValueError(f"{out_dir.name} has already trained {state.step} steps; ask for more than that to continue.")
+        raise SettingError(f"{out_dir.name} has already trained {state.step} steps; ask for more than that to continue.")
 
     writer = None
     if context.is_main:
@@ -406,7 +421,7 @@ def train(
                 info.extra.setdefault("commands", []).append(command)
         else:
             if (out_dir / model_store.CONFIG_FILE).exists():
-                raise ValueError(f"{out_dir} already holds a model; resume it, or choose another name.")
+                raise SettingError(f"{out_dir} already holds a model; resume it, or choose another name.")
             info = ModelInfo(
                 path=out_dir, unet=unet_config, schedule=config.schedule_config(), training=config.to_dict(),
                 dataset=dataset_summary or {"count": len(images)}, command=command, created=now_iso(),

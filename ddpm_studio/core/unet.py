@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import SettingError
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -36,20 +37,20 @@ class UNetConfig:
     def validate(self) -> None:
         """Raise ValueError, in one sentence, for settings the network cannot be built with."""
         if self.image_channels not in (1, 3):
-            raise ValueError(f"Images must have 1 or 3 channels, not {self.image_channels}.")
+            raise SettingError(f"Images must have 1 or 3 channels, not {self.image_channels}.")
         if self.base_channels < 1 or not self.channel_multipliers or self.num_res_blocks < 1:
-            raise ValueError("The U-Net needs base channels, at least one level and one residual block per level.")
+            raise SettingError("The U-Net needs base channels, at least one level and one residual block per level.")
         halvings = len(self.channel_multipliers) - 1
         if self.image_size < 1 or self.image_size % (2**halvings) != 0:
-            raise ValueError(
+            raise SettingError(
                 f"Image size {self.image_size} cannot be halved cleanly {halvings} times "
                 f"for {len(self.channel_multipliers)} levels; use a multiple of {2**halvings}."
             )
         for channels in {self.base_channels * m for m in self.channel_multipliers}:
             if channels % min(self.norm_groups, channels) != 0:
-                raise ValueError(f"{channels} channels cannot be split into {self.norm_groups} normalisation groups.")
+                raise SettingError(f"{channels} channels cannot be split into {self.norm_groups} normalisation groups.")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Dropout must lie in [0, 1), not {self.dropout}.")
+            raise SettingError(f"Dropout must lie in [0, 1), not {self.dropout}.")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -59,7 +60,7 @@ class UNetConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"Unknown U-Net settings: {', '.join(sorted(unknown))}.")
+            raise SettingError(f"Unknown U-Net settings: {', '.join(sorted(unknown))}.")
         return cls(**data)
 
 
@@ -111,7 +112,7 @@ PRESETS: dict[str, Preset] = {
 def preset_config(name: str, image_size: int | None = None, image_channels: int | None = None) -> UNetConfig:
     """The U-Net config of a preset, optionally at another resolution or channel count."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset '{name}'; choose one of {', '.join(PRESETS)}.")
+        raise SettingError(f"Unknown preset '{name}'; choose one of {', '.join(PRESETS)}.")
     config = PRESETS[name].config
     changes = {}
     if image_size is not None:

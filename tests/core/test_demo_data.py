@@ -15,6 +15,8 @@ from ddpm_studio.core.demo_data import (
     DEFAULT_DEMO_COUNT,
     SHAPE_COLOURS,
     SHAPES,
+    DemoDataset,
+    create_demo_dataset,
     make_demo_image,
     make_demo_images,
     write_demo_dataset,
@@ -101,8 +103,10 @@ def test_images_show_what_their_specs_say():
 
 def test_write_demo_dataset_writes_the_images_and_a_readme(tmp_path):
     out_dir = tmp_path / "demo" / "shapes"
-    reports = []
-    paths = write_demo_dataset(out_dir, count=12, size=32, seed=5, progress=lambda done, total: reports.append((done, total)))
+    events = list(write_demo_dataset(out_dir, count=12, size=32, seed=5))
+    reports = [(event.done, event.total) for event in events[:-1]]
+    assert isinstance(events[-1], DemoDataset) and events[-1].folder == out_dir
+    paths = events[-1].paths
     assert [path.name for path in paths] == [f"shape_{index:05d}.png" for index in range(12)]
     assert sorted(path.name for path in out_dir.glob("*.png")) == [path.name for path in paths]
     expected = make_demo_images(12, size=32, seed=5)
@@ -110,7 +114,7 @@ def test_write_demo_dataset_writes_the_images_and_a_readme(tmp_path):
         with Image.open(path) as image:
             assert image.size == (32, 32) and image.mode == "RGB"
             assert np.array_equal(np.asarray(image), expected[index])
-    assert reports[-1] == (12, 12) and len(reports) == 12
+    assert reports == [(done, 12) for done in range(1, 13)]
     readme = (out_dir / "README.txt").read_text(encoding="utf-8")
     assert "seed 5" in readme and "12 images" in readme
     assert not list(out_dir.glob(".*"))  # no temporary files left behind
@@ -118,8 +122,8 @@ def test_write_demo_dataset_writes_the_images_and_a_readme(tmp_path):
 
 
 def test_write_demo_dataset_replaces_its_own_earlier_dataset(tmp_path):
-    write_demo_dataset(tmp_path, count=8, seed=1)
-    paths = write_demo_dataset(tmp_path, count=5, seed=2)
+    create_demo_dataset(tmp_path, count=8, seed=1)
+    paths = create_demo_dataset(tmp_path, count=5, seed=2)
     assert sorted(path.name for path in tmp_path.glob("*.png")) == [path.name for path in paths]
     with Image.open(paths[0]) as image:
         assert np.array_equal(np.asarray(image), make_demo_images(1, seed=2)[0])
@@ -132,7 +136,7 @@ def test_write_demo_dataset_replaces_its_own_earlier_dataset(tmp_path):
 def test_write_demo_dataset_refuses_a_folder_with_other_files_and_leaves_it_alone(tmp_path, foreign_name, foreign_bytes):
     (tmp_path / foreign_name).write_bytes(foreign_bytes)
     with pytest.raises(ValueError, match="already holds other files"):
-        write_demo_dataset(tmp_path, count=4)
+        create_demo_dataset(tmp_path, count=4)
     assert [entry.name for entry in tmp_path.iterdir()] == [foreign_name]
     assert (tmp_path / foreign_name).read_bytes() == foreign_bytes
 
@@ -140,7 +144,7 @@ def test_write_demo_dataset_refuses_a_folder_with_other_files_and_leaves_it_alon
 def test_write_demo_dataset_refuses_a_folder_holding_a_subfolder(tmp_path):
     (tmp_path / "cats").mkdir()
     with pytest.raises(ValueError, match="already holds other files"):
-        write_demo_dataset(tmp_path, count=2)
+        create_demo_dataset(tmp_path, count=2)
     assert [entry.name for entry in tmp_path.iterdir()] == ["cats"]
 
 

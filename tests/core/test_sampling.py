@@ -11,10 +11,10 @@ from PIL import Image
 
 from ddpm_studio.core import model_store
 from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.diffusion import SampleStep
 from ddpm_studio.core.imaging import to_uint8
 from ddpm_studio.core.sampling import (
     DETAIL_STEPS,
-    SampleProgress,
     SamplingRequest,
     SamplingResult,
     export_trajectory,
@@ -48,10 +48,10 @@ def long_schedule_model(tmp_path_factory) -> Path:
     return folder
 
 
-def run(request: SamplingRequest, model=None) -> tuple[list[SampleProgress], SamplingResult]:
+def run(request: SamplingRequest, model=None) -> tuple[list[SampleStep], SamplingResult]:
     events = list(run_sampling(request, model))
     *progress, result = events
-    assert all(isinstance(event, SampleProgress) for event in progress)
+    assert all(isinstance(event, SampleStep) for event in progress)
     assert isinstance(result, SamplingResult)
     return progress, result
 

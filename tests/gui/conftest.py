@@ -30,10 +30,10 @@ def no_leftover_threads_or_timers(qapp):
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory) -> Path:
     """A small folder of demo-dataset PNGs (16 px), shared read-only."""
-    from ddpm_studio.core.demo_data import write_demo_dataset
+    from ddpm_studio.core.demo_data import create_demo_dataset
 
     folder = tmp_path_factory.mktemp("shapes") / "shapes"
-    write_demo_dataset(folder, count=24, size=16)
+    create_demo_dataset(folder, count=24, size=16)
     return folder
 
 
