@@ -7,15 +7,10 @@ large folder) and every skipped file with its reason, then hands the result to t
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -23,7 +18,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSplitter,
     QStackedWidget,
@@ -35,12 +29,12 @@ from PySide6.QtWidgets import (
 
 from ..core import model_store
 from ..core.data import IMAGE_EXTENSIONS, ScanProgress, ScanResult, describe_sources, explain_no_usable_images, scan_images
-from ..core.demo_data import DEFAULT_DEMO_COUNT, README_NAME, write_demo_dataset
+from ..core.demo_data import DEFAULT_DEMO_COUNT, DemoProgress, is_complete_demo_dataset, write_demo_dataset
 from ..core.imaging import to_hwc
 from .context import StudioContext
 from .image_view import ThumbnailGrid
 from .page import Page
-from .workers import JobRunner, JobWorker
+from .style import MUTED_TEXT_STYLE, error_box
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 DEFAULT_RESOLUTION = 32
@@ -48,61 +42,16 @@ CHANNEL_CHOICES = (("Colour (RGB)", 3), ("Grayscale", 1))
 THUMBNAIL_SAMPLE = 256
 DEMO_FOLDER_NAME = "demo-dataset"
 
-ERROR_STYLE = "QLabel { color: #8a1c1c; background: #fdecec; border: 1px solid #e8a5a5; border-radius: 4px; padding: 8px; }"
-DROP_ZONE_STYLE = """
-QFrame#dropZone { border: 2px dashed #9aa5b1; border-radius: 12px; background: palette(base); }
-QLabel#dropTitle { font-size: 20pt; font-weight: 600; }
-QLabel#dropSubtitle { color: #505a66; }
+DROP_ZONE_STYLE = f"""
+QFrame#dropZone {{ border: 2px dashed #9aa5b1; border-radius: 12px; background: palette(base); }}
+QLabel#dropTitle {{ font-size: 20pt; font-weight: 600; }}
+QLabel#dropSubtitle {{ {MUTED_TEXT_STYLE} }}
 """
 
 
 def demo_dataset_dir() -> Path:
     """Where the demo dataset is written: beside the user's models folder."""
     return model_store.default_user_models_dir().parent / DEMO_FOLDER_NAME
-
-
-@dataclass
-class DemoProgress:
-    """While the demo dataset is drawn: ``done`` of ``total`` images written."""
-
-    done: int
-    total: int
-
-
-class _DemoCancelled(Exception):
-    pass
-
-
-def write_demo_events(folder: Path, count: int) -> Iterator[DemoProgress]:
-    """Draw the demo dataset into ``folder`` unless a complete one is there, with progress events.
-
-    ``write_demo_dataset`` reports progress by callback, so it runs on a helper thread while
-    this generator yields; closing the generator makes the next callback abandon the write.
-    Its README is written last, so a folder holding one is complete.
-    """
-    if (folder / README_NAME).is_file():
-        return
-    written = [0]
-    cancelled = threading.Event()
-
-    def on_progress(done: int, total: int) -> None:
-        written[0] = done
-        if cancelled.is_set():
-            raise _DemoCancelled()
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-demo")
-    future = pool.submit(write_demo_dataset, folder, count, progress=on_progress)
-    try:
-        while True:
-            try:
-                future.result(timeout=0.1)
-                break
-            except FutureTimeout:
-                yield DemoProgress(written[0], count)
-    finally:
-        cancelled.set()
-        pool.shutdown(wait=True)
-    yield DemoProgress(count, count)
 
 
 def sample_indices(count: int, limit: int | None = None) -> np.ndarray:
@@ -164,12 +113,11 @@ class DatasetPage(Page):
     nextRequested = Signal()  # "Train on these images": the window shows the Train page
 
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
-        super().__init__(context, parent)
+        super().__init__(context, parent, job_name="scanning images")
         self.result: ScanResult | None = None  # the last scan with usable images
         self.last_scan: ScanResult | None = None  # the last finished scan, usable or not
         self.demo_count = DEFAULT_DEMO_COUNT
         self._sources: list[Path] = []
-        self._runner: JobRunner | None = None
         self._build()
         self._restore_settings()
         self._show_idle()
@@ -201,12 +149,14 @@ class DatasetPage(Page):
         header.addWidget(self.choose_button)
         header.addWidget(self.demo_button)
 
-        self.scan_label = QLabel()
-        self.progress_bar = QProgressBar()
+        self.scan_label = self.jobs.status_label
+        self.scan_label.setWordWrap(False)
+        self.progress_bar = self.jobs.progress_bar
         self.progress_bar.setTextVisible(True)
-        self.stop_button = QPushButton("Stop")
+        self.jobs.idle_format = "%p%"
+        self.stop_button = self.jobs.stop_button
+        self.stop_button.setMinimumHeight(0)
         self.stop_button.setToolTip("Stop scanning; the dataset shown before stays.")
-        self.stop_button.clicked.connect(self.stop_scan)
         self.scan_row = QWidget()
         scan_layout = QHBoxLayout(self.scan_row)
         scan_layout.setContentsMargins(0, 0, 0, 0)
@@ -214,11 +164,7 @@ class DatasetPage(Page):
         scan_layout.addWidget(self.progress_bar, 1)
         scan_layout.addWidget(self.stop_button)
 
-        self.error_label = QLabel()
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet(ERROR_STYLE)
-        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error_label.hide()
+        self.error_label = error_box()
 
         self.drop_zone = DropZone()
         for button in (self.choose_button, self.drop_zone.choose_button):
@@ -333,7 +279,8 @@ class DatasetPage(Page):
         size, channels = self.image_size(), self.channels()
 
         def demo_then_scan():
-            yield from write_demo_events(folder, count)
+            if not is_complete_demo_dataset(folder):
+                yield from write_demo_dataset(folder, count)
             yield from scan_images([folder], size, channels)
 
         self._start_scan([folder], demo_then_scan)
@@ -347,64 +294,34 @@ class DatasetPage(Page):
         self._start_scan(paths, lambda: scan_images(paths, size, channels))
 
     def stop_scan(self) -> None:
-        if self._runner is not None:
-            self._runner.stop()
-            self.stop_button.setEnabled(False)
-            self.scan_label.setText("Stopping…")
+        self.jobs.stop()
 
     def is_scanning(self) -> bool:
         """True from the start of a scan until the page has taken in its end."""
-        return self._runner is not None
+        return self.jobs.is_running()
 
     def _start_scan(self, paths: list[Path], make_iterator) -> None:
-        if self._runner is not None:
-            self._runner.stop()  # its results are ignored: only the newest scan's arrive
+        """Start a scan; one still running is stopped, and only the newest scan's results arrive."""
         self._sources = paths
-        worker = JobWorker(make_iterator, progress_types=(ScanProgress, DemoProgress))
-        runner = JobRunner(worker, "scanning images", parent=self)
-        # Bound methods of this page, not lambdas: only then does Qt queue the calls into the GUI thread.
-        worker.progress.connect(self._on_progress)
-        worker.event.connect(self._on_event)
-        worker.failed.connect(self._on_failed)
-        runner.done.connect(lambda stopped, r=runner: self._on_done(r, stopped))
-        self._runner = runner
         self.error_label.hide()
-        self.scan_label.setText(f"Looking at {describe_sources(paths)}…")
-        self.progress_bar.setRange(0, 0)  # busy until the first file is decoded
-        self.stop_button.setEnabled(True)
         self.scan_row.show()
-        self.start_job(runner)
+        self.run_job(make_iterator, status=f"Looking at {describe_sources(paths)}…",
+                     progress_types=(ScanProgress, DemoProgress), on_progress=self._on_progress,
+                     on_event=self._on_event, on_error=self.show_error, on_done=self._on_done)
 
     # --- job events -------------------------------------------------------------------------------
-    def _from_current_scan(self) -> bool:
-        """Whether the signal being handled comes from the newest scan (an older one may still be ending)."""
-        return self._runner is not None and self.sender() is self._runner.worker
-
-    @Slot(object)
     def _on_progress(self, event) -> None:
-        if not self._from_current_scan():
-            return
         if isinstance(event, DemoProgress):
             self.scan_label.setText("Drawing the demo dataset…")
         else:
             self.scan_label.setText(f"Scanning {event.done:,} of {event.total:,} files")
-        self.progress_bar.setRange(0, max(1, event.total))
-        self.progress_bar.setValue(event.done)
+        self.jobs.show_progress(event.done, event.total)
 
-    @Slot(object)
     def _on_event(self, event) -> None:
-        if self._from_current_scan() and isinstance(event, ScanResult):
+        if isinstance(event, ScanResult):
             self.show_result(event)
 
-    @Slot(str)
-    def _on_failed(self, message: str) -> None:
-        if self._from_current_scan():
-            self.show_error(message)
-
-    def _on_done(self, runner: JobRunner, stopped: bool) -> None:
-        if runner is not self._runner:
-            return
-        self._runner = None
+    def _on_done(self, stopped: bool) -> None:
         self._show_idle()
         if stopped:
             kept = " The dataset shown before is kept." if self.result is not None else ""

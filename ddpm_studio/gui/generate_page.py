@@ -15,13 +15,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QRadioButton,
     QSpinBox,
@@ -31,40 +29,30 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.diffusion import SampleStep
+from ..core.errors import UserError
 from ..core.imaging import make_grid, to_hwc, to_uint8
-from ..core.sampling import (
-    SampleProgress,
-    SamplingRequest,
-    SamplingResult,
-    export_trajectory,
-    run_sampling,
-    sample_file_stem,
-    save_samples,
-)
+from ..core.sampling import SamplingRequest, SamplingResult, export_trajectory, sample_file_stem, save_samples
 from .context import StudioContext
 from .image_view import ImageView, ThumbnailGrid
-from .model_chooser import ERROR_STYLE, ModelChooser
 from .page import Page
+from .sampling_panel import MAX_SEED, SamplingControls
+from .style import SETTINGS_PANEL_WIDTH
 from .timeline import Timeline
-from .workers import JobRunner, JobWorker
-
-SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
-VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
-MAX_SEED = 2**31 - 1
+from .workers import JobRunner
 
 
 def preview_picture(event: object, kind: str) -> np.ndarray | None:
     """The batch's x_t or x0_hat as one grid (runs in the worker thread, only for the events shown)."""
-    if not isinstance(event, SampleProgress):
+    if not isinstance(event, SampleStep):
         return None
     return make_grid(to_uint8(event.x0_hat if kind == "x0_hat" else event.x_t))
 
 
 class GeneratePage(Page):
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
-        super().__init__(context, parent)
+        super().__init__(context, parent, job_name="sampling")
         self.result: SamplingResult | None = None
-        self.runner: JobRunner | None = None
         self._preview_kind = ["x_t"]  # read by the worker thread; a list so the closure sees changes
         self._build()
         self._restore_settings()
@@ -72,29 +60,21 @@ class GeneratePage(Page):
 
     # --- layout ----------------------------------------------------------------------------------------
     def _build(self) -> None:
-        self.model_chooser = ModelChooser(self.context.library, self.context.settings)
+        self.sampling = SamplingControls(
+            self.context, self.jobs, "generate", "Generate", with_variance=True,
+            steps_tooltip="DDIM's number of denoising steps, evenly spaced over t = T..1",
+        )
+        # The widgets by name, as the page shows them.
+        self.model_chooser, self.sampler_box = self.sampling.model_chooser, self.sampling.sampler_box
+        self.steps_spin, self.variance_box = self.sampling.steps_spin, self.sampling.variance_box
+        self.generate_button, self.stop_button = self.sampling.run_button, self.jobs.stop_button
+        self.progress_bar, self.status_label = self.jobs.progress_bar, self.jobs.status_label
         self.model_chooser.modelChanged.connect(self._on_model_changed)
+        self.sampler_box.currentIndexChanged.connect(self._update_enabled)
         model_box = QGroupBox("1 · Model")
         QVBoxLayout(model_box).addWidget(self.model_chooser)
-
-        self.sampler_box = QComboBox()
-        for label, name in SAMPLERS:
-            self.sampler_box.addItem(label, name)
-        self.sampler_box.currentIndexChanged.connect(self._update_enabled)
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1000)
-        self.steps_spin.setValue(50)
-        self.steps_spin.setToolTip("DDIM's number of denoising steps, evenly spaced over t = T..1")
-        self.variance_box = QComboBox()
-        for label, name in VARIANCES:
-            self.variance_box.addItem(label, name)
-        self.variance_box.setToolTip("The variance of each ancestral step: β_t (the paper's CIFAR-10 choice) or the "
-                                     "posterior's β̃_t")
         sampler_box = QGroupBox("2 · Sampler")
-        sampler_form = QFormLayout(sampler_box)
-        sampler_form.addRow("Sampler", self.sampler_box)
-        sampler_form.addRow("DDIM steps", self.steps_spin)
-        sampler_form.addRow("Variance", self.variance_box)
+        sampler_box.setLayout(self.sampling.sampler_form())
 
         self.count_spin = QSpinBox()
         self.count_spin.setRange(1, 256)
@@ -113,35 +93,16 @@ class GeneratePage(Page):
         images_form.addRow("Number", self.count_spin)
         images_form.addRow("Seed", seed_row)
 
-        self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
-        self.generate_button.setMinimumHeight(36)
-        font = self.generate_button.font()
-        font.setBold(True)
-        self.generate_button.setFont(font)
         self.generate_button.clicked.connect(self.generate)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setMinimumHeight(36)
-        self.stop_button.clicked.connect(self.stop)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.generate_button, 2)
-        buttons.addWidget(self.stop_button, 1)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("")
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
 
         settings_panel = QWidget()
-        settings_panel.setFixedWidth(340)
+        settings_panel.setFixedWidth(SETTINGS_PANEL_WIDTH)
         settings_layout = QVBoxLayout(settings_panel)
         settings_layout.setContentsMargins(0, 0, 0, 0)
         for box in (model_box, sampler_box, images_box):
             settings_layout.addWidget(box)
-        settings_layout.addLayout(buttons)
-        settings_layout.addWidget(self.progress_bar)
-        settings_layout.addWidget(self.status_label)
+        settings_layout.addLayout(self.sampling.run_layout())
         settings_layout.addStretch(1)
 
         # Results: the grid of finished images (a hint until there are some).
@@ -227,27 +188,17 @@ class GeneratePage(Page):
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         settings = self.context.settings
-        self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value("generate/sampler", "ddpm"))))
-        self.steps_spin.setValue(int(settings.value("generate/ddim_steps", 50)))
-        self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(settings.value("generate/variance",
-                                                                                             "fixed_large"))))
+        self.sampling.restore_settings()
         self.count_spin.setValue(int(settings.value("generate/count", 16)))
         self.seed_spin.setValue(int(settings.value("generate/seed", 0)))
         self.preview_x0.setChecked(settings.value("generate/preview", "x_t") == "x0_hat")
-        model = settings.value("generate/model", "")
-        if model and Path(model).is_dir():
-            self.model_chooser.picker.select(model)
 
     def save_settings(self) -> None:
         settings = self.context.settings
-        settings.setValue("generate/sampler", self.sampler_box.currentData())
-        settings.setValue("generate/ddim_steps", self.steps_spin.value())
-        settings.setValue("generate/variance", self.variance_box.currentData())
+        self.sampling.save_settings()
         settings.setValue("generate/count", self.count_spin.value())
         settings.setValue("generate/seed", self.seed_spin.value())
         settings.setValue("generate/preview", self._preview_kind[0])
-        path = self.model_chooser.current_path()
-        settings.setValue("generate/model", str(path) if path else "")
 
     # --- choosing ----------------------------------------------------------------------------------------
     def select_model(self, path: Path | str) -> bool:
@@ -263,14 +214,14 @@ class GeneratePage(Page):
     def _on_model_changed(self, _path) -> None:
         info = self.model_chooser.current_info()
         if info is not None:
-            self.steps_spin.setMaximum(info.schedule.num_timesteps)
+            self.sampling.set_max_steps(info.schedule.num_timesteps)
         self._update_enabled()
 
     def _on_preview_kind(self) -> None:
         self._preview_kind[0] = "x0_hat" if self.preview_x0.isChecked() else "x_t"
 
     def sampler(self) -> str:
-        return self.sampler_box.currentData()
+        return self.sampling.sampler()
 
     def request(self) -> SamplingRequest:
         """What the settings ask for."""
@@ -280,17 +231,13 @@ class GeneratePage(Page):
             seed=self.seed_spin.value(),
             sampler=self.sampler(),
             steps=self.steps_spin.value(),
-            variance=self.variance_box.currentData(),
+            variance=self.sampling.variance(),
         )
 
     def _update_enabled(self) -> None:
-        running = self.runner is not None
-        is_ddim = self.sampler() == "ddim"
-        self.steps_spin.setEnabled(is_ddim and not running)
-        self.variance_box.setEnabled(not is_ddim and not running)
-        self.generate_button.setEnabled(not running and self.model_chooser.current_path() is not None)
-        self.stop_button.setEnabled(running)
-        for widget in (self.model_chooser, self.sampler_box, self.count_spin, self.seed_spin, self.random_seed_button):
+        running = self.jobs.is_running()
+        self.sampling.update_enabled(can_run=self.model_chooser.current_path() is not None)
+        for widget in (self.count_spin, self.seed_spin, self.random_seed_button):
             widget.setEnabled(not running)
         has_result = self.result is not None
         self.save_all_button.setEnabled(has_result)
@@ -300,13 +247,12 @@ class GeneratePage(Page):
         self.export_strip_button.setEnabled(has_timeline)
 
     def set_status(self, text: str, error: bool = False) -> None:
-        self.status_label.setStyleSheet(ERROR_STYLE if error else "")
-        self.status_label.setText(text)
+        self.jobs.set_status(text, error)
 
     # --- sampling ----------------------------------------------------------------------------------------
     def generate(self) -> JobRunner | None:
         """Start sampling with the current settings; returns the job (None if nothing could start)."""
-        if self.runner is not None:
+        if self.jobs.is_running():
             return None
         request = self.request()
         if request.model_path is None:
@@ -314,61 +260,35 @@ class GeneratePage(Page):
             return None
         try:
             request.validate()
-        except ValueError as error:
+        except UserError as error:
             self.set_status(str(error), error=True)
             return None
         preview_kind = self._preview_kind
-        worker = JobWorker(lambda: run_sampling(request), progress_types=(SampleProgress,),
-                           image_from=lambda event: preview_picture(event, preview_kind[0]))
-        worker.progress.connect(self._on_progress)
-        worker.image.connect(self._on_preview)
-        worker.event.connect(self._on_event)
-        worker.failed.connect(self._on_failed)
-        self.runner = JobRunner(worker, "sampling", self)
-        self.runner.done.connect(self._on_done)
-        self.model_chooser.clear_error()
-        self.set_status(f"Loading {request.model_path.name}…")
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("%v of %m steps")
         self.preview_view.set_image(None)
         self.preview_view.placeholder = "Starting…"
         self.show_process("preview")
-        self._update_enabled()
-        return self.start_job(self.runner)
+        return self.sampling.run(
+            request, "sampling", f"Loading {request.model_path.name}…",
+            image_from=lambda event: preview_picture(event, preview_kind[0]), on_image=self.preview_view.set_image,
+            on_result=self.show_result, on_step=self._on_step, on_error=self._on_failed, on_done=self._on_done,
+        )
 
     def stop(self) -> None:
-        if self.runner is not None:
-            self.runner.stop()
-            self.set_status("Stopping…")
+        self.jobs.stop()
 
-    def _on_progress(self, event: SampleProgress) -> None:
-        self.progress_bar.setRange(0, event.num_steps)
-        self.progress_bar.setValue(event.step + 1)
+    def _on_step(self, event: SampleStep) -> None:
         self.set_status(f"Sampling: step {event.step + 1} of {event.num_steps}, t = {event.t + 1}.")
-
-    def _on_preview(self, picture: np.ndarray) -> None:
-        if self.runner is not None:
-            self.preview_view.set_image(picture)
-
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, SamplingResult):
-            self.show_result(event)
 
     def _on_failed(self, message: str) -> None:
         self.set_status(message, error=True)
         self.show_process("timeline")
-        self.progress_bar.setFormat("")
-        self.progress_bar.setValue(0)
 
     def _on_done(self, stopped: bool) -> None:
-        self.runner = None
         if stopped:
             self.set_status("Stopped before the end; the images shown are unfinished."
                             if self.result is None else "Stopped; the grid shows the last finished images.")
             if self.result is not None:
                 self.show_process("timeline")
-        self._update_enabled()
 
     def show_result(self, result: SamplingResult) -> None:
         """Show finished images in the grid and the first one on the timeline."""
@@ -378,7 +298,6 @@ class GeneratePage(Page):
         self.grid.set_images(images, tips)
         self.results_stack.setCurrentWidget(self.grid)
         self.show_process("timeline")
-        self.progress_bar.setValue(self.progress_bar.maximum())
         self.set_status(f"{len(images)} images from {result.metadata['model']} ({result.request.describe()}, "
                         f"seed {result.request.seed}).")
         self.show_on_timeline(0)
@@ -397,7 +316,7 @@ class GeneratePage(Page):
         if self.result is None or index not in self.result.trajectory.image_indices:
             return
         self.timeline.set_trajectory(self.result.trajectory, index)
-        if self.runner is None:
+        if not self.jobs.is_running():
             self.show_process("timeline")
         self.timeline_caption.setText(f"Image {index + 1} of {len(self.result.images)}")
         if self.grid.currentRow() != index:
@@ -454,7 +373,7 @@ class GeneratePage(Page):
             return None
         try:
             written = export_trajectory(self.result, self.timeline.image_index, path, kind)
-        except (OSError, ValueError) as error:
+        except (OSError, UserError) as error:
             self.set_status(f"Could not export: {getattr(error, 'strerror', None) or error}.", error=True)
             return None
         self.set_status(f"Exported {written.name}.")

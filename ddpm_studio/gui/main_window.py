@@ -18,7 +18,7 @@ from .model_library import ModelLibrary
 from .noising_page import NoisingPage
 from .page import paths_from_mime
 from .train_page import TrainPage
-from .workers import stop_all_jobs
+from .workers import busy_job_names, stop_all_jobs
 
 
 def device_status() -> str:
@@ -169,11 +169,8 @@ class MainWindow(QMainWindow):
             self.resize(1280, 860)
         self.tabs.setCurrentIndex(int(self.settings.value("current_tab", 0)))
 
-    def busy_pages(self) -> list[str]:
-        return [page.busy_description() for page in self.pages if page.is_busy()]
-
     def closeEvent(self, event) -> None:
-        busy = self.busy_pages()
+        busy = busy_job_names()
         if busy and self.confirm_close:
             answer = QMessageBox.question(
                 self, "Stop running work?",
@@ -187,7 +184,7 @@ class MainWindow(QMainWindow):
         self.statusBar().clearMessage()  # stops the status bar's own timer for a timed message
         for page in self.pages:
             page.shutdown()
-        stop_all_jobs()
+        stop_all_jobs()  # the one registry of jobs: a training run saves before its thread ends
         self.settings.setValue("window_geometry", self.saveGeometry())
         self.settings.setValue("current_tab", self.tabs.currentIndex())
         for page in self.pages:

@@ -9,8 +9,7 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVB
 
 from ..core.model_store import ModelError, ModelInfo
 from .model_library import ModelLibrary, ModelPicker
-
-ERROR_STYLE = "color: #c62828;"
+from .style import ERROR_TEXT_STYLE
 NO_MODELS = "No trained model yet: train one on the Train page, or open a model folder."
 
 
@@ -96,7 +95,7 @@ class ModelChooser(QWidget):
 
     def _update_hint(self) -> None:
         if self._error:
-            self.message.setStyleSheet(ERROR_STYLE)
+            self.message.setStyleSheet(ERROR_TEXT_STYLE)
             self.message.setText(self._error)
         else:
             unusable = [entry for entry in self.library.entries if entry.info is None]

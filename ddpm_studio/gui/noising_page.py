@@ -14,13 +14,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeyEvent, QPalette
 from PySide6.QtWidgets import (
-    QComboBox,
     QFileDialog,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSlider,
     QSpinBox,
@@ -29,19 +26,20 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.data import SkipImage, load_image
+from ..core.diffusion import SampleStep
 from ..core.imaging import to_hwc, to_uint8
 from ..core.model_store import ModelInfo
 from ..core.noising import ForwardProcessView, ScheduleCurves
-from ..core.sampling import SampleProgress, SamplingRequest, SamplingResult, run_sampling
+from ..core.sampling import SamplingRequest, SamplingResult
 from ..core.schedule import NoiseSchedule
 from ..paths import SAMPLE_PICTURE
 from .context import StudioContext
-from .generate_page import MAX_SEED, SAMPLERS
 from .image_view import ImageView
-from .model_chooser import ERROR_STYLE, ModelChooser
 from .page import Page, paths_from_mime
+from .sampling_panel import MAX_SEED, SamplingControls
+from .style import ERROR_TEXT_STYLE, SETTINGS_PANEL_WIDTH, make_bold
 from .timeline import Timeline
-from .workers import JobRunner, JobWorker
+from .workers import JobRunner
 
 WORKING_SIZE = 128  # the large view's resolution, and the only one when no model is chosen
 DEFAULT_SCHEDULE_STEPS = 1000  # without a model: the paper's linear schedule
@@ -50,7 +48,7 @@ IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff)"
 
 def live_pictures(event: object) -> tuple[np.ndarray, np.ndarray, int] | None:
     """x_t, x0_hat and the paper's t of a denoising step, as pictures (worker thread, only for events shown)."""
-    if not isinstance(event, SampleProgress):
+    if not isinstance(event, SampleStep):
         return None
     return to_hwc(to_uint8(event.x_t)[0]), to_hwc(to_uint8(event.x0_hat)[0]), event.t + 1
 
@@ -87,7 +85,7 @@ class SchedulePlot(pg.PlotWidget):
 
 class NoisingPage(Page):
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
-        super().__init__(context, parent)
+        super().__init__(context, parent, job_name="denoising")
         self.source_path: Path | None = None
         self.working_picture: np.ndarray | None = None  # uint8 (C, 128, 128)
         self.model_picture: np.ndarray | None = None  # uint8 (C, S, S) at the model's resolution
@@ -95,7 +93,6 @@ class NoisingPage(Page):
         self.model_view: ForwardProcessView | None = None
         self.model_info: ModelInfo | None = None
         self.schedule = NoiseSchedule.linear(DEFAULT_SCHEDULE_STEPS)
-        self.runner: JobRunner | None = None
         self.result: SamplingResult | None = None
         self._offered_sample = False
         self._build()
@@ -111,7 +108,7 @@ class NoisingPage(Page):
         self.source_label.setWordWrap(True)
         self.image_message = QLabel()
         self.image_message.setWordWrap(True)
-        self.image_message.setStyleSheet(ERROR_STYLE)
+        self.image_message.setStyleSheet(ERROR_TEXT_STYLE)
         self.image_message.hide()
         picture_box = QGroupBox("1 · Picture")
         picture_layout = QVBoxLayout(picture_box)
@@ -135,48 +132,25 @@ class NoisingPage(Page):
         schedule_layout.addWidget(self.log_snr_label)
         schedule_layout.addWidget(self.log_snr_plot, 1)
 
-        self.model_chooser = ModelChooser(self.context.library, self.context.settings)
+        self.sampling = SamplingControls(self.context, self.jobs, "noising", "Denoise from t", with_variance=False,
+                                         steps_tooltip="DDIM's number of steps from t down to 0")
+        # The widgets by name, as the page shows them.
+        self.model_chooser, self.sampler_box = self.sampling.model_chooser, self.sampling.sampler_box
+        self.steps_spin, self.denoise_button = self.sampling.steps_spin, self.sampling.run_button
+        self.stop_button, self.progress_bar = self.jobs.stop_button, self.jobs.progress_bar
+        self.status_label = self.jobs.status_label
+        self.status_label.setText("Choose a model, set t, then denoise: the model runs the reverse process from this x_t.")
         self.model_chooser.modelChanged.connect(self._on_model_changed)
-        self.sampler_box = QComboBox()
-        for label, name in SAMPLERS:
-            self.sampler_box.addItem(label, name)
         self.sampler_box.currentIndexChanged.connect(self._update_enabled)
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1000)
-        self.steps_spin.setValue(50)
-        self.steps_spin.setToolTip("DDIM's number of steps from t down to 0")
-        self.denoise_button = QPushButton("Denoise from t")
-        self.denoise_button.setMinimumHeight(32)
-        font = self.denoise_button.font()
-        font.setBold(True)
-        self.denoise_button.setFont(font)
         self.denoise_button.clicked.connect(self.denoise)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setMinimumHeight(32)
-        self.stop_button.clicked.connect(self.stop)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("")
-        self.status_label = QLabel("Choose a model, set t, then denoise: the model runs the reverse process "
-                                   "from this x_t.")
-        self.status_label.setWordWrap(True)
         denoise_box = QGroupBox("3 · Denoise with a model")
         denoise_layout = QVBoxLayout(denoise_box)
         denoise_layout.addWidget(self.model_chooser)
-        form = QFormLayout()
-        form.addRow("Sampler", self.sampler_box)
-        form.addRow("DDIM steps", self.steps_spin)
-        denoise_layout.addLayout(form)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.denoise_button, 2)
-        buttons.addWidget(self.stop_button, 1)
-        denoise_layout.addLayout(buttons)
-        denoise_layout.addWidget(self.progress_bar)
-        denoise_layout.addWidget(self.status_label)
+        denoise_layout.addLayout(self.sampling.sampler_form())
+        denoise_layout.addLayout(self.sampling.run_layout())
 
         settings_panel = QWidget()
-        settings_panel.setFixedWidth(340)
+        settings_panel.setFixedWidth(SETTINGS_PANEL_WIDTH)
         settings_layout = QVBoxLayout(settings_panel)
         settings_layout.setContentsMargins(0, 0, 0, 0)
         settings_layout.addWidget(picture_box)
@@ -195,9 +169,7 @@ class NoisingPage(Page):
         self.t_slider.setToolTip("t = 0 is the picture; t = T is (almost) pure noise")
         self.t_slider.valueChanged.connect(self._on_t_changed)
         self.t_label = QLabel()
-        font = self.t_label.font()
-        font.setBold(True)
-        self.t_label.setFont(font)
+        make_bold(self.t_label)
         widest = "t = 0000 of 0000 · √ᾱ_t = 0.000"
         self.t_label.setMinimumWidth(self.t_label.fontMetrics().horizontalAdvance(widest) + 8)
         self.seed_spin = QSpinBox()
@@ -229,22 +201,14 @@ class NoisingPage(Page):
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         settings = self.context.settings
-        self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value("noising/sampler", "ddpm"))))
-        self.steps_spin.setValue(int(settings.value("noising/ddim_steps", 50)))
+        self.sampling.restore_settings()
         self.seed_spin.blockSignals(True)
         self.seed_spin.setValue(int(settings.value("noising/seed", 0)))
         self.seed_spin.blockSignals(False)
-        model = settings.value("noising/model", "")
-        if model and Path(model).is_dir():
-            self.model_chooser.picker.select(model)
 
     def save_settings(self) -> None:
-        settings = self.context.settings
-        settings.setValue("noising/sampler", self.sampler_box.currentData())
-        settings.setValue("noising/ddim_steps", self.steps_spin.value())
-        settings.setValue("noising/seed", self.seed_spin.value())
-        path = self.model_chooser.current_path()
-        settings.setValue("noising/model", str(path) if path else "")
+        self.sampling.save_settings()
+        self.context.settings.setValue("noising/seed", self.seed_spin.value())
 
     # --- the picture -------------------------------------------------------------------------------------
     def showEvent(self, event) -> None:
@@ -327,7 +291,7 @@ class NoisingPage(Page):
             f"{config.kind.capitalize()} schedule, T = {total}" + (f", from {info.name}." if info else
                                                                   " (the paper's; choose a model for its own).")
         )
-        self.steps_spin.setMaximum(total)
+        self.sampling.set_max_steps(total)
         if self.source_path is not None:
             try:
                 self.working_picture, self.model_picture = self._decode(self.source_path)
@@ -384,16 +348,14 @@ class NoisingPage(Page):
 
     # --- denoising -----------------------------------------------------------------------------------------
     def _update_enabled(self) -> None:
-        running = self.runner is not None
-        self.steps_spin.setEnabled(self.sampler_box.currentData() == "ddim")
-        self.denoise_button.setEnabled(not running and self.model_view is not None and self.current_t() > 0)
-        self.stop_button.setEnabled(running)
-        for widget in (self.model_chooser, self.sampler_box, self.open_button, self.seed_spin):
+        running = self.jobs.is_running()
+        self.sampling.update_enabled(can_run=self.model_view is not None and self.current_t() > 0)
+        for widget in (self.open_button, self.seed_spin):
             widget.setEnabled(not running)
 
     def denoise(self) -> JobRunner | None:
         """Run the chosen model's reverse process from the x_t shown; returns the job (None if it cannot start)."""
-        if self.runner is not None:
+        if self.jobs.is_running():
             return None
         path, t = self.model_chooser.current_path(), self.current_t()
         if path is None or self.model_view is None:
@@ -403,62 +365,35 @@ class NoisingPage(Page):
             self.set_status("At t = 0 there is no noise to remove: move t to the right first.", error=True)
             return None
         request = SamplingRequest(
-            model_path=path, num_images=1, seed=self.seed_spin.value(), sampler=self.sampler_box.currentData(),
+            model_path=path, num_images=1, seed=self.seed_spin.value(), sampler=self.sampling.sampler(),
             steps=min(self.steps_spin.value(), t), x_start=self.model_view.x_t_tensor(t), start_t=t - 1,
         )
-        worker = JobWorker(lambda: run_sampling(request), progress_types=(SampleProgress,), image_from=live_pictures)
-        worker.progress.connect(self._on_progress)
-        worker.image.connect(self._on_live_pictures)
-        worker.event.connect(self._on_event)
-        worker.failed.connect(self._on_failed)
-        self.runner = JobRunner(worker, "denoising", self)
-        self.runner.done.connect(self._on_done)
         self.result = None
         self.timeline.clear()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("%v of %m steps")
-        self.set_status(f"Denoising from t = {t} with {path.name}…")
-        self._update_enabled()
-        return self.start_job(self.runner)
+        return self.sampling.run(request, "denoising", f"Denoising from t = {t} with {path.name}…",
+                                 image_from=live_pictures, on_image=self._on_live_pictures, on_result=self._on_result,
+                                 on_done=self._on_done)
 
     def stop(self) -> None:
-        if self.runner is not None:
-            self.runner.stop()
-            self.set_status("Stopping…")
+        self.jobs.stop()
 
     def set_status(self, text: str, error: bool = False) -> None:
-        self.status_label.setStyleSheet(ERROR_STYLE if error else "")
-        self.status_label.setText(text)
-
-    def _on_progress(self, event: SampleProgress) -> None:
-        self.progress_bar.setRange(0, event.num_steps)
-        self.progress_bar.setValue(event.step + 1)
+        self.jobs.set_status(text, error)
 
     def _on_live_pictures(self, pictures) -> None:
-        if self.runner is not None:
-            x_t, x0_hat, t = pictures
-            self.timeline.show_pictures(x_t, x0_hat, f"t = {t}")
+        x_t, x0_hat, t = pictures
+        self.timeline.show_pictures(x_t, x0_hat, f"t = {t}")
 
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, SamplingResult):
-            self.result = event
-            self.progress_bar.setValue(self.progress_bar.maximum())
-            start = event.trajectory.timesteps[0]
-            self.timeline.set_trajectory(event.trajectory, 0, frame=0)
-            self.set_status(f"Denoised from t = {start} ({event.request.describe()}). Press space or Play to watch.")
-            self.timeline.setFocus()
-
-    def _on_failed(self, message: str) -> None:
-        self.set_status(message, error=True)
-        self.progress_bar.setFormat("")
-        self.progress_bar.setValue(0)
+    def _on_result(self, result: SamplingResult) -> None:
+        self.result = result
+        start = result.trajectory.timesteps[0]
+        self.timeline.set_trajectory(result.trajectory, 0, frame=0)
+        self.set_status(f"Denoised from t = {start} ({result.request.describe()}). Press space or Play to watch.")
+        self.timeline.setFocus()
 
     def _on_done(self, stopped: bool) -> None:
-        self.runner = None
         if stopped:
             self.set_status("Stopped.")
-        self._update_enabled()
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         """Space and arrows that no child used drive the timeline."""

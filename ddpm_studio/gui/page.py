@@ -1,4 +1,4 @@
-"""The base of every page of the window: its share of the context, its jobs, drops and settings."""
+"""The base of every page of the window: its share of the context, its job controller, drops and settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QWidget
 
 from .context import StudioContext
+from .jobs import JobController
 from .workers import JobRunner
 
 
@@ -18,33 +19,30 @@ def paths_from_mime(mime) -> list[Path]:
 
 
 class Page(QWidget):
-    """A page owns its jobs; the window asks it whether it is busy and tells it to shut down."""
+    """A page runs its long jobs through ``self.jobs`` (see ``jobs.JobController``), which owns its
+    Stop button, progress bar and status line; the page lays those out and reacts to events."""
 
-    def __init__(self, context: StudioContext, parent: QWidget | None = None):
+    def __init__(self, context: StudioContext, parent: QWidget | None = None, job_name: str = "job",
+                 stopping_text: str = "Stopping…"):
         super().__init__(parent)
         self.context = context
-        self.jobs: list[JobRunner] = []
+        self.jobs = JobController(self, job_name, stopping_text=stopping_text)
+        self.jobs.changed = self._update_enabled
 
-    def start_job(self, runner: JobRunner) -> JobRunner:
-        """Start a runner and keep it until its thread ends."""
-        self.jobs.append(runner)
-        runner.done.connect(lambda _stopped, r=runner: self.jobs.remove(r) if r in self.jobs else None)
-        runner.start()
-        return runner
+    @property
+    def runner(self) -> JobRunner | None:
+        """The page's current job, None when it has none."""
+        return self.jobs.current
 
-    def is_busy(self) -> bool:
-        return any(runner.is_running() for runner in self.jobs)
+    def run_job(self, make_iterator, **options) -> JobRunner:
+        """``self.jobs.run``: start a job, see ``JobController.run`` for the callbacks."""
+        return self.jobs.run(make_iterator, **options)
 
-    def busy_description(self) -> str:
-        return ", ".join(runner.name for runner in self.jobs if runner.is_running())
+    def _update_enabled(self) -> None:
+        """Enable what may be used now (called whenever a job starts, is asked to stop or ends)."""
 
-    def shutdown(self, timeout_ms: int = 60_000) -> None:
-        """Stop this page's jobs and wait for their threads (a training run saves first)."""
-        for runner in list(self.jobs):
-            runner.stop()
-        for runner in list(self.jobs):
-            runner.wait(timeout_ms)
-        self.jobs.clear()
+    def shutdown(self) -> None:
+        """The window is closing: start no new work and stop timers (the window stops the jobs)."""
 
     def handle_drop(self, paths: list[Path]) -> None:
         """Files or folders dropped while this page is showing."""

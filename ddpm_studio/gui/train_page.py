@@ -1,7 +1,7 @@
 """The Train page: settings, Start / Stop / Resume, a live loss curve, speed and ETA, and preview grids.
 
 A run is core's ``train`` (or ``train_from_folder`` when the chosen resolution differs from
-the scanned dataset's) driven by a ``JobWorker``. Stopping closes the iterator, and the
+the scanned dataset's) run through the page's job controller. Stopping closes the iterator, and the
 trainer's cleanup saves a checkpoint into the model folder, which a later Resume continues.
 """
 
@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from ..core import model_store
 from ..core.data import ScanProgress, ScanResult
+from ..core.errors import UserError
 from ..core.imaging import make_grid
 from ..core.devices import choose_device, device_memory_bytes, use_bf16
 from ..core.memory import estimate_training_memory
@@ -51,17 +52,19 @@ from ..core.training import (
     StartedEvent,
     StepEvent,
     TrainingConfig,
+    merge_step_events,
     train,
     train_from_folder,
 )
 from ..core.unet import PRESETS
 from .context import StudioContext
-from .dataset_page import CHANNEL_CHOICES, ERROR_STYLE, RESOLUTIONS
+from .dataset_page import CHANNEL_CHOICES, RESOLUTIONS
 from .image_view import ImageView
+from .jobs import JobController
 from .loss_plot import LossPlot
 from .model_library import ModelPicker
 from .page import Page
-from .workers import JobRunner, JobWorker
+from .style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE, error_box
 
 DEFAULT_PRESET = "small"
 # A first run on a CPU: long enough to learn the demo shapes, with previews and checkpoints along the way.
@@ -70,7 +73,6 @@ REMEMBERED_SETTINGS = ("batch_size", "learning_rate", "steps", "ema_decay", "pre
                        "preview_every", "preview_count", "checkpoint_every")
 # An estimate above this share of the device's memory gets a warning.
 MEMORY_WARNING_SHARE = 0.8
-WARNING_STYLE = "color: #9a4b00;"
 NAME_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -148,16 +150,15 @@ class TrainPage(Page):
     modelSaved = Signal(object)  # Path of the model folder just written
 
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
-        super().__init__(context, parent)
+        super().__init__(context, parent, job_name="training", stopping_text="Stopping after this step and saving…")
+        self.estimates = JobController(self, "memory estimate", with_controls=False)
         self.dataset: ScanResult | None = None
-        self.runner: JobRunner | None = None
         self.run_path: Path | None = None
         self.started_step = 0
         self.started_time = 0.0
         self.current_step = 0
         self.total_steps = 0
         self._name_edited = False
-        self._estimate_runner: JobRunner | None = None
         self._estimate_wanted = False
         self._shut_down = False  # after shutdown() no new background work starts
         self._loaded_model: Path | None = None  # the model whose curve and settings are shown for Resume
@@ -195,7 +196,7 @@ class TrainPage(Page):
             self.preset_combo.setItemData(self.preset_combo.count() - 1, preset.description, Qt.ItemDataRole.ToolTipRole)
         self.preset_description = QLabel()
         self.preset_description.setWordWrap(True)
-        self.preset_description.setStyleSheet("color: #505a66;")
+        self.preset_description.setStyleSheet(MUTED_TEXT_STYLE)
         self.resolution_combo = QComboBox()
         for size in RESOLUTIONS:
             self.resolution_combo.addItem(f"{size} × {size} px", size)
@@ -268,13 +269,11 @@ class TrainPage(Page):
         self.memory_label = QLabel("Memory: estimating…")
         self.memory_label.setWordWrap(True)
         self.start_button = QPushButton("Start training")
-        self.start_button.setMinimumHeight(34)
+        self.start_button.setMinimumHeight(ACTION_BUTTON_HEIGHT)
         self.start_button.setDefault(True)
         self.start_button.clicked.connect(self.start_training)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setMinimumHeight(34)
+        self.stop_button = self.jobs.stop_button
         self.stop_button.setToolTip("Stop after the current step; the model is saved and can be resumed.")
-        self.stop_button.clicked.connect(self.stop_training)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button, 2)
         buttons.addWidget(self.stop_button, 1)
@@ -305,7 +304,7 @@ class TrainPage(Page):
         resume_row.addWidget(self.resume_button)
         resume_layout.addLayout(resume_row)
         resume_layout.addWidget(self.resume_hint)
-        self.resume_picker.modelChanged.connect(lambda _path: self._update_state())
+        self.resume_picker.modelChanged.connect(lambda _path: self._update_enabled())
 
         panel = QWidget()
         panel.setMinimumWidth(330)
@@ -321,8 +320,8 @@ class TrainPage(Page):
         for spin in (self.batch_spin, self.steps_spin, self.timesteps_spin, self.preview_every_spin,
                      self.preview_count_spin, self.checkpoint_every_spin, self.learning_rate_spin, self.ema_spin):
             spin.valueChanged.connect(self._settings_changed)
-        self.name_edit.textChanged.connect(self._update_state)
-        self.context.library.changed.connect(self._update_state)  # a model folder may have taken the name
+        self.name_edit.textChanged.connect(self._update_enabled)
+        self.context.library.changed.connect(self._update_enabled)  # a model folder may have taken the name
         return panel
 
     def _build_run_panel(self) -> QWidget:
@@ -338,23 +337,19 @@ class TrainPage(Page):
              ("Loss", self.loss_value), ("Device", self.device_value))
         ):
             caption = QLabel(title)
-            caption.setStyleSheet("color: #505a66;")
+            caption.setStyleSheet(MUTED_TEXT_STYLE)
             value.setStyleSheet("font-size: 13pt; font-weight: 600;")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             stats.addWidget(caption, 0, column)
             stats.addWidget(value, 1, column)
             stats.setColumnStretch(column, 1)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.status_label = QLabel("No run yet.")
-        self.status_label.setWordWrap(True)
+        self.progress_bar = self.jobs.progress_bar
+        self.jobs.idle_format = "%p%"
+        self.jobs.reset_progress()
+        self.status_label = self.jobs.status_label
+        self.status_label.setText("No run yet.")
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error_label = QLabel()
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet(ERROR_STYLE)
-        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error_label.hide()
+        self.error_label = error_box()
 
         self.loss_plot = LossPlot()
         self.preview_view = ImageView("Preview images appear here during training, sampled at a fixed seed.",
@@ -484,7 +479,7 @@ class TrainPage(Page):
 
     def _settings_changed(self) -> None:
         self._request_estimate()
-        self._update_state()
+        self._update_enabled()
 
     def models_dir(self) -> Path:
         return model_store.default_user_models_dir()
@@ -503,23 +498,23 @@ class TrainPage(Page):
             self._select(self.channels_combo, result.channels)
             self._name_edited = False
             self._suggest_name()
-        self._update_state()
+        self._update_enabled()
 
     # --- memory estimate --------------------------------------------------------------------------
     def _request_estimate(self) -> None:
         """Estimate in the background: the first estimate makes torch load its meta kernels (seconds)."""
         if self._shut_down:
             return
-        if self._estimate_runner is not None and self._estimate_runner.is_running():
-            self._estimate_wanted = True
+        if self.estimates.is_running():
+            self._estimate_wanted = True  # estimated again when this one ends
             return
         self._estimate_wanted = False
         try:
             config = self.config()
             unet_config = config.unet_config()
-        except ValueError as error:
+        except UserError as error:
             self.memory_label.setText(f"Memory: cannot estimate ({error})")
-            self.memory_label.setStyleSheet(WARNING_STYLE)
+            self.memory_label.setStyleSheet(WARNING_TEXT_STYLE)
             return
         batch_size = config.batch_size
         bf16 = use_bf16(config.precision, choose_device("auto"))
@@ -528,12 +523,8 @@ class TrainPage(Page):
         def estimate():
             yield estimate_training_memory(unet_config, batch_size, bf16, dataset_images)
 
-        worker = JobWorker(estimate)
-        runner = JobRunner(worker, "memory estimate", parent=self)
-        worker.event.connect(self._show_estimate)
-        runner.done.connect(lambda _stopped: self._estimate_wanted and self._request_estimate())
-        self._estimate_runner = runner
-        runner.start()
+        self.estimates.run(estimate, on_event=self._show_estimate,
+                           on_done=lambda _stopped: self._estimate_wanted and self._request_estimate())
 
     @Slot(object)
     def _show_estimate(self, estimate) -> None:
@@ -544,22 +535,21 @@ class TrainPage(Page):
         if available and estimate.total_bytes > MEMORY_WARNING_SHARE * available:
             text += (f". That is more than this {'GPU' if where == 'GPU' else 'computer'} has to spare "
                      f"({format_bytes(available)} in all): lower the batch size or choose a smaller preset.")
-            self.memory_label.setStyleSheet(WARNING_STYLE)
+            self.memory_label.setStyleSheet(WARNING_TEXT_STYLE)
         else:
             self.memory_label.setStyleSheet("")
         self.memory_label.setText(text)
 
     # --- state --------------------------------------------------------------------------------------
     def is_training(self) -> bool:
-        return self.runner is not None and self.runner.is_running()
+        return self.jobs.is_running()
 
-    def _update_state(self) -> None:
+    def _update_enabled(self) -> None:
         training = self.is_training()
         for widget in (self.preset_combo, self.resolution_combo, self.channels_combo, self.batch_spin,
                        self.learning_rate_spin, self.steps_spin, self.ema_spin, self.name_edit, self.advanced_box,
                        self.resume_picker):
             widget.setEnabled(not training)
-        self.stop_button.setEnabled(training and not self.runner.worker.stop_requested)
         if self.dataset is None:
             self.dataset_label.setText("<b>No dataset yet.</b> Load images on the <b>1 · Dataset</b> page first.")
         else:
@@ -575,10 +565,10 @@ class TrainPage(Page):
             self.start_hint.setStyleSheet("")
         elif reason is not None:
             self.start_hint.setText(reason)
-            self.start_hint.setStyleSheet(WARNING_STYLE if self.dataset is not None else "")
+            self.start_hint.setStyleSheet(WARNING_TEXT_STYLE if self.dataset is not None else "")
         else:
             self.start_hint.setText(f"Saves into {self.models_dir() / self.name_edit.text().strip()}")
-            self.start_hint.setStyleSheet("color: #505a66;")
+            self.start_hint.setStyleSheet(MUTED_TEXT_STYLE)
         chosen = self.resume_picker.current_path()
         self.resume_button.setEnabled(not training and chosen is not None)
         if chosen is None:
@@ -592,7 +582,7 @@ class TrainPage(Page):
             return "Start needs a dataset: drop a folder on the window, or use the demo dataset on the Dataset page."
         try:
             self.config().validate()
-        except ValueError as error:
+        except UserError as error:
             return str(error)
         name = self.name_edit.text().strip()
         if not name:
@@ -666,33 +656,18 @@ class TrainPage(Page):
         self.run_path = out_dir
         self.current_step = 0
         self.total_steps = 0
-        self.progress_bar.setRange(0, 0)
-        self.status_label.setText(message)
         for label in (self.step_value, self.speed_value, self.eta_value, self.loss_value):
             label.setText("–")
-        worker = JobWorker(make_iterator, progress_types=(StepEvent, ScanProgress))
-        runner = JobRunner(worker, f"training {out_dir.name}", parent=self)
-        # Bound methods of this page, not lambdas: only then does Qt queue the calls into the GUI thread.
-        worker.progress.connect(self._on_progress)
-        worker.event.connect(self._on_event)
-        worker.failed.connect(self.show_error)
-        runner.done.connect(lambda stopped, r=runner: self._on_done(r, stopped))
-        self.runner = runner
-        self.start_job(runner)
-        self._update_state()
+        self.run_job(make_iterator, name=f"training {out_dir.name}", status=message,
+                     progress_types=(StepEvent, ScanProgress), merge=merge_step_events, on_progress=self._on_progress,
+                     on_event=self._on_event, on_error=self.show_error, on_done=self._on_done)
 
     def stop_training(self) -> None:
         """Stop after the current step; the trainer saves the model as it closes."""
-        if self.is_training():
-            self.runner.stop()
-            self.status_label.setText("Stopping after this step and saving…")
-            self._update_state()
+        self.jobs.stop()
 
-    def shutdown(self, timeout_ms: int = 60_000) -> None:
-        self._shut_down = True
-        super().shutdown(timeout_ms)
-        if self._estimate_runner is not None:
-            self._estimate_runner.wait(timeout_ms)
+    def shutdown(self) -> None:
+        self._shut_down = True  # no new memory estimates
         self.loss_plot.stop()
 
     # --- events of the run --------------------------------------------------------------------------
@@ -739,10 +714,7 @@ class TrainPage(Page):
         elif isinstance(event, FailedEvent):
             self.show_error(event.reason)
 
-    def _on_done(self, runner: JobRunner, stopped: bool) -> None:
-        if runner is not self.runner:
-            return
-        self.runner = None
+    def _on_done(self, stopped: bool) -> None:
         path = self.run_path
         saved = path is not None and (path / model_store.CONFIG_FILE).is_file()
         if stopped:
@@ -764,9 +736,7 @@ class TrainPage(Page):
             self.context.show_message(f"Model saved: {path.name} at step {self.current_step:,}.")
         self._name_edited = False
         self._suggest_name()
-        self._update_state()
 
-    @Slot(str)
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
         self.error_label.show()

@@ -2,8 +2,11 @@
 
 The worker checks a stop flag between events and, when it is set, closes the iterator so
 the job's own cleanup runs (training saves a checkpoint). Signals are throttled: progress at
-20 Hz at most (training steps are merged so that no loss value is dropped) and images at
-4 Hz at most. Errors arrive as a signal with a readable sentence.
+20 Hz at most (progress events not yet shown are folded together by the job's own merge rule,
+so that, say, no loss value is dropped) and images at 4 Hz at most. A ``UserError`` arrives as
+its sentence; anything else is a bug, reported as one with its traceback in the log.
+
+Pages do not use these classes directly: ``jobs.JobController`` starts and follows them.
 """
 
 from __future__ import annotations
@@ -16,21 +19,26 @@ from collections.abc import Callable, Iterator
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from ..core.data import DatasetError
-from ..core.model_store import ModelError
-from ..core.training import StepEvent
+from ..core.errors import UserError
 
 PROGRESS_INTERVAL = 1 / 20
 IMAGE_INTERVAL = 1 / 4
 
 
 def readable_error(error: BaseException) -> str:
-    """One sentence for the user; user errors carry their own, anything else names its type."""
-    if isinstance(error, (DatasetError, ModelError, ValueError)):
+    """One sentence for the user: a user error's own, the system's for a file, else a bug named as one."""
+    if isinstance(error, UserError):
         return str(error)
     if isinstance(error, OSError):
         return f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
-    return f"Unexpected error ({type(error).__name__}): {error}"
+    return f"A bug in DDPM Studio stopped this job ({type(error).__name__}: {error}); the log has the details."
+
+
+def report(error: BaseException) -> str:
+    """Print a bug's traceback to the log (not a user's mistake's) and return the sentence to show."""
+    if not isinstance(error, (UserError, OSError)):
+        traceback.print_exception(error)
+    return readable_error(error)
 
 
 class Throttle:
@@ -48,14 +56,12 @@ class Throttle:
         return False
 
 
-def merge_progress(pending, event):
-    """Combine a newer progress event with one not yet emitted; training steps keep every loss."""
-    if isinstance(pending, StepEvent) and isinstance(event, StepEvent):
-        return StepEvent(
-            event.step, event.total_steps, event.learning_rate, pending.losses + event.losses,
-            event.images_per_second or pending.images_per_second, event.steps_per_second or pending.steps_per_second,
-        )
+def keep_newest(pending: object | None, event: object) -> object:
+    """The default merge rule: a newer progress event replaces one not yet shown."""
     return event
+
+
+MergeRule = Callable[[object | None, object], object]
 
 
 class JobWorker(QObject):
@@ -72,10 +78,13 @@ class JobWorker(QObject):
         make_iterator: Callable[[], Iterator],
         progress_types: tuple[type, ...] = (),
         image_from: Callable[[object], object | None] | None = None,
+        merge: MergeRule = keep_newest,
     ):
+        """``merge(pending, event)`` folds a progress event into the one not yet emitted (None if none)."""
         super().__init__()
         self._make_iterator = make_iterator
         self._progress_types = progress_types
+        self._merge = merge
         self._image_from = image_from
         self._stop_requested = threading.Event()
 
@@ -95,7 +104,7 @@ class JobWorker(QObject):
             iterator = self._make_iterator()
             for event in iterator:
                 if isinstance(event, self._progress_types):
-                    pending_progress = merge_progress(pending_progress, event)
+                    pending_progress = self._merge(pending_progress, event)
                     if progress_throttle.ready():
                         self.progress.emit(pending_progress)
                         pending_progress = None
@@ -113,15 +122,13 @@ class JobWorker(QObject):
                 if self._stop_requested.is_set():
                     break
         except Exception as error:  # reported to the window, never a crash
-            traceback.print_exc()
-            self.failed.emit(readable_error(error))
+            self.failed.emit(report(error))
         finally:
             if iterator is not None and hasattr(iterator, "close"):
                 try:
                     iterator.close()  # the job's cleanup: training saves its checkpoint here
                 except Exception as error:
-                    traceback.print_exc()
-                    self.failed.emit(readable_error(error))
+                    self.failed.emit(report(error))
             if pending_progress is not None:
                 self.progress.emit(pending_progress)
             self.finished.emit(self._stop_requested.is_set())
@@ -130,15 +137,22 @@ class JobWorker(QObject):
 
 
 class JobRunner(QObject):
-    """Owns a worker and its QThread: start, stop, wait. ``running`` lists every runner not yet joined."""
+    """Owns a worker and its QThread: start, stop, wait.
+
+    ``running`` is the one registry of jobs: every runner started and not yet joined. Closing the
+    window drains it. ``ask_before_close`` says whether stopping the job is worth a question
+    (a training run is; a memory estimate is not).
+    """
 
     running: weakref.WeakSet[JobRunner] = weakref.WeakSet()
     done = Signal(bool)
 
-    def __init__(self, worker: JobWorker, name: str = "job", parent: QObject | None = None):
+    def __init__(self, worker: JobWorker, name: str = "job", parent: QObject | None = None,
+                 ask_before_close: bool = True):
         super().__init__(parent)
         self.worker = worker
         self.name = name
+        self.ask_before_close = ask_before_close
         self.thread = QThread()
         self.thread.setObjectName(f"ddpm-{name}")
         worker.moveToThread(self.thread)
@@ -173,6 +187,11 @@ class JobRunner(QObject):
     def _on_thread_finished(self) -> None:
         JobRunner.running.discard(self)
         self.done.emit(self._stopped_by_user)
+
+
+def busy_job_names() -> list[str]:
+    """The names of the running jobs that closing the window would interrupt."""
+    return [runner.name for runner in list(JobRunner.running) if runner.ask_before_close and runner.is_running()]
 
 
 def stop_all_jobs(timeout_ms: int = 60_000) -> bool:

@@ -9,7 +9,7 @@ from PIL import Image
 from PySide6.QtCore import Qt
 
 from ddpm_studio.core.imaging import to_hwc, to_uint8
-from ddpm_studio.core.sampling import SampleProgress
+from ddpm_studio.core.diffusion import SampleStep
 from ddpm_studio.gui.generate_page import preview_picture
 
 T = 50  # the tiny model's number of timesteps
@@ -107,7 +107,7 @@ def test_ddim_enables_its_steps_and_samples_fewer_frames(qtbot, page):
 
 def test_the_live_preview_shows_x_t_or_x0_hat_as_chosen(qtbot, page):
     x_t, x0_hat = -torch.ones(3, 3, 16, 16), torch.ones(3, 3, 16, 16)
-    event = SampleProgress(0, T, T - 1, x_t, x0_hat)
+    event = SampleStep(0, T, T - 1, x_t, x0_hat, x_t)
     assert preview_picture(event, "x_t").shape == (38, 38, 3)  # 2 x 2 grid with 2 px padding
     assert preview_picture(event, "x_t")[2:18, 2:18].max() == 0
     assert preview_picture(event, "x0_hat")[2:18, 2:18].min() == 255

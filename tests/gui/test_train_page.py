@@ -39,7 +39,7 @@ def configure(page, steps: int, preview_every: int = 1000, checkpoint_every: int
 
 
 def wait_idle(qtbot, page, timeout=RUN_TIMEOUT_MS) -> None:
-    qtbot.waitUntil(lambda: not page.is_training() and not page.jobs, timeout=timeout)
+    qtbot.waitUntil(lambda: not page.is_training() and not page.estimates.is_running(), timeout=timeout)
 
 
 def test_start_is_disabled_until_a_dataset_is_loaded_and_says_why(window):

@@ -2,7 +2,8 @@
 
 import threading
 
-from ddpm_studio.core.training import StepEvent
+from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.training import StepEvent, merge_step_events
 from ddpm_studio.gui.workers import JobRunner, JobWorker
 
 
@@ -30,7 +31,7 @@ class CountingJob:
 
 def test_stop_takes_effect_within_one_step_and_runs_the_jobs_cleanup(qtbot):
     job = CountingJob(stop_after=50)
-    worker = JobWorker(job, progress_types=(StepEvent,))
+    worker = JobWorker(job, progress_types=(StepEvent,), merge=merge_step_events)
     runner = JobRunner(worker, "counting")
     losses = []
     worker.progress.connect(lambda event: losses.extend(event.losses))
@@ -49,7 +50,7 @@ def test_stop_takes_effect_within_one_step_and_runs_the_jobs_cleanup(qtbot):
 def test_an_error_in_the_job_arrives_as_a_sentence(qtbot):
     def failing():
         yield StepEvent(1, 2, 1e-3, [0.5], None, None)
-        raise ValueError("The folder holds no usable images.")
+        raise SettingError("The folder holds no usable images.")
 
     worker = JobWorker(failing, progress_types=(StepEvent,))
     runner = JobRunner(worker, "failing")
@@ -60,3 +61,20 @@ def test_an_error_in_the_job_arrives_as_a_sentence(qtbot):
     assert finished.args == [False]
     qtbot.waitUntil(lambda: messages == ["The folder holds no usable images."], timeout=5_000)
     assert not runner.is_running()
+
+
+def test_a_programming_error_is_reported_as_a_bug_with_its_traceback_in_the_log(qtbot, capfd):
+    def buggy():
+        yield StepEvent(1, 2, 1e-3, [0.5], None, None)
+        raise ValueError("too many values to unpack")
+
+    worker = JobWorker(buggy)
+    runner = JobRunner(worker, "buggy")
+    messages = []
+    worker.failed.connect(messages.append)
+    with qtbot.waitSignal(runner.done, timeout=10_000):
+        runner.start()
+    qtbot.waitUntil(lambda: len(messages) == 1, timeout=5_000)
+    assert "bug" in messages[0] and "ValueError: too many values to unpack" in messages[0]
+    log = capfd.readouterr().err
+    assert "Traceback" in log and "in buggy" in log

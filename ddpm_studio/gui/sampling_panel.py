@@ -1,0 +1,147 @@
+"""What the Generate and Noising pages share: choosing a model and a sampler, and running the sampler.
+
+``SamplingControls`` makes the widgets (each page lays them out its own way), remembers them
+in the settings under the page's prefix, enables them as the job allows, and runs
+``core.sampling.run_sampling`` through the page's job controller with its progress on the bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
+
+from ..core.diffusion import SampleStep
+from ..core.sampling import SamplingRequest, SamplingResult, run_sampling
+from .context import StudioContext
+from .jobs import JobController
+from .model_chooser import ModelChooser
+from .style import ACTION_BUTTON_HEIGHT, make_bold
+from .workers import JobRunner
+
+SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
+VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
+MAX_SEED = 2**31 - 1
+
+
+class SamplingControls:
+    """The model chooser, the sampler, DDIM's steps, optionally the variance, and the run button."""
+
+    def __init__(self, context: StudioContext, jobs: JobController, settings_prefix: str, run_text: str,
+                 steps_tooltip: str, with_variance: bool):
+        self.context = context
+        self.jobs = jobs
+        self.prefix = settings_prefix
+        self.model_chooser = ModelChooser(context.library, context.settings)
+        self.sampler_box = QComboBox()
+        for label, name in SAMPLERS:
+            self.sampler_box.addItem(label, name)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1000)
+        self.steps_spin.setValue(50)
+        self.steps_spin.setToolTip(steps_tooltip)
+        self.variance_box: QComboBox | None = None
+        if with_variance:
+            self.variance_box = QComboBox()
+            for label, name in VARIANCES:
+                self.variance_box.addItem(label, name)
+            self.variance_box.setToolTip("The variance of each ancestral step: β_t (the paper's CIFAR-10 choice) or "
+                                         "the posterior's β̃_t")
+        self.run_button = QPushButton(run_text)
+        self.run_button.setMinimumHeight(ACTION_BUTTON_HEIGHT)
+        make_bold(self.run_button)
+
+    # --- layout ------------------------------------------------------------------------------------
+    def sampler_form(self) -> QFormLayout:
+        form = QFormLayout()
+        form.addRow("Sampler", self.sampler_box)
+        form.addRow("DDIM steps", self.steps_spin)
+        if self.variance_box is not None:
+            form.addRow("Variance", self.variance_box)
+        return form
+
+    def run_layout(self) -> QVBoxLayout:
+        """The run and Stop buttons, the progress bar and the status line."""
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.jobs.stop_button, 1)
+        layout = QVBoxLayout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(buttons)
+        layout.addWidget(self.jobs.progress_bar)
+        layout.addWidget(self.jobs.status_label)
+        return layout
+
+    # --- state -------------------------------------------------------------------------------------
+    def sampler(self) -> str:
+        return self.sampler_box.currentData()
+
+    def variance(self) -> str:
+        return self.variance_box.currentData() if self.variance_box is not None else "fixed_large"
+
+    def set_max_steps(self, num_timesteps: int) -> None:
+        self.steps_spin.setMaximum(num_timesteps)
+
+    def update_enabled(self, can_run: bool) -> None:
+        """Enable the widgets for the job's state; ``can_run``: whether the page has what a run needs."""
+        running = self.jobs.is_running()
+        is_ddim = self.sampler() == "ddim"
+        self.steps_spin.setEnabled(is_ddim and not running)
+        if self.variance_box is not None:
+            self.variance_box.setEnabled(not is_ddim and not running)
+        self.run_button.setEnabled(not running and can_run)
+        self.model_chooser.setEnabled(not running)
+        self.sampler_box.setEnabled(not running)
+
+    def restore_settings(self) -> None:
+        settings, prefix = self.context.settings, self.prefix
+        self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value(f"{prefix}/sampler", "ddpm"))))
+        self.steps_spin.setValue(int(settings.value(f"{prefix}/ddim_steps", 50)))
+        if self.variance_box is not None:
+            variance = settings.value(f"{prefix}/variance", "fixed_large")
+            self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(variance)))
+        model = settings.value(f"{prefix}/model", "")
+        if model and Path(model).is_dir():
+            self.model_chooser.picker.select(model)
+
+    def save_settings(self) -> None:
+        settings, prefix = self.context.settings, self.prefix
+        settings.setValue(f"{prefix}/sampler", self.sampler())
+        settings.setValue(f"{prefix}/ddim_steps", self.steps_spin.value())
+        if self.variance_box is not None:
+            settings.setValue(f"{prefix}/variance", self.variance())
+        path = self.model_chooser.current_path()
+        settings.setValue(f"{prefix}/model", str(path) if path else "")
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(
+        self,
+        request: SamplingRequest,
+        name: str,
+        status: str,
+        image_from: Callable[[object], object | None],
+        on_image: Callable[[object], None],
+        on_result: Callable[[SamplingResult], None],
+        on_step: Callable[[SampleStep], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        on_done: Callable[[bool], None] | None = None,
+    ) -> JobRunner:
+        """Sample ``request`` as the page's job; each step moves the bar, the result goes to ``on_result``."""
+
+        def progress(step: SampleStep) -> None:
+            self.jobs.show_progress(step.step + 1, step.num_steps)
+            if on_step is not None:
+                on_step(step)
+
+        def event(value) -> None:
+            if isinstance(value, SamplingResult):
+                self.jobs.finish_progress()
+                on_result(value)
+
+        self.model_chooser.clear_error()
+        return self.jobs.run(
+            lambda: run_sampling(request), name=name, status=status, progress_format="%v of %m steps",
+            progress_types=(SampleStep,), image_from=image_from, on_progress=progress, on_event=event,
+            on_image=on_image, on_error=on_error, on_done=on_done,
+        )
