@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_studio(env_changes: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -29,3 +30,45 @@ def test_main_py_behaves_like_the_command():
     assert result.returncode == 0
     for command in ("train", "sample", "info", "bench", "demo-data"):
         assert command in result.stdout
+
+
+def plugin_missing_a_library(tmp_path) -> tuple[str, str]:
+    """A copy of PySide6's xcb plugin whose first X11 library is renamed to one that exists nowhere.
+
+    The copy keeps PySide6's layout ($ORIGIN/../../lib finds the bundled Qt libraries), so the
+    renamed library is the one that cannot resolve (besides any the machine really lacks).
+    """
+    import PySide6
+
+    qt = Path(PySide6.__file__).parent / "Qt"
+    plugin = (qt / "plugins" / "platforms" / "libqxcb.so").read_bytes()
+    real, fake = b"libxcb-cursor.so.0\0", b"libnot-there.so.0\0\0"  # same length: the string table keeps its layout
+    assert real in plugin
+    platforms = tmp_path / "qt" / "plugins" / "platforms"
+    platforms.mkdir(parents=True)
+    (platforms / "libqxcb.so").write_bytes(plugin.replace(real, fake))
+    (tmp_path / "qt" / "lib").symlink_to(qt / "lib")
+    return str(platforms), "libnot-there.so.0"
+
+
+def test_missing_x11_libraries_are_named_with_their_packages_before_qt_can_abort(tmp_path):
+    plugin_dir, missing = plugin_missing_a_library(tmp_path)
+    # A display is set (there is none at :99): the check must come before Qt would try it.
+    result = run_studio({"DISPLAY": ":99", "QT_QPA_PLATFORM_PLUGIN_PATH": plugin_dir})
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert missing in lines[0] and "sudo apt-get install" in lines[0] and "libnot-there0" in lines[0]
+    assert "Could not load the Qt platform plugin" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_library_names_map_to_debian_packages():
+    from ddpm_studio.gui.system_libraries import README_PACKAGES, package_for
+
+    assert package_for("libxcb-cursor.so.0") == "libxcb-cursor0"
+    assert package_for("libxcb-icccm.so.4") == "libxcb-icccm4"
+    assert package_for("libxkbcommon-x11.so.0") == "libxkbcommon-x11-0"
+    assert package_for("libX11-xcb.so.1") == "libx11-xcb1"
+    assert package_for("libEGL.so.1") == "libegl1"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"sudo apt-get install {README_PACKAGES}" in readme  # the README's line is the one the code knows

@@ -1,9 +1,11 @@
-"""Starts the studio window, or explains in one line why it cannot (no display, no Qt platform plugin)."""
+"""Starts the studio window, or explains in one line why it cannot (no display, missing system libraries, no Qt)."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+EXIT_NO_DISPLAY = 3  # the window cannot open here: no display, or not the libraries to draw on it
 
 NO_DISPLAY_MESSAGE = (
     "ddpm-studio: no display found, so the studio window cannot open. On a desktop, run it there; over SSH use "
@@ -24,13 +26,19 @@ def display_available() -> bool:
 def run_app(argv: list[str] | None = None) -> int:
     if not display_available():
         print(NO_DISPLAY_MESSAGE, file=sys.stderr)
-        return 3
+        return EXIT_NO_DISPLAY
+    from .system_libraries import missing_libraries_message
+
+    missing = missing_libraries_message()  # before Qt loads its platform plugin, which would abort the process
+    if missing:
+        print(missing, file=sys.stderr)
+        return EXIT_NO_DISPLAY
     try:
         from PySide6.QtWidgets import QApplication
     except ImportError as error:
         print(f"ddpm-studio: the Qt libraries could not be loaded ({error}); install PySide6-Essentials, "
               "or use the headless commands (ddpm-studio --help).", file=sys.stderr)
-        return 3
+        return EXIT_NO_DISPLAY
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
     app.setApplicationName("DDPM Studio")
     app.setOrganizationName("DDPM Studio")
