@@ -75,6 +75,8 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--force", action="store_true",
+                        help="start even when the memory estimate exceeds what the device has available")
     parser.set_defaults(handler=run_train)
 
 
@@ -96,7 +98,7 @@ def run_train(args) -> int:
     from .core.data import ScanProgress, ScanResult
     from .core.training import (
         CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent, TrainingConfig,
-        distributed_context, train_from_folder,
+        check_memory, distributed_context, train_from_folder,
     )
 
     check_device(args.device)
@@ -126,6 +128,12 @@ def run_train(args) -> int:
             fail(f"{out_dir} already holds a model; add --resume to continue it, or choose another --out.")
         data_paths = [args.data]
     config.validate()
+    memory = check_memory(config, args.device, context)
+    if not memory.fits:
+        if not args.force:
+            fail(f"{memory.explain()} Lower --batch-size, or add --force to try anyway.")
+        if context.is_main:
+            print(f"ddpm-studio: warning: {memory.explain()} Going on (--force).", file=sys.stderr)
 
     main_process = context.is_main
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])

@@ -301,6 +301,42 @@ def test_bad_input_is_one_line_on_stderr_and_status_2(folders, case, capsys):
     assert sorted(p.name for p in folders["images"].parent.iterdir()) == before
 
 
+def test_a_run_that_cannot_fit_is_refused_unless_forced(folders, monkeypatch, capsys):
+    """A fake, small memory limit: the tiny U-Net at 16 px needs about 1.5 MB per image, so batch 64 does not fit in 40 MB."""
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    out = folders["images"].parent / "too-big"
+    argv = ["train", str(folders["images"]), "--preset", "tiny", "--image-size", "16", "--steps", "2", "--timesteps",
+            "50", "--preview-count", "0", "--batch-size", "64", "--out", str(out)]
+    assert cli.main(argv) == 2
+    line = assert_one_error_line(capsys.readouterr().err, "at batch size 64, but the CPU has 40 MiB available")
+    assert "the largest batch size that fits is " in line and "--force" in line
+    assert not out.exists()
+
+    assert cli.main(argv + ["--force"]) == 0
+    captured = capsys.readouterr()
+    assert "ddpm-studio: warning: Training needs about" in captured.err and "Going on (--force)" in captured.err
+    assert model_store.read_model_info(out).step == 2
+    shutil.rmtree(out)  # the bad-input tests compare this folder's contents
+
+
+def test_the_largest_batch_that_fits_does_fit(monkeypatch):
+    from ddpm_studio.core.memory import check_training_memory
+    from ddpm_studio.core.unet import preset_config
+
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    config = preset_config("tiny", 16)
+    too_big = check_training_memory(config, 64)
+    assert not too_big.fits and too_big.available == 40 * 2**20
+    assert check_training_memory(config, too_big.largest_batch).fits
+    assert not check_training_memory(config, too_big.largest_batch + 1).fits
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "1M")  # less than the weights and Adam's state
+    nothing = check_training_memory(config, 1)
+    assert nothing.largest_batch == 0 and "not even batch size 1 fits" in nothing.explain()
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="write it like 512M or 8G"):
+        check_training_memory(config, 1)
+
+
 SUBPROCESS_CASES = ["folder of junk", "sample a damaged model"]
 
 

@@ -7,11 +7,17 @@ Training, sampling, the bench, the doctor, the CLI and the window's status bar a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
+from .errors import SettingError
+
 PRECISIONS = ("auto", "fp32", "bf16")
+# Caps the memory a run may count on, for example "8G" on a shared machine (and a small one in tests).
+MEMORY_LIMIT_VARIABLE = "DDPM_STUDIO_MEMORY_LIMIT"
 
 
 def choose_device(requested: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
@@ -123,6 +129,61 @@ def device_memory_bytes(device: torch.device | str | None = None) -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not on every platform (Windows)
         return None
+
+
+def memory_limit_bytes() -> int | None:
+    """The cap set in DDPM_STUDIO_MEMORY_LIMIT ("512M", "8G", or bytes); None when unset."""
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", text, flags=re.IGNORECASE)
+    if not match:
+        raise SettingError(f"{MEMORY_LIMIT_VARIABLE}={text} is not a size; write it like 512M or 8G.")
+    unit = match.group(2).upper()
+    scale = 1024 ** ("KMGT".find(unit) + 1) if unit else 1
+    return int(float(match.group(1)) * scale)
+
+
+def _cgroup_room() -> int | None:
+    """What this process's cgroup (a container's limit) still lets it use, if it sets a limit (cgroup v2)."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory_bytes(device: torch.device | str | None = None) -> int | None:
+    """Memory a new run can still use on ``device``: free GPU memory, or the RAM the system has available.
+
+    On the CPU this is Linux's MemAvailable (what can be allocated without swapping), lowered by a
+    container's own limit; elsewhere the total RAM. DDPM_STUDIO_MEMORY_LIMIT caps it. None where
+    nothing can be read.
+    """
+    device = choose_device(device)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        available = None
+        try:
+            with open("/proc/meminfo") as stream:
+                for line in stream:
+                    if line.startswith("MemAvailable:"):
+                        available = int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        if available is None:
+            available = device_memory_bytes(device)
+        room = _cgroup_room()
+        if room is not None and available is not None:
+            available = min(available, room)
+    limit = memory_limit_bytes()
+    if limit is not None:
+        available = limit if available is None else min(available, limit)
+    return available
 
 
 def memory_in_use_bytes(device: torch.device) -> int | None:

@@ -29,6 +29,7 @@ from .devices import PRECISIONS, choose_device, describe_device, process_group_b
 from .diffusion import GaussianDiffusion
 from .errors import SettingError
 from .imaging import make_grid, save_png, to_uint8
+from .memory import MemoryCheck, check_training_memory
 from .model_store import ModelError, ModelInfo
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import PRESETS, UNet, count_parameters, preset_config
@@ -452,7 +453,7 @@ def train(
     )
 
     pending: list[torch.Tensor] = []
-    failed = False
+    failure: str | None = None  # the sentence of a run that failed; it then saves nothing more
     last_checkpoint_time = time.monotonic()
     report_time, report_step = time.monotonic(), state.step
 
@@ -536,27 +537,27 @@ def train(
         checkpoint()
         yield FinishedEvent(state.step, out_dir)
     except NonFiniteLoss:
-        failed = True
-        kept = (f"the checkpoint of step {writer.info.step} in {out_dir} is kept" if writer is not None and writer.info.step
-                else "no checkpoint was saved")
-        yield FailedEvent(
-            state.step,
-            f"The loss or the weights became non-finite near step {state.step}; try a lower learning rate ({kept}).",
-            out_dir,
-        )
-    except torch.OutOfMemoryError:
-        failed = True
-        yield FailedEvent(
-            state.step, f"Out of GPU memory at batch size {config.batch_size}; lower the batch size or the model size.",
-            out_dir,
-        )
+        failure = f"The loss or the weights became non-finite near step {state.step}; try a lower learning rate"
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        where = "GPU" if run_device.type == "cuda" else "CPU"
+        failure = (f"Out of {where} memory at batch size {config.batch_size} (step {state.step + 1}); "
+                   "lower the batch size or choose a smaller preset")
     finally:
         # Reached when the consumer stops iterating too: save what was trained, unless it is broken.
-        if not failed and writer is not None and state.step > (writer.info.step or 0):
+        if failure is None and writer is not None and state.step > (writer.info.step or 0):
             try:
                 checkpoint(reduce=False)  # other ranks may be gone: no collective call here
             except NonFiniteLoss:
                 pass
+    if failure is None:
+        return
+    # Reported outside the handler: an exception held while suspended would keep the failed step's tensors alive.
+    kept = (f"the checkpoint of step {writer.info.step} in {out_dir} is kept" if writer is not None and writer.info.step
+            else "no checkpoint was saved")
+    batch = x0 = loss = None  # noqa: F841 (released before the consumer sees the failure)
+    yield FailedEvent(state.step, f"{failure} ({kept}).", out_dir)
 
 
 def train_from_folder(
@@ -582,6 +583,24 @@ def train_from_folder(
     summary = result.summary()
     summary["paths"] = [str(Path(p).resolve()) for p in paths]
     yield from train(config, result.images, out_dir, summary, resume=resume, command=command, device=device)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: CUDA's out of memory, the CPU allocator's, or Python's."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("DefaultCPUAllocator" in text or "can't allocate memory" in text
+                                                or "not enough memory" in text)
+
+
+def check_memory(config: TrainingConfig, device: str | None = None,
+                 context: DistributedContext | None = None) -> MemoryCheck:
+    """Whether a run of ``config`` fits in the memory its device has available now, and which batch would."""
+    context = context or DistributedContext()
+    run_device = choose_device(device, context.local_rank)
+    return check_training_memory(config.unet_config(), config.batch_size // context.world_size,
+                                 use_bf16(config.precision, run_device), run_device)
 
 
 def weights_are_finite(state: TrainingState) -> bool:

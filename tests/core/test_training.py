@@ -234,6 +234,49 @@ def test_a_huge_learning_rate_is_refused_before_training():
         tiny_config(learning_rate=5.0).validate()
 
 
+# --- out of memory ------------------------------------------------------------------------------------
+
+
+def train_with_little_memory(folder: str, batch_size: int, report: str) -> None:
+    """In a forked child: allow this process only a little more address space than it has, then resume
+    training at ``batch_size``. The CPU allocator fails for real, without gigabytes ever being touched."""
+    import json
+    import resource
+
+    with open("/proc/self/status") as stream:
+        in_use = next(int(line.split()[1]) * 1024 for line in stream if line.startswith("VmSize:"))
+    headroom = 256 * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + headroom, in_use + headroom))
+    events = []
+    for event in train(tiny_config(steps=8, batch_size=batch_size, checkpoint_every=2), images_uint8(), Path(folder),
+                       resume=True):
+        events.append([type(event).__name__, getattr(event, "reason", None)])
+    Path(report).write_text(json.dumps(events))
+
+
+def test_a_cpu_allocation_failure_ends_the_run_in_one_sentence_and_keeps_the_checkpoint(tmp_path, fork_context):
+    import json
+
+    folder = tmp_path / "m"
+    list(train(tiny_config(steps=4, checkpoint_every=2), images_uint8(), folder))
+    ema_before = (folder / model_store.EMA_FILE).read_bytes()
+    report = tmp_path / "events.json"
+    # Batch 4096 of 16x16 images needs about 6 GB of activations for this U-Net; the child may use 256 MB more.
+    process = fork_context.Process(target=train_with_little_memory, args=(str(folder), 4096, str(report)))
+    process.start()
+    process.join(300)
+    assert process.exitcode == 0, f"the child ended with {process.exitcode}"
+    events = json.loads(report.read_text())
+    names = [name for name, _ in events]
+    assert names[0] == "StartedEvent" and names[-1] == "FailedEvent", names
+    assert "FinishedEvent" not in names and "CheckpointEvent" not in names
+    reason = events[-1][1]
+    assert reason.startswith("Out of CPU memory at batch size 4096") and "lower the batch size" in reason
+    assert f"the checkpoint of step 4 in {folder} is kept" in reason
+    assert reason.count(". ") == 0 and reason.endswith(".") and "\n" not in reason  # one sentence, no allocator text
+    assert_finite_loadable_model(folder, 4, ema_before)
+
+
 # --- crash safety: kill -9 at random moments ---------------------------------------------------------
 
 
