@@ -383,11 +383,13 @@ def train(
     resume: bool = False,
     command: str | None = None,
     device: str | None = None,
+    cpu_threads: int | None = None,
 ) -> Iterator[TrainingEvent]:
     """Train on uint8 ``images`` (N, C, S, S) into the model folder ``out_dir``, yielding events.
 
     With ``resume`` the run continues from the folder's training state: weights, EMA,
     optimizer, step, RNG states and loss history, up to ``config.steps`` in total.
+    ``cpu_threads`` sets the intra-op threads of a run on the CPU (see ``threads_beside_a_window``).
     """
     config.validate()
     out_dir = Path(out_dir)
@@ -406,6 +408,8 @@ def train(
         torch.cuda.set_device(run_device)
     bf16 = use_bf16(config.precision, run_device)
     log_every = config.log_every or (1 if run_device.type == "cpu" else 20)
+    if cpu_threads and run_device.type == "cpu":
+        torch.set_num_threads(cpu_threads)  # OpenMP keeps this per thread: it is the thread driving this run's
 
     state = TrainingState(config, run_device, context)
     if resume:
@@ -567,6 +571,7 @@ def train_from_folder(
     resume: bool = False,
     command: str | None = None,
     device: str | None = None,
+    cpu_threads: int | None = None,
 ) -> Iterator:
     """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events,
     the ``ScanResult`` (so callers can report skipped files), then the training events."""
@@ -582,7 +587,14 @@ def train_from_folder(
     yield result
     summary = result.summary()
     summary["paths"] = [str(Path(p).resolve()) for p in paths]
-    yield from train(config, result.images, out_dir, summary, resume=resume, command=command, device=device)
+    yield from train(config, result.images, out_dir, summary, resume=resume, command=command, device=device,
+                     cpu_threads=cpu_threads)
+
+
+def threads_beside_a_window() -> int:
+    """Intra-op threads for training in the window's process: one core fewer than torch would use, left to
+    the window, so that it keeps drawing while the machine is busy."""
+    return max(1, torch.get_num_threads() - 1)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -53,6 +53,7 @@ from ..core.training import (
     StepEvent,
     TrainingConfig,
     merge_step_events,
+    threads_beside_a_window,
     train,
     train_from_folder,
 )
@@ -603,14 +604,15 @@ class TrainPage(Page):
         config = self.config()
         out_dir = self.models_dir() / self.name_edit.text().strip()
         dataset = self.dataset
+        threads = threads_beside_a_window()
         if (dataset.image_size, dataset.channels) == (config.image_size, config.image_channels):
             summary = dataset.summary()
             summary["paths"] = [str(Path(path).resolve()) for path in dataset.sources]
             images = dataset.images
-            make_iterator = lambda: train(config, images, out_dir, summary)  # noqa: E731
+            make_iterator = lambda: train(config, images, out_dir, summary, cpu_threads=threads)  # noqa: E731
         else:
             sources = list(dataset.sources)
-            make_iterator = lambda: train_from_folder(sources, config, out_dir)  # noqa: E731
+            make_iterator = lambda: train_from_folder(sources, config, out_dir, cpu_threads=threads)  # noqa: E731
         self.loss_plot.clear()
         self.preview_view.set_image(None)
         self._launch(make_iterator, out_dir, f"Training {out_dir.name}…")
@@ -637,9 +639,10 @@ class TrainPage(Page):
             return
         unet = info.unet
         dataset = self.dataset
+        threads = threads_beside_a_window()
         if dataset is not None and (dataset.image_size, dataset.channels) == (unet.image_size, unet.image_channels):
             images = dataset.images
-            make_iterator = lambda: train(config, images, path, resume=True)  # noqa: E731
+            make_iterator = lambda: train(config, images, path, resume=True, cpu_threads=threads)  # noqa: E731
         else:
             paths = [Path(p) for p in info.dataset.get("paths", [])]
             if not paths or not all(p.exists() for p in paths):
@@ -648,7 +651,8 @@ class TrainPage(Page):
                     f"(it is rescanned at {unet.image_size}×{unet.image_size}) and press Resume again."
                 )
                 return
-            make_iterator = lambda: train_from_folder(paths, config, path, resume=True)  # noqa: E731
+            make_iterator = lambda: train_from_folder(paths, config, path, resume=True,  # noqa: E731
+                                                      cpu_threads=threads)
         self._launch(make_iterator, path, f"Resuming {info.name} from step {info.step:,}…")
 
     def _launch(self, make_iterator, out_dir: Path, message: str) -> None:

@@ -79,3 +79,17 @@ def test_t_outside_the_schedule_is_refused():
         view.x_t(11)
     with pytest.raises(TypeError):
         ForwardProcessView(picture().astype(np.float32), NoiseSchedule.linear(10))
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_pictures_are_exactly_the_pixels_of_the_tensors(channels):
+    """x_t as a picture comes from numpy (for the window's thread), x_t as a tensor from torch (for denoising):
+    they must show the same pixels at every t."""
+    from ddpm_studio.core.data import from_model_range
+    from ddpm_studio.core.imaging import to_hwc
+
+    view = ForwardProcessView(picture(48, channels), NoiseSchedule.linear(300), seed=11)
+    for t in range(0, 301):
+        expected = to_hwc(from_model_range(view.x_t_tensor(t))[0])
+        assert view.x_t(t).dtype == np.uint8 and view.x_t(t).flags.c_contiguous
+        assert np.array_equal(view.x_t(t), expected), f"t = {t}"

@@ -277,6 +277,27 @@ def test_a_cpu_allocation_failure_ends_the_run_in_one_sentence_and_keeps_the_che
     assert_finite_loadable_model(folder, 4, ema_before)
 
 
+def test_cpu_threads_apply_to_the_thread_that_drives_the_run_only(tmp_path):
+    """The window trains in a worker thread with one core fewer: OpenMP keeps the count per thread, so the
+    setting must reach the thread that runs the steps, and leave the window's own thread alone."""
+    import threading
+
+    main_threads = torch.get_num_threads()
+    seen = {}
+
+    def drive():
+        events = train(tiny_config(steps=2), images_uint8(), tmp_path / "m", cpu_threads=main_threads + 2)
+        for event in events:
+            seen.setdefault("during", torch.get_num_threads())
+
+    worker = threading.Thread(target=drive)
+    worker.start()
+    worker.join(120)
+    assert seen["during"] == main_threads + 2
+    assert torch.get_num_threads() == main_threads
+    assert 1 <= training.threads_beside_a_window() == max(1, main_threads - 1)
+
+
 # --- crash safety: kill -9 at random moments ---------------------------------------------------------
 
 
