@@ -408,8 +408,6 @@ def train(
         torch.cuda.set_device(run_device)
     bf16 = use_bf16(config.precision, run_device)
     log_every = config.log_every or (1 if run_device.type == "cpu" else 20)
-    if cpu_threads and run_device.type == "cpu":
-        torch.set_num_threads(cpu_threads)  # OpenMP keeps this per thread: it is the thread driving this run's
 
     state = TrainingState(config, run_device, context)
     if resume:
@@ -487,6 +485,11 @@ def train(
         if writer is not None:
             writer.save_checkpoint(state)
 
+    # OpenMP keeps a thread count per thread, and torch hands the last one set to threads it meets later:
+    # set here, in the thread that drives the run, and given back when the run ends.
+    threads_before = torch.get_num_threads()
+    if cpu_threads and run_device.type == "cpu":
+        torch.set_num_threads(cpu_threads)
     try:
         network.train()
         while state.step < config.steps:
@@ -555,6 +558,7 @@ def train(
                 checkpoint(reduce=False)  # other ranks may be gone: no collective call here
             except NonFiniteLoss:
                 pass
+        torch.set_num_threads(threads_before)
     if failure is None:
         return
     # Reported outside the handler: an exception held while suspended would keep the failed step's tensors alive.

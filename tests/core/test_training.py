@@ -286,14 +286,18 @@ def test_cpu_threads_apply_to_the_thread_that_drives_the_run_only(tmp_path):
     seen = {}
 
     def drive():
+        seen["before"] = torch.get_num_threads()
         events = train(tiny_config(steps=2), images_uint8(), tmp_path / "m", cpu_threads=main_threads + 2)
         for event in events:
-            seen.setdefault("during", torch.get_num_threads())
+            if isinstance(event, StepEvent):
+                seen.setdefault("during", torch.get_num_threads())
+        seen["after"] = torch.get_num_threads()
 
     worker = threading.Thread(target=drive)
     worker.start()
     worker.join(120)
     assert seen["during"] == main_threads + 2
+    assert seen["after"] == seen["before"]  # given back, also for threads started later
     assert torch.get_num_threads() == main_threads
     assert 1 <= training.threads_beside_a_window() == max(1, main_threads - 1)
 
