@@ -96,38 +96,27 @@ def run_train(args) -> int:
 
     from .core import model_store
     from .core.data import ScanProgress, ScanResult
+    from .core.run_plan import model_name_for, plan_new_run, plan_resume
     from .core.training import (
         CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent, TrainingConfig,
-        check_memory, distributed_context, train_from_folder,
+        check_memory, distributed_context,
     )
 
     check_device(args.device)
     context = distributed_context(args.device)
     overrides = training_overrides(args)
+    data = [args.data] if args.data else []
     if args.resume:
         if args.out is None:
             fail("--resume needs --out, the model folder to continue.")
-        info = model_store.read_model_info(args.out)
-        if not info.can_resume:
-            fail(f"{args.out} has no training state to resume from (it holds sampling weights only).")
-        config = TrainingConfig.from_dict(info.training)
-        for name, value in overrides.items():
-            if name not in ("steps", "learning_rate", "checkpoint_every", "preview_every", "preview_count", "log_every", "precision"):
-                fail(f"--{name.replace('_', '-')} cannot change when resuming; only steps, learning rate and intervals can.")
-            setattr(config, name, value)
-        data_paths = [args.data] if args.data else [Path(p) for p in info.dataset.get("paths", [])]
-        if not data_paths:
-            fail(f"{args.out} does not record its dataset; give the image folder as DATA.")
-        out_dir = args.out
+        plan = plan_resume(args.out, overrides, data)
     else:
         if args.data is None:
             fail("Give the folder of images to train on.")
         config = TrainingConfig.for_preset(args.preset, image_channels=args.channels, **overrides)
-        out_dir = args.out or model_store.default_user_models_dir() / (args.name or args.data.resolve().name)
-        if (out_dir / model_store.CONFIG_FILE).exists():
-            fail(f"{out_dir} already holds a model; add --resume to continue it, or choose another --out.")
-        data_paths = [args.data]
-    config.validate()
+        out_dir = args.out or model_store.default_user_models_dir() / (args.name or model_name_for([args.data]))
+        plan = plan_new_run(config, out_dir, data)
+    config, out_dir, data_paths = plan.config, plan.out_dir, plan.data_paths
     memory = check_memory(config, args.device, context)
     if not memory.fits:
         if not args.force:
@@ -137,7 +126,7 @@ def run_train(args) -> int:
 
     main_process = context.is_main
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
-    events = train_from_folder(data_paths, config, out_dir, resume=args.resume, command=command, device=args.device)
+    events = plan.events(command=command, device=args.device)
     bar = None
     stop = StopRequest()
     try:

@@ -63,10 +63,10 @@ def main() -> int:
 
     train = window.train_page
     window.tabs.setCurrentWidget(train)
-    train.preset_combo.setCurrentIndex(train.preset_combo.findData("small"))
-    train.batch_spin.setValue(16)
-    train.steps_spin.setValue(3000)
-    train.preview_every_spin.setValue(100)
+    train.form.preset_combo.setCurrentIndex(train.form.preset_combo.findData("small"))
+    train.form.batch_spin.setValue(16)
+    train.form.steps_spin.setValue(3000)
+    train.form.preview_every_spin.setValue(100)
     train.name_edit.setText("shapes")
     train.start_training()
     wait_until(app, lambda: train.loss_plot.point_count() >= 320)

@@ -121,6 +121,7 @@ class ScanResult:
             skipped_by_reason[kind] = skipped_by_reason.get(kind, 0) + 1
         return {
             "source": describe_sources(self.sources),
+            "paths": [str(Path(path).resolve()) for path in self.sources],  # what a resumed run rescans
             "count": len(self.files),
             "skipped": len(self.skipped),
             "skipped_by_reason": skipped_by_reason,

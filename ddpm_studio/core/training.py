@@ -589,9 +589,7 @@ def train_from_folder(
     if result is None or len(result.images) == 0:
         raise DatasetError(explain_no_usable_images(result))
     yield result
-    summary = result.summary()
-    summary["paths"] = [str(Path(p).resolve()) for p in paths]
-    yield from train(config, result.images, out_dir, summary, resume=resume, command=command, device=device,
+    yield from train(config, result.images, out_dir, result.summary(), resume=resume, command=command, device=device,
                      cpu_threads=cpu_threads)
 
 

@@ -32,6 +32,7 @@ from ..core.data import IMAGE_EXTENSIONS, ScanProgress, ScanResult, describe_sou
 from ..core.demo_data import DEFAULT_DEMO_COUNT, DemoProgress, is_complete_demo_dataset, write_demo_dataset
 from ..core.imaging import to_hwc
 from .context import StudioContext
+from .formatting import format_image_size
 from .image_view import ThumbnailGrid
 from .page import Page
 from .style import MUTED_TEXT_STYLE, error_box
@@ -60,10 +61,6 @@ def sample_indices(count: int, limit: int | None = None) -> np.ndarray:
     if count <= limit:
         return np.arange(count)
     return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
-
-
-def format_size(size) -> str:
-    return f"{size[0]}×{size[1]}" if size else "?"
 
 
 class DropZone(QFrame):
@@ -349,9 +346,9 @@ class DatasetPage(Page):
         colour = "colour" if result.channels == 3 else "grayscale"
         if usable:
             self.error_label.hide()
-            sizes = (f"Original sizes: smallest {format_size(summary['source_size_min'])}, "
-                     f"median {format_size(summary['source_size_median'])}, "
-                     f"largest {format_size(summary['source_size_max'])}.")
+            sizes = (f"Original sizes: smallest {format_image_size(summary['source_size_min'])}, "
+                     f"median {format_image_size(summary['source_size_median'])}, "
+                     f"largest {format_image_size(summary['source_size_max'])}.")
             self.summary_label.setText(
                 f"<span style='font-size:14pt'><b>{usable:,} usable image{'s' if usable != 1 else ''}</b></span>"
                 f" in {describe_sources(result.sources)}<br>"
@@ -373,7 +370,7 @@ class DatasetPage(Page):
         count = len(result.files)
         indices = sample_indices(count)
         images = [to_hwc(result.images[index]) for index in indices]
-        tooltips = [f"{result.files[index]}\n{format_size(result.source_sizes[index])} px originally" for index in indices]
+        tooltips = [f"{result.files[index]}\n{format_image_size(result.source_sizes[index])} px originally" for index in indices]
         self.thumbnails.set_images(images, tooltips)
         if count == 0:
             self.sample_label.setText("No thumbnails: nothing was usable.")

@@ -36,8 +36,7 @@ from ..core.sampling import SamplingRequest, SamplingResult, export_trajectory, 
 from .context import StudioContext
 from .image_view import ImageView, ThumbnailGrid
 from .page import Page
-from .sampling_panel import MAX_SEED, SamplingControls
-from .style import SETTINGS_PANEL_WIDTH
+from .sampling_panel import MAX_SEED, SamplingControls, settings_column
 from .timeline import Timeline
 from .workers import JobRunner
 
@@ -95,15 +94,6 @@ class GeneratePage(Page):
 
         self.generate_button.setDefault(True)
         self.generate_button.clicked.connect(self.generate)
-
-        settings_panel = QWidget()
-        settings_panel.setFixedWidth(SETTINGS_PANEL_WIDTH)
-        settings_layout = QVBoxLayout(settings_panel)
-        settings_layout.setContentsMargins(0, 0, 0, 0)
-        for box in (model_box, sampler_box, images_box):
-            settings_layout.addWidget(box)
-        settings_layout.addLayout(self.sampling.run_layout())
-        settings_layout.addStretch(1)
 
         # Results: the grid of finished images (a hint until there are some).
         self.results_hint = QLabel("Choose a model, then click Generate.\nThe finished images appear here.")
@@ -181,9 +171,11 @@ class GeneratePage(Page):
         right.setStretchFactor(0, 2)
         right.setStretchFactor(1, 3)
         right.setSizes([300, 480])  # two rows of thumbnails above, the timeline as large as the rest allows
-        layout = QHBoxLayout(self)
-        layout.addWidget(settings_panel)
-        layout.addWidget(right, 1)
+        settings_layout = settings_column(self, right)
+        for box in (model_box, sampler_box, images_box):
+            settings_layout.addWidget(box)
+        settings_layout.addLayout(self.sampling.run_layout())
+        settings_layout.addStretch(1)
 
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:

@@ -36,8 +36,8 @@ from ..paths import SAMPLE_PICTURE
 from .context import StudioContext
 from .image_view import ImageView
 from .page import Page, paths_from_mime
-from .sampling_panel import MAX_SEED, SamplingControls
-from .style import ERROR_TEXT_STYLE, SETTINGS_PANEL_WIDTH, make_bold
+from .sampling_panel import MAX_SEED, SamplingControls, settings_column
+from .style import ERROR_TEXT_STYLE, make_bold
 from .timeline import Timeline
 from .workers import JobRunner
 
@@ -149,14 +149,6 @@ class NoisingPage(Page):
         denoise_layout.addLayout(self.sampling.sampler_form())
         denoise_layout.addLayout(self.sampling.run_layout())
 
-        settings_panel = QWidget()
-        settings_panel.setFixedWidth(SETTINGS_PANEL_WIDTH)
-        settings_layout = QVBoxLayout(settings_panel)
-        settings_layout.setContentsMargins(0, 0, 0, 0)
-        settings_layout.addWidget(picture_box)
-        settings_layout.addWidget(schedule_box, 1)
-        settings_layout.addWidget(denoise_box)
-
         # The forward process: x_t at the working size and at the model's resolution, and the t slider.
         self.working_image_view = ImageView("Open or drop a picture.", f"x_t at {WORKING_SIZE}×{WORKING_SIZE}")
         self.model_image_view = ImageView("Choose a model (step 3) to see x_t at the resolution it works at.",
@@ -194,9 +186,10 @@ class NoisingPage(Page):
         right = QVBoxLayout()
         right.addWidget(forward_box, 1)
         right.addWidget(reverse_box, 1)
-        layout = QHBoxLayout(self)
-        layout.addWidget(settings_panel)
-        layout.addLayout(right, 1)
+        settings_layout = settings_column(self, right)
+        settings_layout.addWidget(picture_box)
+        settings_layout.addWidget(schedule_box, 1)
+        settings_layout.addWidget(denoise_box)
 
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:

@@ -10,19 +10,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout
+from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ..core.diffusion import SampleStep
 from ..core.sampling import SamplingRequest, SamplingResult, run_sampling
 from .context import StudioContext
 from .jobs import JobController
 from .model_chooser import ModelChooser
-from .style import ACTION_BUTTON_HEIGHT, make_bold
+from .style import ACTION_BUTTON_HEIGHT, SETTINGS_PANEL_WIDTH, make_bold
 from .workers import JobRunner
 
 SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
 VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
 MAX_SEED = 2**31 - 1
+
+
+def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -> QVBoxLayout:
+    """Lay ``page`` out as a fixed-width column of settings beside ``right``; returns the column's layout."""
+    column = QWidget()
+    column.setFixedWidth(SETTINGS_PANEL_WIDTH)
+    column_layout = QVBoxLayout(column)
+    column_layout.setContentsMargins(0, 0, 0, 0)
+    layout = QHBoxLayout(page)
+    layout.addWidget(column)
+    if isinstance(right, QWidget):
+        layout.addWidget(right, 1)
+    else:
+        layout.addLayout(right, 1)
+    return column_layout
 
 
 class SamplingControls:

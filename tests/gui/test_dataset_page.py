@@ -117,8 +117,8 @@ def test_changing_the_resolution_rescans_at_the_new_size(window, qtbot, mixed_fo
         page.channels_combo.setCurrentIndex(page.channels_combo.findData(1))
     assert tuple(ready.args[0].images.shape[1:]) == (1, 16, 16)
     wait_for_scan(qtbot, page)
-    assert window.train_page.resolution_combo.currentData() == 16  # the Train page follows the dataset
-    assert window.train_page.channels_combo.currentData() == 1
+    assert window.train_page.form.resolution_combo.currentData() == 16  # the Train page follows the dataset
+    assert window.train_page.form.channels_combo.currentData() == 1
 
 
 def test_a_large_folder_shows_an_even_sample_and_says_so(window, qtbot, mixed_folder, monkeypatch):

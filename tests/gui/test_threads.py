@@ -28,10 +28,10 @@ def start_long_run(window, demo_folder):
     result.sources = [demo_folder]
     window.dataset_page.show_result(result)
     page = window.train_page
-    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
-    page.steps_spin.setValue(100_000)
-    page.batch_spin.setValue(4)
-    page.preview_count_spin.setValue(0)
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("tiny"))
+    page.form.steps_spin.setValue(100_000)
+    page.form.batch_spin.setValue(4)
+    page.form.preview_count_spin.setValue(0)
     page.start_training()
     return page
 

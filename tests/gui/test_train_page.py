@@ -8,8 +8,9 @@ from PySide6.QtCore import Qt
 
 from ddpm_studio.core import model_store
 from ddpm_studio.core.data import load_dataset
+from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.training import FailedEvent, StartedEvent
-from ddpm_studio.gui import train_page as train_page_module
+from ddpm_studio.core import run_plan
 
 RUN_TIMEOUT_MS = 60_000
 # Stop takes effect after the current step; a tiny step takes milliseconds, but the machine may be busy.
@@ -29,13 +30,13 @@ def loaded(window, demo_folder):
 
 
 def configure(page, steps: int, preview_every: int = 1000, checkpoint_every: int = 1000) -> None:
-    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
-    page.steps_spin.setValue(steps)
-    page.batch_spin.setValue(4)
-    page.timesteps_spin.setValue(50)
-    page.preview_every_spin.setValue(preview_every)
-    page.preview_count_spin.setValue(4)
-    page.checkpoint_every_spin.setValue(checkpoint_every)
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("tiny"))
+    page.form.steps_spin.setValue(steps)
+    page.form.batch_spin.setValue(4)
+    page.form.timesteps_spin.setValue(50)
+    page.form.preview_every_spin.setValue(preview_every)
+    page.form.preview_count_spin.setValue(4)
+    page.form.checkpoint_every_spin.setValue(checkpoint_every)
 
 
 def wait_idle(qtbot, page, timeout=RUN_TIMEOUT_MS) -> None:
@@ -51,15 +52,15 @@ def test_start_is_disabled_until_a_dataset_is_loaded_and_says_why(window):
 
 def test_a_preset_brings_its_batch_size_and_learning_rate(window):
     page = window.train_page
-    page.preset_combo.setCurrentIndex(page.preset_combo.findData("medium"))
-    assert page.batch_spin.value() == 64
-    assert page.learning_rate_spin.value() == pytest.approx(2e-4)
-    assert "9 M parameters" in page.preset_combo.toolTip()
-    tooltip = page.preset_combo.itemData(page.preset_combo.findData("tiny"), Qt.ItemDataRole.ToolTipRole)
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("medium"))
+    assert page.form.batch_spin.value() == 64
+    assert page.form.learning_rate_spin.value() == pytest.approx(2e-4)
+    assert "9 M parameters" in page.form.preset_combo.toolTip()
+    tooltip = page.form.preset_combo.itemData(page.form.preset_combo.findData("tiny"), Qt.ItemDataRole.ToolTipRole)
     assert "tests" in tooltip
-    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
-    assert page.batch_spin.value() == 16
-    assert page.learning_rate_spin.value() == pytest.approx(1e-3)
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("tiny"))
+    assert page.form.batch_spin.value() == 16
+    assert page.form.learning_rate_spin.value() == pytest.approx(1e-3)
 
 
 def test_the_name_comes_from_the_dataset_folder_and_is_unique(loaded, user_models_dir, demo_folder):
@@ -75,10 +76,26 @@ def test_the_name_comes_from_the_dataset_folder_and_is_unique(loaded, user_model
     assert page.start_button.isEnabled()
 
 
-def test_the_memory_estimate_appears(loaded, qtbot):
+def test_the_memory_estimate_shown_is_cores_for_the_settings_shown(loaded, qtbot):
+    from ddpm_studio.core.devices import choose_device, use_bf16
+    from ddpm_studio.core.memory import estimate_training_memory
+    from ddpm_studio.gui.formatting import format_bytes
+
     page = loaded.train_page
-    qtbot.waitUntil(lambda: "≈" in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
-    assert "parameters" in page.memory_label.text()
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("small"))
+    page.form.batch_spin.setValue(8)
+    config = page.config()
+    expected = estimate_training_memory(config.unet_config(), 8, use_bf16(config.precision, choose_device("auto")),
+                                        len(page.dataset.files))
+    where = "GPU" if choose_device("auto").type == "cuda" else "CPU"
+    text = f"≈ {format_bytes(expected.total_bytes)} on the {where} ({expected.parameters:,} parameters)"
+    qtbot.waitUntil(lambda: text in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
+    page.form.batch_spin.setValue(64)  # a new estimate follows the setting
+    larger = estimate_training_memory(config.unet_config(), 64, use_bf16(config.precision, choose_device("auto")),
+                                      len(page.dataset.files))
+    assert larger.total_bytes > expected.total_bytes
+    qtbot.waitUntil(lambda: f"≈ {format_bytes(larger.total_bytes)} on" in page.memory_label.text(),
+                    timeout=RUN_TIMEOUT_MS)
 
 
 def test_start_stop_and_resume(loaded, qtbot, user_models_dir):
@@ -136,8 +153,8 @@ def test_picking_a_saved_model_shows_its_curve_and_settings(window, qtbot, tiny_
     page.resume_picker.activated.emit(index)
     assert page.loss_plot.point_count() == 12
     np.testing.assert_allclose(page.loss_plot.losses(), model_store.load_loss_history(tiny_model))
-    assert page.preset_combo.currentData() == "tiny"
-    assert page.steps_spin.value() > 12
+    assert page.form.preset_combo.currentData() == "tiny"
+    assert page.form.steps_spin.value() > 12
     assert "12 steps trained" in page.resume_hint.text()
 
 
@@ -152,29 +169,45 @@ def test_resume_without_its_images_asks_for_a_dataset(window, qtbot, tiny_model)
     assert "not found" in page.error_label.text()
 
 
-@pytest.mark.parametrize("failure", ["event", "exception"])
+def test_resume_keeps_the_models_own_settings_and_says_which_can_change(window, qtbot, tiny_model, demo_folder):
+    window.library.open(tiny_model)
+    page = window.train_page
+    page.resume_picker.select(tiny_model)
+    page.show_model(tiny_model)
+    assert "only the steps, the learning rate" in page.resume_rule.text()
+    page.form.batch_spin.setValue(page.form.batch_spin.value() * 2)
+    page.resume_training()
+    assert not page.is_training()
+    assert "batch size cannot change when resuming tiny" in page.error_label.text()
+
+
+@pytest.mark.parametrize("failure", ["event", "user error", "bug"])
 def test_a_failed_run_shows_its_reason(loaded, qtbot, monkeypatch, failure):
     def failing_train(config, images, out_dir, *args, **kwargs):
         yield StartedEvent(0, config.steps, 1, "CPU", "float32", Path(out_dir), np.zeros(0, np.float32))
         if failure == "event":
             yield FailedEvent(0, "The loss became non-finite near step 1; try a lower learning rate.", Path(out_dir))
+        elif failure == "user error":
+            raise SettingError("Batch size 4 cannot be split evenly over 3 processes.")
         else:
             raise ValueError("Training images must be uint8.")
 
-    monkeypatch.setattr(train_page_module, "train", failing_train)
+    monkeypatch.setattr(run_plan, "train", failing_train)
     page = loaded.train_page
     page.start_training()
     wait_idle(qtbot, page)
     assert page.error_label.isVisible()
-    assert ("non-finite" if failure == "event" else "must be uint8") in page.error_label.text()
+    expected = {"event": "non-finite", "user error": "cannot be split evenly",
+                "bug": "A bug in DDPM Studio stopped this job (ValueError: Training images must be uint8.)"}[failure]
+    assert expected in page.error_label.text()
     assert page.start_button.isEnabled()  # nothing was saved, so the name is still free
 
 
 def test_training_at_another_resolution_rescans_the_folder(loaded, qtbot):
     page = loaded.train_page
     configure(page, steps=2)
-    page.resolution_combo.setCurrentIndex(page.resolution_combo.findData(32))
-    page.preview_count_spin.setValue(0)
+    page.form.resolution_combo.setCurrentIndex(page.form.resolution_combo.findData(32))
+    page.form.preview_count_spin.setValue(0)
     page.start_training()
     wait_idle(qtbot, page)
     assert page.error_label.isHidden(), page.error_label.text()
@@ -185,11 +218,11 @@ def test_the_settings_are_remembered(window, settings):
     from ddpm_studio.gui.train_page import TrainPage
 
     page = window.train_page
-    page.preset_combo.setCurrentIndex(page.preset_combo.findData("tiny"))
-    page.batch_spin.setValue(24)
-    page.learning_rate_spin.setValue(3e-4)
-    page.steps_spin.setValue(777)
-    page.ema_spin.setValue(0.995)
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("tiny"))
+    page.form.batch_spin.setValue(24)
+    page.form.learning_rate_spin.setValue(3e-4)
+    page.form.steps_spin.setValue(777)
+    page.form.ema_spin.setValue(0.995)
     page.save_settings()
     reopened = TrainPage(window.context)
     try:
@@ -204,10 +237,10 @@ def test_the_settings_are_remembered(window, settings):
 
 def test_the_learning_rate_and_ema_step_by_factors(window):
     page = window.train_page
-    page.learning_rate_spin.setValue(1e-3)
-    page.learning_rate_spin.stepBy(1)
-    assert page.learning_rate_spin.value() == pytest.approx(2e-3)
-    page.ema_spin.setValue(0.99)
-    page.ema_spin.stepBy(1)
-    assert page.ema_spin.value() == pytest.approx(0.999)
-    assert page.ema_spin.text() == "0.999"
+    page.form.learning_rate_spin.setValue(1e-3)
+    page.form.learning_rate_spin.stepBy(1)
+    assert page.form.learning_rate_spin.value() == pytest.approx(2e-3)
+    page.form.ema_spin.setValue(0.99)
+    page.form.ema_spin.stepBy(1)
+    assert page.form.ema_spin.value() == pytest.approx(0.999)
+    assert page.form.ema_spin.text() == "0.999"

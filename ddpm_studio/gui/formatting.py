@@ -1,0 +1,25 @@
+"""Numbers as the pages show them: sizes in bytes and pixels, and durations."""
+
+from __future__ import annotations
+
+
+def format_bytes(count: int) -> str:
+    if count >= 2**30:
+        return f"{count / 2**30:.1f} GiB"
+    return f"{count / 2**20:.0f} MiB"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {seconds:02d} s"
+    return f"{seconds} s"
+
+
+def format_image_size(size: tuple[int, int] | list[int] | None) -> str:
+    """(width, height) as "W×H", or "?" when unknown."""
+    return f"{size[0]}×{size[1]}" if size else "?"

@@ -1,0 +1,228 @@
+"""The training settings as a form: widgets ↔ ``TrainingConfig`` ↔ the saved settings.
+
+The Train page lays the form out and adds its own rows (the model's name); the form knows
+which widget shows which setting, what a preset suggests, and how the settings are remembered.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QToolButton, QVBoxLayout, QWidget
+
+from ..core.devices import PRECISIONS
+from ..core.schedule import SCHEDULE_KINDS
+from ..core.training import TrainingConfig
+from ..core.unet import PRESETS
+from .dataset_page import CHANNEL_CHOICES, RESOLUTIONS
+from .log_spin_box import LogStepSpinBox
+from .style import MUTED_TEXT_STYLE
+
+DEFAULT_PRESET = "small"
+# A first run on a CPU: long enough to learn the demo shapes, with previews and checkpoints along the way.
+FIRST_RUN = {"steps": 5000, "preview_every": 250, "checkpoint_every": 500}
+REMEMBERED_SETTINGS = ("batch_size", "learning_rate", "steps", "ema_decay", "precision", "schedule", "num_timesteps",
+                       "preview_every", "preview_count", "checkpoint_every")
+# The TrainingConfig fields the form shows (the rest come from the preset).
+FORM_FIELDS = ("preset", "image_size", "image_channels", *REMEMBERED_SETTINGS)
+
+
+def select_data(combo: QComboBox, value) -> None:
+    """Choose the item whose data (or else text) is ``value``; nothing happens when there is none."""
+    index = combo.findData(value)
+    if index < 0:
+        index = combo.findText(str(value))
+    if index >= 0:
+        combo.setCurrentIndex(index)
+
+
+class TrainingForm(QWidget):
+    """``changed()`` whenever a setting changes; ``config()`` reads the form, ``fill(config)`` shows one."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.resolution_follows_preset = True  # until a dataset chooses the resolution
+        self.preset_combo = QComboBox()
+        for name, preset in PRESETS.items():
+            self.preset_combo.addItem(name, name)
+            self.preset_combo.setItemData(self.preset_combo.count() - 1, preset.description, Qt.ItemDataRole.ToolTipRole)
+        self.preset_description = QLabel()
+        self.preset_description.setWordWrap(True)
+        self.preset_description.setStyleSheet(MUTED_TEXT_STYLE)
+        self.resolution_combo = QComboBox()
+        for size in RESOLUTIONS:
+            self.resolution_combo.addItem(f"{size} × {size} px", size)
+        self.channels_combo = QComboBox()
+        for label, channels in CHANNEL_CHOICES:
+            self.channels_combo.addItem(label, channels)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 4096)
+        self.learning_rate_spin = LogStepSpinBox(1e-7, 0.5)
+        self.learning_rate_spin.setToolTip("Adam's learning rate; the arrows halve or double it.")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 100_000_000)
+        self.steps_spin.setSingleStep(1000)
+        self.steps_spin.setGroupSeparatorShown(True)
+        self.steps_spin.setToolTip("Total optimisation steps; a resumed run continues up to this number.")
+        self.ema_spin = LogStepSpinBox(0.0, 0.999999, complement=True)
+        self.ema_spin.setToolTip("Decay of the weights' moving average used for sampling (the paper: 0.9999).")
+
+        self.rows = QFormLayout()  # the page may add rows of its own
+        self.rows.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for label, widget in (("Preset", self.preset_combo), ("", self.preset_description),
+                              ("Resolution", self.resolution_combo), ("Channels", self.channels_combo),
+                              ("Batch size", self.batch_spin), ("Learning rate", self.learning_rate_spin),
+                              ("Steps", self.steps_spin), ("EMA decay", self.ema_spin)):
+            self.rows.addRow(label, widget)
+
+        self.advanced_button = QToolButton()
+        self.advanced_button.setText("Advanced")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.setStyleSheet("QToolButton { border: none; }")
+        self.advanced_box = QWidget()
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(list(PRECISIONS))
+        self.precision_combo.setToolTip("auto: bfloat16 autocast where the device computes it natively, else float32.")
+        self.schedule_combo = QComboBox()
+        self.schedule_combo.addItems(list(SCHEDULE_KINDS))
+        self.timesteps_spin = QSpinBox()
+        self.timesteps_spin.setRange(2, 100_000)
+        self.timesteps_spin.setToolTip("T, the number of diffusion steps (the paper: 1000).")
+        self.preview_every_spin = QSpinBox()
+        self.preview_every_spin.setRange(1, 10_000_000)
+        self.preview_every_spin.setSingleStep(100)
+        self.preview_count_spin = QSpinBox()
+        self.preview_count_spin.setRange(0, 64)
+        self.preview_count_spin.setToolTip("Images in each preview grid, sampled at a fixed seed (0: no previews).")
+        self.checkpoint_every_spin = QSpinBox()
+        self.checkpoint_every_spin.setRange(1, 10_000_000)
+        self.checkpoint_every_spin.setSingleStep(500)
+        self.checkpoint_every_spin.setToolTip("Steps between checkpoints (one is also saved every 10 minutes, and on Stop).")
+        self.advanced_rows = QFormLayout(self.advanced_box)
+        self.advanced_rows.setContentsMargins(0, 0, 0, 0)
+        for label, widget in (("Precision", self.precision_combo), ("Noise schedule", self.schedule_combo),
+                              ("Timesteps T", self.timesteps_spin), ("Preview every", self.preview_every_spin),
+                              ("Preview images", self.preview_count_spin), ("Checkpoint every", self.checkpoint_every_spin)):
+            self.advanced_rows.addRow(label, widget)
+        self.advanced_box.hide()
+        self.advanced_button.toggled.connect(self._toggle_advanced)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self.rows)
+        layout.addWidget(self.advanced_button)
+        layout.addWidget(self.advanced_box)
+
+        for combo in (self.resolution_combo, self.channels_combo, self.precision_combo, self.schedule_combo):
+            combo.currentIndexChanged.connect(self.changed)
+        self.preset_combo.currentIndexChanged.connect(self._preset_changed)
+        for spin in self.value_widgets():
+            if isinstance(spin, (QSpinBox, LogStepSpinBox)):
+                spin.valueChanged.connect(self.changed)
+
+    def value_widgets(self) -> list[QWidget]:
+        """Every widget that shows a setting."""
+        return [self.preset_combo, self.resolution_combo, self.channels_combo, self.precision_combo,
+                self.schedule_combo, self.batch_spin, self.learning_rate_spin, self.steps_spin, self.ema_spin,
+                self.timesteps_spin, self.preview_every_spin, self.preview_count_spin, self.checkpoint_every_spin]
+
+    def _toggle_advanced(self, shown: bool) -> None:
+        self.advanced_box.setVisible(shown)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    # --- widgets ↔ TrainingConfig ----------------------------------------------------------------
+    def preset(self) -> str:
+        return str(self.preset_combo.currentData())
+
+    def config(self) -> TrainingConfig:
+        """The training settings as shown."""
+        return TrainingConfig.for_preset(
+            self.preset(),
+            image_size=int(self.resolution_combo.currentData()),
+            image_channels=int(self.channels_combo.currentData()),
+            batch_size=self.batch_spin.value(),
+            learning_rate=self.learning_rate_spin.value(),
+            steps=self.steps_spin.value(),
+            ema_decay=self.ema_spin.value(),
+            precision=self.precision_combo.currentText(),
+            schedule=self.schedule_combo.currentText(),
+            num_timesteps=self.timesteps_spin.value(),
+            preview_every=self.preview_every_spin.value(),
+            preview_count=self.preview_count_spin.value(),
+            checkpoint_every=self.checkpoint_every_spin.value(),
+        )
+
+    def shown_settings(self) -> dict:
+        """The settings the form shows, by TrainingConfig field (what a resumed run is asked to use)."""
+        config = self.config()
+        return {name: getattr(config, name) for name in FORM_FIELDS}
+
+    def fill(self, config: TrainingConfig) -> None:
+        """Show ``config`` (a stored run's, or saved settings); ``changed`` once at the end."""
+        widgets = self.value_widgets()
+        for widget in widgets:
+            widget.blockSignals(True)
+        select_data(self.preset_combo, config.preset)
+        self.preset_description.setText(PRESETS[self.preset()].description)
+        self.select_size(config.image_size)
+        select_data(self.channels_combo, config.image_channels)
+        select_data(self.precision_combo, config.precision)
+        select_data(self.schedule_combo, config.schedule)
+        self.batch_spin.setValue(config.batch_size)
+        self.learning_rate_spin.setValue(config.learning_rate)
+        self.steps_spin.setValue(config.steps)
+        self.ema_spin.setValue(config.ema_decay)
+        self.timesteps_spin.setValue(config.num_timesteps)
+        self.preview_every_spin.setValue(config.preview_every)
+        self.preview_count_spin.setValue(config.preview_count)
+        self.checkpoint_every_spin.setValue(config.checkpoint_every)
+        for widget in widgets:
+            widget.blockSignals(False)
+        self.changed.emit()
+
+    def select_size(self, size: int) -> None:
+        """Show ``size`` as the resolution, adding it to the list if a model or dataset uses an unusual one."""
+        if self.resolution_combo.findData(size) < 0:
+            sizes = sorted({int(self.resolution_combo.itemData(i)) for i in range(self.resolution_combo.count())} | {size})
+            self.resolution_combo.insertItem(sizes.index(size), f"{size} × {size} px", size)
+        select_data(self.resolution_combo, size)
+
+    def select_channels(self, channels: int) -> None:
+        select_data(self.channels_combo, channels)
+
+    def _preset_changed(self) -> None:
+        """A preset brings its suggested batch size and learning rate; the resolution stays the dataset's."""
+        suggested = TrainingConfig.for_preset(self.preset())
+        self.preset_description.setText(PRESETS[self.preset()].description)
+        self.preset_combo.setToolTip(PRESETS[self.preset()].description)
+        for widget, value in ((self.batch_spin, suggested.batch_size), (self.learning_rate_spin, suggested.learning_rate)):
+            widget.blockSignals(True)
+            widget.setValue(value)
+            widget.blockSignals(False)
+        if self.resolution_follows_preset:
+            self.select_size(suggested.image_size)
+        self.changed.emit()
+
+    # --- TrainingConfig ↔ saved settings ---------------------------------------------------------
+    def restore(self, settings: QSettings) -> None:
+        preset = str(settings.value("train/preset", DEFAULT_PRESET))
+        config = TrainingConfig.for_preset(preset if preset in PRESETS else DEFAULT_PRESET, **FIRST_RUN)
+        for key in REMEMBERED_SETTINGS:
+            stored = settings.value(f"train/{key}")
+            if stored is not None:
+                try:
+                    setattr(config, key, type(getattr(config, key))(stored))
+                except (TypeError, ValueError):
+                    pass  # a damaged settings file: keep the default
+        self.fill(config)
+        self.advanced_button.setChecked(str(settings.value("train/advanced", "false")).lower() == "true")
+
+    def save(self, settings: QSettings) -> None:
+        config = self.config()
+        settings.setValue("train/preset", config.preset)
+        for key in REMEMBERED_SETTINGS:
+            settings.setValue(f"train/{key}", getattr(config, key))
+        settings.setValue("train/advanced", self.advanced_button.isChecked())

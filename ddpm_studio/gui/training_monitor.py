@@ -1,0 +1,140 @@
+"""Following a training run: step, speed, time left, loss and device, the progress bar and status line,
+the loss curve and the latest preview grid. The Train page feeds it the run's events."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QSplitter, QVBoxLayout, QWidget
+
+from ..core.data import ScanProgress, ScanResult
+from ..core.imaging import make_grid
+from ..core.model_store import ModelInfo
+from ..core.training import CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent
+from .formatting import format_duration
+from .image_view import ImageView
+from .jobs import JobController
+from .loss_plot import LossPlot
+from .style import MUTED_TEXT_STYLE, error_box
+
+
+class TrainingMonitor(QWidget):
+    """The right-hand side of the Train page; ``current_step`` is the last step reported."""
+
+    def __init__(self, jobs: JobController, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.jobs = jobs
+        self.started_step = 0
+        self.started_time = 0.0
+        self.current_step = 0
+        self.total_steps = 0
+        self.step_value = QLabel("–")
+        self.speed_value = QLabel("–")
+        self.eta_value = QLabel("–")
+        self.loss_value = QLabel("–")
+        self.device_value = QLabel("–")
+        stats = QGridLayout()
+        stats.setHorizontalSpacing(18)
+        for column, (title, value) in enumerate(
+            (("Step", self.step_value), ("Speed", self.speed_value), ("Time left", self.eta_value),
+             ("Loss", self.loss_value), ("Device", self.device_value))
+        ):
+            caption = QLabel(title)
+            caption.setStyleSheet(MUTED_TEXT_STYLE)
+            value.setStyleSheet("font-size: 13pt; font-weight: 600;")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            stats.addWidget(caption, 0, column)
+            stats.addWidget(value, 1, column)
+            stats.setColumnStretch(column, 1)
+        self.progress_bar = jobs.progress_bar
+        jobs.idle_format = "%p%"
+        jobs.reset_progress()
+        self.status_label = jobs.status_label
+        self.status_label.setText("No run yet.")
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label = error_box()
+
+        self.loss_plot = LossPlot()
+        self.preview_view = ImageView("Preview images appear here during training, sampled at a fixed seed.",
+                                      caption="Preview")
+        self.preview_view.setMinimumWidth(220)
+        plots = QSplitter(Qt.Orientation.Horizontal)
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.preview_view)
+        plots.setStretchFactor(0, 3)
+        plots.setStretchFactor(1, 2)
+        plots.setSizes([600, 360])
+
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 0, 0, 0)
+        layout.addLayout(stats)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.error_label)
+        layout.addWidget(plots, 1)
+
+    def reset(self, new_model: bool) -> None:
+        """Before a run: clear the numbers (and, for a new model, the curve and preview)."""
+        self.error_label.hide()
+        self.current_step = 0
+        self.total_steps = 0
+        for label in (self.step_value, self.speed_value, self.eta_value, self.loss_value):
+            label.setText("–")
+        if new_model:
+            self.loss_plot.clear()
+            self.preview_view.set_image(None)
+
+    def show_error(self, message: str) -> None:
+        self.error_label.setText(message)
+        self.error_label.show()
+
+    def show_progress(self, event: StepEvent | ScanProgress) -> None:
+        if isinstance(event, ScanProgress):
+            self.status_label.setText(f"Scanning the images at the chosen resolution: {event.done:,} of {event.total:,}")
+            return
+        self.loss_plot.append(event.losses)
+        self.current_step, self.total_steps = event.step, event.total_steps
+        self.jobs.show_progress(event.step, event.total_steps)
+        self.step_value.setText(f"{event.step:,} / {event.total_steps:,}")
+        if event.steps_per_second:
+            self.speed_value.setText(f"{event.steps_per_second:.1f} steps/s · {event.images_per_second:,.0f} img/s")
+        elapsed = time.monotonic() - self.started_time
+        done = event.step - self.started_step
+        if done > 0 and elapsed > 0:
+            self.eta_value.setText(format_duration(elapsed / done * (event.total_steps - event.step)))
+        if event.losses:
+            self.loss_value.setText(f"{event.losses[-1]:.4g}")
+
+    def show_event(self, event: object) -> None:
+        """Every event of a run that is not progress: its start, scan result, previews, saves and end."""
+        if isinstance(event, StartedEvent):
+            self.started_step, self.started_time = event.step, time.monotonic()
+            self.total_steps = event.total_steps
+            self.device_value.setText(event.device if event.dtype == "float32" else f"{event.device} · {event.dtype}")
+            self.loss_plot.set_history(event.loss_history)
+            self.jobs.show_progress(event.step, event.total_steps)
+            self.step_value.setText(f"{event.step:,} / {event.total_steps:,}")
+            self.status_label.setText(f"Training {event.path.name}: {event.parameters:,} parameters, saved in {event.path}")
+        elif isinstance(event, ScanResult):
+            self.status_label.setText(f"Scanned {len(event.files):,} images at {event.image_size} px; training starts.")
+        elif isinstance(event, PreviewEvent):
+            self.preview_view.set_image(make_grid(event.images, padding=1))
+            self.preview_view.set_caption(f"Preview at step {event.step:,} (fixed seed)")
+        elif isinstance(event, CheckpointEvent):
+            self.status_label.setText(f"Saved a checkpoint at step {event.step:,} in {event.path}")
+        elif isinstance(event, FinishedEvent):
+            self.status_label.setText(f"Finished {event.step:,} steps. The model is saved in {event.path}")
+        elif isinstance(event, FailedEvent):
+            self.show_error(event.reason)
+
+    def show_saved_model(self, info: ModelInfo, history: np.ndarray, preview: np.ndarray | None) -> None:
+        """A saved model's curve, last step and loss, and last preview."""
+        self.error_label.hide()
+        self.loss_plot.set_history(history)
+        self.step_value.setText(f"{info.step:,}")
+        self.loss_value.setText(f"{info.last_loss:.4g}" if info.last_loss is not None else "–")
+        self.preview_view.set_image(preview)
+        self.preview_view.set_caption(f"Last preview of {info.name}" if preview is not None else "Preview")
