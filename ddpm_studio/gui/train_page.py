@@ -314,8 +314,8 @@ class TrainPage(Page):
         self.run_path = plan.out_dir
         self.monitor.reset(new_model=not plan.resume)
         threads = threads_beside_a_window()  # one core is left to the window, so that it keeps drawing
-        self.run_job(lambda: plan.events(cpu_threads=threads), name=f"training {plan.out_dir.name}", status=plan.describe(),
-                     progress_types=(StepEvent, ScanProgress), merge=merge_step_events,
+        self.run_job(lambda: plan.events(cpu_threads=threads), name=f"training {plan.out_dir.name}",
+                     status=plan.describe(), progress_types=(StepEvent, ScanProgress), merge=merge_step_events,
                      on_progress=self.monitor.show_progress, on_event=self._on_event, on_error=self.show_error,
                      on_done=self._on_done)
 
