@@ -1,5 +1,5 @@
-"""The ``ddpm-studio`` command: no subcommand opens the studio window; train, sample, info, bench and
-demo-data run the same engine headless.
+"""The ``ddpm-studio`` command: no subcommand opens the studio window; train, sample, evaluate, info, bench
+and demo-data run the same engine headless.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--warmup", type=int, dest="warmup_steps", help="learning-rate warm-up steps")
     parser.add_argument("--ema", type=float, dest="ema_decay", help="EMA decay (default 0.9999, with warm-up)")
     parser.add_argument("--dropout", type=float, help="dropout (default: the preset's)")
+    parser.add_argument("--variance", choices=("fixed", "learned"),
+                        help="fixed: L_simple (default); learned: also learn sigma_t^2 with L_hybrid (Nichol & Dhariwal)")
     parser.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule (default linear)")
     parser.add_argument("--timesteps", type=int, dest="num_timesteps", help="diffusion steps T (default 1000)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
@@ -81,7 +83,7 @@ def add_train_parser(subparsers) -> None:
 
 
 def training_overrides(args) -> dict:
-    names = ("image_size", "batch_size", "learning_rate", "steps", "warmup_steps", "ema_decay", "dropout", "schedule",
+    names = ("image_size", "batch_size", "learning_rate", "steps", "warmup_steps", "ema_decay", "dropout", "variance", "schedule",
              "num_timesteps", "checkpoint_every", "preview_every", "preview_count", "log_every", "seed", "precision")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_flip:
@@ -217,11 +219,14 @@ def add_sample_parser(subparsers) -> None:
     parser.add_argument("model", help="model folder, or the name of a model in the library")
     parser.add_argument("--num", type=int, default=16, help="number of images (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="ddpm: every step; ddim: --steps")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
+                        help="ddpm: ancestral (every step, or --steps respaced); ddim: --steps")
+    parser.add_argument("--steps", type=int,
+                        help="reverse steps (default: 50 for DDIM; every timestep for DDPM, fewer respaces the process)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
-    parser.add_argument("--variance", choices=("fixed_large", "fixed_small"), default="fixed_large",
-                        help="DDPM variance: beta_t (large) or beta~_t (small)")
+    parser.add_argument("--variance", choices=("fixed_large", "fixed_small", "learned"),
+                        help="DDPM variance: beta_t (large), beta~_t (small) or the model's learned one "
+                             "(default: learned if the model learned it, else fixed_large)")
     parser.add_argument("--no-clip", action="store_true", help="don't clip x0_hat to [-1, 1]")
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
     parser.add_argument("--trajectory", choices=("gif", "webp", "strip"), action="append",
@@ -251,7 +256,8 @@ def run_sample(args) -> int:
 
     request = SamplingRequest(
         model_path=resolve_model_path(args.model), num_images=args.num, seed=args.seed, sampler=args.sampler,
-        steps=args.steps, eta=args.eta, variance=args.variance, clip=not args.no_clip, device=args.device,
+        steps=50 if args.steps is None else args.steps, eta=args.eta, variance=args.variance or "fixed_large",
+        ddpm_steps=args.steps if args.sampler == "ddpm" else None, clip=not args.no_clip, device=args.device,
         keep_trajectory_of=[0] if args.trajectory else [],
     )
     request.validate()
@@ -259,6 +265,8 @@ def run_sample(args) -> int:
     if args.out.exists() and not args.out.is_dir():
         fail(f"--out {args.out} is a file; give a folder for the images.")
     model = load_model(request.model_path, choose_device(request.device))  # a bad model fails before any progress bar
+    if args.variance is None and model.info.unet.learned_variance:
+        request.variance = "learned"
     result = None
     with tqdm(desc=f"Sampling ({request.sampler})", unit="step") as bar:
         for event in run_sampling(request, model):
@@ -303,9 +311,91 @@ def run_info(args) -> int:
     if info.dataset:
         paths = ", ".join(info.dataset.get("paths", [])) or "unknown"
         print(f"Dataset      {info.dataset.get('count', '?')} images from {paths}")
+    print(f"Variance     {'learned (L_hybrid)' if unet.learned_variance else 'fixed (L_simple)'}")
     print(f"Resumable    {'yes' if info.can_resume else 'no (sampling weights only)'}")
     if info.command:
         print(f"Made by      {info.command}")
+    for index, record in enumerate(model_store.evaluations(info)):
+        print(f"{'Evaluations' if index == 0 else '':<12} {model_store.describe_evaluation(record)}")
+    return 0
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="measure a model on held-out images (--nll: the variational bound in bits/dim)",
+        description="Evaluate a model on a folder of held-out images and record the result in its model.json.")
+    parser.add_argument("model", help="model folder, or the name of a model in the library")
+    parser.add_argument("data", type=Path, help="folder of held-out images")
+    parser.add_argument("--nll", action="store_true",
+                        help="negative log-likelihood bound L_0 + sum L_t-1 + L_T in bits/dim, with its standard error")
+    parser.add_argument("--num-images", type=int, default=64, help="images to evaluate, picked with --seed (default 64)")
+    parser.add_argument("--timesteps", default="all",
+                        help="NLL: 'all' T terms per image, or K for an unbiased estimate from K random t (default all)")
+    parser.add_argument("--variance", choices=("fixed_large", "fixed_small", "learned"),
+                        help="NLL: sigma_t^2 (default: learned if the model learned it, else fixed_large)")
+    parser.add_argument("--no-clip", action="store_true", help="NLL: don't clip x0_hat to [-1, 1] in the reverse mean")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for images, timesteps and noise (default 0)")
+    parser.add_argument("--no-record", action="store_true", help="don't append the result to model.json")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from tqdm import tqdm
+
+    from .core import model_store
+    from .core.data import ScanProgress, ScanResult
+    from .core.likelihood import LikelihoodProgress, LikelihoodRequest, evaluate_likelihood_of_folder
+    from .core.devices import choose_device
+
+    metrics = [name for name in ("nll",) if getattr(args, name)]
+    if not metrics:
+        fail("Choose what to measure: --nll.")
+    if args.timesteps == "all":
+        timesteps = None
+    elif args.timesteps.isdigit():
+        timesteps = int(args.timesteps)
+    else:
+        fail(f"--timesteps takes 'all' or a number of timesteps per image, not '{args.timesteps}'.")
+    check_device(args.device)
+    model_path = resolve_model_path(args.model)
+    if not args.data.is_dir():
+        fail(f"No folder of images at {args.data}.")
+    model = model_store.load_model(model_path, choose_device(args.device))
+    request = LikelihoodRequest(args.num_images, timesteps, args.batch_size, args.variance, not args.no_clip,
+                                args.seed, args.device)
+    bar = None
+    try:
+        for event in evaluate_likelihood_of_folder(model_path, [args.data], request, model):
+            if isinstance(event, ScanProgress):
+                continue
+            if isinstance(event, ScanResult):
+                count = len(event.images) if args.num_images is None else min(args.num_images, len(event.images))
+                print(f"Evaluating the bound of {model.info.name} on {count} of {len(event.images)} images in "
+                      f"{args.data} ({'all' if timesteps is None else timesteps} timesteps per image).")
+            elif isinstance(event, LikelihoodProgress):
+                if bar is None:
+                    bar = tqdm(total=event.total, unit="term", desc="NLL", dynamic_ncols=True)
+                bar.update(event.done - bar.n)
+            else:
+                result = event
+    finally:
+        if bar is not None:
+            bar.close()
+    error = f" ± {result.standard_error:.4f}" if result.standard_error == result.standard_error else ""
+    print(f"NLL bound     {result.bits_per_dim:.4f}{error} bits/dim (standard error of the mean over "
+          f"{result.num_images} images)")
+    print(f"  L_0         {result.decoder_bpd:.4f} bits/dim (decoder)")
+    print(f"  sum L_t-1   {result.kl_bpd:.4f} bits/dim")
+    print(f"  L_T         {result.prior_bpd:.6f} bits/dim (prior)")
+    print(f"  variance    {result.variance}, clip {'on' if result.clip else 'off'}")
+    if not args.no_record:
+        model_store.append_evaluation(model.info.path, result.record(str(args.data.resolve())))
+        print(f"Recorded in {model.info.path / model_store.CONFIG_FILE}")
     return 0
 
 
@@ -387,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
+    add_evaluate_parser(subparsers)
     add_info_parser(subparsers)
     add_bench_parser(subparsers)
     add_demo_parser(subparsers)

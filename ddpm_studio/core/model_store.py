@@ -2,7 +2,7 @@
 
 Layout of a model folder:
 
-    model.json                  architecture, schedule, training settings, dataset summary, step
+    model.json                  architecture, schedule, training settings, dataset summary, step, evaluations
     ema.safetensors             the EMA weights used for sampling
     training_state.safetensors  what resuming needs: raw weights, EMA, optimizer, RNG states, loss history
     loss.npy                    the loss of every step, float32 (so reopening shows the curve)
@@ -204,6 +204,48 @@ def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
         if not torch.isfinite(tensor).all():
             raise ModelError(f"{source} holds non-finite weights ({name}).")
     module.load_state_dict(tensors)
+
+
+EVALUATIONS_KEY = "evaluations"
+
+
+def append_evaluation(folder: Path, record: dict) -> None:
+    """Add an evaluation record (metric, value, n, data, date, and any detail) to the model's ``model.json``.
+
+    The file is read and rewritten atomically; everything else in it is kept as it was.
+    """
+    info = read_model_info(folder)  # one clear sentence for a folder that is not a usable model
+    for key in ("metric", "value", "n", "data", "date"):
+        if key not in record:
+            raise ValueError(f"An evaluation record needs '{key}'.")
+    config_path = info.path / CONFIG_FILE
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    data.setdefault(EVALUATIONS_KEY, []).append(json_safe(record))
+    write_json_atomic(config_path, data)
+
+
+def evaluations(info: ModelInfo) -> list[dict]:
+    """The evaluation records of a model, oldest first (malformed entries left out)."""
+    records = info.extra.get(EVALUATIONS_KEY) or []
+    return [r for r in records if isinstance(r, dict) and "metric" in r and "value" in r] if isinstance(records, list) else []
+
+
+def describe_evaluation(record: dict) -> str:
+    """One line for an evaluation record, e.g. "NLL 3.75 ± 0.02 bits/dim (64 images, all t, ...)"."""
+    metric, value = record.get("metric"), record.get("value")
+    if metric == "nll_bpd" and isinstance(value, (int, float)):
+        error = record.get("standard_error")
+        text = f"NLL {value:.3f}" + (f" ± {error:.3f}" if isinstance(error, (int, float)) else "") + " bits/dim"
+        if all(isinstance(record.get(k), (int, float)) for k in ("L_0", "sum_L_t-1", "L_T")):
+            text += f" (L_0 {record['L_0']:.3f} + ΣL_t-1 {record['sum_L_t-1']:.3f} + L_T {record['L_T']:.4f})"
+        details = [f"{record.get('n')} images", f"t: {record.get('timesteps', 'all')}"]
+    else:
+        text = f"{metric} {value:.4g}" if isinstance(value, (int, float)) else f"{metric} {value}"
+        details = [f"{record.get('n')} images"]
+    if record.get("model_step") is not None:
+        details.append(f"step {record['model_step']}")
+    details += [str(record.get("data", "")), str(record.get("date", ""))[:10]]
+    return f"{text}; {', '.join(d for d in details if d)}"
 
 
 @dataclass

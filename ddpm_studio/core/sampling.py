@@ -8,6 +8,7 @@ are always kept; earlier ones are kept at a stride when the budget requires it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,8 @@ class SamplingRequest:
     sampler: str = "ddpm"
     steps: int = 50  # DDIM only
     eta: float = 0.0  # DDIM only
-    variance: str = "fixed_large"  # DDPM only
+    variance: str = "fixed_large"  # DDPM only; "learned" for a model that learned it
+    ddpm_steps: int | None = None  # DDPM only: None, every step; K, the process respaced to K steps
     clip: bool = True
     device: str = "auto"
     precision: str = "auto"  # "auto": bf16 autocast where the device has it natively
@@ -52,6 +54,8 @@ class SamplingRequest:
             raise SettingError(f"Unknown variance '{self.variance}'; choose one of {', '.join(VARIANCES)}.")
         if self.sampler == "ddim" and self.steps < 1:
             raise SettingError(f"DDIM needs at least 1 step, not {self.steps}.")
+        if self.sampler == "ddpm" and self.ddpm_steps is not None and self.ddpm_steps < 1:
+            raise SettingError(f"DDPM needs at least 1 step, not {self.ddpm_steps}.")
         if not 0.0 <= self.eta <= 1.0:
             raise SettingError(f"DDIM's eta must lie in [0, 1], not {self.eta}.")
         if self.precision not in PRECISIONS:
@@ -60,7 +64,8 @@ class SamplingRequest:
     def describe(self) -> str:
         if self.sampler == "ddim":
             return f"DDIM {self.steps} steps, eta {self.eta:g}"
-        return f"DDPM every step, {self.variance.replace('_', ' ')} variance"
+        steps = "every step" if self.ddpm_steps is None else f"{self.ddpm_steps} respaced steps"
+        return f"DDPM {steps}, {self.variance.replace('_', ' ')} variance"
 
 
 @dataclass
@@ -112,7 +117,7 @@ def sampling_metadata(model: LoadedModel, request: SamplingRequest) -> dict[str,
     if request.sampler == "ddim":
         metadata.update(steps=str(request.steps), eta=f"{request.eta:g}")
     else:
-        metadata.update(steps=str(model.diffusion.num_timesteps), variance=request.variance)
+        metadata.update(steps=str(min(request.ddpm_steps or math.inf, model.diffusion.num_timesteps)), variance=request.variance)
     if request.start_t is not None:
         metadata["start_t"] = str(request.start_t + 1)
     return metadata
@@ -124,6 +129,8 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
     request.validate()
     device = choose_device(request.device)
     model = model or load_model(request.model_path, device)
+    if request.sampler == "ddpm" and request.variance == "learned" and not model.info.unet.learned_variance:
+        raise SettingError(f"{model.info.name} did not learn its variance; sample it with fixed_large or fixed_small.")
     if next(model.unet.parameters()).device != device:
         model.unet.to(device)
         model.diffusion.schedule.to(device)
@@ -136,6 +143,9 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
         options.update(num_steps=min(request.steps, first_t + 1), eta=request.eta)
     else:
         options.update(variance=request.variance)
+        if request.ddpm_steps is not None:
+            first_t = diffusion.num_timesteps - 1 if request.start_t is None else request.start_t
+            options.update(num_steps=min(request.ddpm_steps, first_t + 1))
     steps = diffusion.sample_progressive(model.unet, shape, request.sampler, **options)
 
     recorded = list(range(request.num_images)) if request.keep_trajectory_of is None else list(request.keep_trajectory_of)

@@ -34,6 +34,9 @@ from .model_store import ModelError, ModelInfo
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import PRESETS, UNet, count_parameters, preset_config
 
+# "fixed": L_simple, sigma_t^2 chosen when sampling; "learned": L_hybrid and the learned range of sigma_t^2.
+TRAINING_VARIANCES = ("fixed", "learned")
+
 
 @dataclass
 class TrainingConfig:
@@ -51,6 +54,7 @@ class TrainingConfig:
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)), so short runs sample well
     random_flip: bool = True
     dropout: float | None = None  # None: the preset's
+    variance: str = "fixed"  # one of TRAINING_VARIANCES
     schedule: str = "linear"
     num_timesteps: int = 1000
     checkpoint_every: int = 1000
@@ -78,13 +82,20 @@ class TrainingConfig:
             raise SettingError("Warm-up steps, preview count and log interval cannot be negative, and clipping must be positive.")
         if self.precision not in PRECISIONS:
             raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
+        if self.variance not in TRAINING_VARIANCES:
+            raise SettingError(f"The variance must be one of {', '.join(TRAINING_VARIANCES)}, not '{self.variance}'.")
         self.unet_config()  # raises for a bad preset, size or channels
         ScheduleConfig(self.schedule, self.num_timesteps).validate()
 
     def unet_config(self):
         config = preset_config(self.preset, self.image_size, self.image_channels)
+        changes = {}
         if self.dropout is not None:
-            config = type(config)(**{**asdict(config), "dropout": self.dropout})
+            changes["dropout"] = self.dropout
+        if self.variance == "learned":
+            changes["learned_variance"] = True
+        if changes:
+            config = type(config)(**{**asdict(config), **changes})
             config.validate()
         return config
 

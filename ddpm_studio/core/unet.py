@@ -29,6 +29,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     norm_groups: int = 32
+    learned_variance: bool = False  # also output v, the learned range of sigma_t^2 (2C output channels)
 
     def __post_init__(self):
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
@@ -200,7 +201,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): maps noisy images and timestep indices to predicted noise."""
+    """eps_theta(x_t, t): maps noisy images and timestep indices to predicted noise (and v, if learned)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -249,7 +250,8 @@ class UNet(nn.Module):
                 resolution *= 2
 
         self.output_norm = group_norm(channels, groups)
-        self.output_conv = zero_init(nn.Conv2d(channels, config.image_channels, 3, padding=1))
+        output_channels = config.image_channels * (2 if config.learned_variance else 1)
+        self.output_conv = zero_init(nn.Conv2d(channels, output_channels, 3, padding=1))
 
     def _run(self, block: nn.ModuleList, h: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         for layer in block:
