@@ -1,4 +1,5 @@
-"""``ddpm-studio bench``: training and sampling throughput of a preset on this device."""
+"""``ddpm-studio bench``: training and sampling throughput of a preset on this device, the cost of L_hybrid
+against L_simple, and the throughput of the NLL bound's terms."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .schedule import NoiseSchedule
 from .devices import choose_device, describe_device, use_bf16, use_channels_last
 from .training import TrainingConfig
 from .unet import UNet, count_parameters
+from .variational_bound import vb_term_of_model
 
 
 @dataclass
@@ -61,23 +63,36 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
     yield (f"model         {settings.preset}: {count_parameters(model):,} parameters at "
            f"{unet_config.image_size}x{unet_config.image_size}x{unet_config.image_channels}, batch {settings.batch_size}")
 
-    def train_step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion.training_loss(network, x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss
+    def make_train_step(network, model, optimizer):
+        def train_step() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = diffusion.training_loss(network, x0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        return train_step
 
+    # The same preset with a learned variance (2C outputs) trains with L_hybrid. Its steps alternate with
+    # L_simple's, so that a busy machine slows both alike and their ratio stays meaningful.
+    learned = UNet(type(unet_config)(**{**unet_config.to_dict(), "learned_variance": True})).to(device)
+    if device.type == "cuda":
+        learned = learned.to(memory_format=torch.channels_last)
+    learned_network = torch.compile(learned) if settings.compile else learned
+    steps = {"simple": make_train_step(network, model, optimizer),
+             "hybrid": make_train_step(learned_network, learned, torch.optim.Adam(learned.parameters(), lr=1e-4))}
+    seconds = {name: 0.0 for name in steps}
     for _ in range(3):
-        train_step()
-    synchronize(device)
-    start = time.perf_counter()
+        for step in steps.values():
+            step()
     for _ in range(settings.train_steps):
-        train_step()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            seconds[name] += time.perf_counter() - start
+    elapsed = seconds["simple"]
     steps_per_second = settings.train_steps / elapsed
     yield (f"training      {steps_per_second * settings.batch_size:,.1f} images/s "
            f"({steps_per_second:.2f} steps/s, {settings.train_steps} steps in {elapsed:.2f} s)")
@@ -99,3 +114,27 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
            f"{images_per_call / diffusion.num_timesteps:,.3f} images/s with DDPM {diffusion.num_timesteps}")
     if device.type == "cuda":
         yield f"peak memory   {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+
+    yield (f"L_hybrid      {seconds['hybrid'] / seconds['simple']:.2f} x the step time of L_simple "
+           f"({settings.train_steps / seconds['hybrid']:.2f} steps/s with the learned variance, steps interleaved)")
+
+    # NLL evaluation: one term of the bound (a model call, the KL or the decoder) per image and timestep.
+    learned.eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.inference_mode():
+        def terms() -> None:
+            t = torch.randint(0, diffusion.num_timesteps, (settings.batch_size,), device=device, generator=generator)
+            noise = torch.randn(x0.shape, device=device, generator=generator)
+            vb_term_of_model(diffusion, learned_network, x0, t, noise, "learned", clip=True)
+
+        for _ in range(2):
+            terms()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(settings.sample_steps):
+            terms()
+        synchronize(device)
+    nll_elapsed = time.perf_counter() - start
+    per_second = settings.sample_steps * settings.batch_size / nll_elapsed
+    yield (f"NLL terms     {per_second:,.1f} image-timesteps/s: {per_second / diffusion.num_timesteps:,.3f} images/s "
+           f"with all {diffusion.num_timesteps} terms (float32)")
