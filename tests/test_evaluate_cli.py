@@ -45,7 +45,7 @@ def test_evaluate_nll_prints_the_bound_with_its_split_and_records_it(place, caps
 
     assert cli.main(["info", str(place["model"])]) == 0
     info = capsys.readouterr().out
-    assert "Evaluations" in info and f"NLL {value:.3f}" in info and "Variance     fixed" in info
+    assert "Evaluations" in info and f"NLL {record['value']:.3f}" in info and "Variance     fixed" in info
 
 
 BAD = {
