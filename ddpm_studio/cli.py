@@ -128,13 +128,13 @@ def run_train(args) -> int:
 
     main_process = context.is_main
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
-    events = plan.events(command=command, device=args.device)
+    # Under torchrun a Ctrl-C reaches every process twice (the terminal's, then torchrun's own):
+    # the trainer stops all ranks together, so a repeat must not interrupt one of them alone.
+    stop = StopRequest(interrupt_on_repeat=not context.enabled)
+    events = plan.events(command=command, device=args.device, stop_requested=lambda: stop.requested)
     bar = None
-    stop = StopRequest()
     try:
         for event in events:
-            if stop.requested:
-                raise KeyboardInterrupt
             if isinstance(event, ScanProgress):
                 if main_process and event.done == event.total:
                     print(f"Read {event.total} files.", flush=True)
@@ -166,6 +166,11 @@ def run_train(args) -> int:
                 pass
             elif isinstance(event, FinishedEvent):
                 bar.close()
+                if event.stopped:
+                    if main_process:
+                        print(f"Stopped after step {event.step}; the model in {out_dir} is saved and can be resumed "
+                              "with --resume.", file=sys.stderr)
+                    return EXIT_INTERRUPTED
                 if main_process:
                     print(f"Finished {event.step} steps. Model saved in {event.path}")
             elif isinstance(event, FailedEvent):
@@ -186,17 +191,19 @@ def run_train(args) -> int:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C (or SIGTERM) into a flag checked between training steps; a second one interrupts."""
+    """Turns the first Ctrl-C (or SIGTERM) into a flag the trainer checks between steps; a second one
+    interrupts, unless ``interrupt_on_repeat`` is off."""
 
-    def __init__(self):
+    def __init__(self, interrupt_on_repeat: bool = True):
         self.requested = False
+        self.interrupt_on_repeat = interrupt_on_repeat
         self.previous: dict = {}
 
     def install(self) -> None:
         import signal
 
         def handler(signum, frame):
-            if self.requested:
+            if self.requested and self.interrupt_on_repeat:
                 raise KeyboardInterrupt
             self.requested = True
 

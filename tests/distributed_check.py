@@ -7,12 +7,17 @@ Each process runs ``ddpm_studio.cli.main`` on the arguments after DUMP_DIR, exac
 - when training finishes, each rank writes its raw and EMA weights and its loss history to
   DUMP_DIR/rank<R>.safetensors (read from the trainer's own state, in its suspended frame);
 - every rank but 0 is given the model folder ``<OUT>.rank<R>`` instead of ``<OUT>``, so that
-  anything it wrote there would show; it must write nothing.
+  anything it wrote there would show; it must write nothing (not in a resume, which reads ``<OUT>``);
+- when training starts, each rank writes its random streams (global and noise generators) to
+  DUMP_DIR/rank<R>.started.safetensors; at the end they go into rank<R>.safetensors too;
+- with STOP_RANK=R and STOP_AFTER_STEP=N in the environment, rank R alone gets a SIGINT as it
+  reports step N, as a stray signal or a Ctrl-C that reached one process would.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import closing
 from pathlib import Path
@@ -28,22 +33,34 @@ def main() -> int:
     from ddpm_studio.core import training
 
     rank = int(os.environ.get("RANK", "0"))
+    stop_rank = int(os.environ.get("STOP_RANK", "-1"))
+    stop_after = int(os.environ.get("STOP_AFTER_STEP", "-1"))
     real_train = training.train
 
+    def streams(state) -> dict:
+        return {f"streams.{name}": value for name, value in state.own_streams().items()}
+
     def recording_train(config, images, out_dir, *args, **kwargs):
-        if rank != 0:
+        if rank != 0 and not kwargs.get("resume"):  # a resume reads the folder on every rank
             out_dir = Path(f"{out_dir}.rank{rank}")
         events = real_train(config, images, out_dir, *args, **kwargs)
         with closing(events):
             for event in events:
+                dump_dir.mkdir(parents=True, exist_ok=True)
+                if isinstance(event, training.StartedEvent):
+                    state = events.gi_frame.f_locals["state"]
+                    save_file(streams(state), str(dump_dir / f"rank{rank}.started.safetensors"),
+                              metadata={"step": str(state.step)})
                 if isinstance(event, training.FinishedEvent):
                     state = events.gi_frame.f_locals["state"]
                     tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
                     tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
                     tensors["losses"] = torch.tensor(state.losses, dtype=torch.float32)
-                    dump_dir.mkdir(parents=True, exist_ok=True)
+                    tensors.update(streams(state))
                     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                               str(dump_dir / f"rank{rank}.safetensors"), metadata={"step": str(state.step)})
+                if isinstance(event, training.StepEvent) and rank == stop_rank and event.step == stop_after:
+                    os.kill(os.getpid(), signal.SIGINT)
                 yield event
 
     training.train = recording_train  # train_from_folder, which the CLI calls, looks it up at call time

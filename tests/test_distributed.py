@@ -1,5 +1,6 @@
 """Training under torchrun: two CPU processes (gloo) through the ``train`` command. Both must end
-with identical weights, and only rank 0 may write the model folder."""
+with identical weights, and only rank 0 may write the model folder. A resume gives each rank its
+own random streams back, and a stop that reaches one rank stops both, with rank 0's checkpoint."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ddpm_studio.core.devices import choose_device
 
 TESTS_DIR = Path(__file__).resolve().parent
 STEPS = 6
+STOP_AFTER = STEPS + 3  # in the resumed run, rank 1 alone is signalled as it reports this step
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -34,17 +36,30 @@ def run(tmp_path_factory) -> dict:
     for index, image in enumerate(make_demo_images(24, size=16)):
         Image.fromarray(image).save(data / f"{index:02d}.png")
     out, dumps = root / "model", root / "dumps"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(TESTS_DIR / "distributed_check.py"), str(dumps),
-        "train", str(data), "--out", str(out), "--preset", "tiny", "--image-size", "16", "--steps", str(STEPS),
-        "--timesteps", "50", "--batch-size", "8", "--checkpoint-every", "4", "--preview-every", "3",
-        "--preview-count", "2", "--device", "cpu",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DDPM_STUDIO_MODELS": str(root / "user")}
-    # The timeout guards against a hang (a collective that one rank never joins), not against slowness.
-    result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=400)
+    result = torchrun(root, dumps, "train", str(data), "--out", str(out), "--preset", "tiny", "--image-size", "16",
+                      "--steps", str(STEPS), "--timesteps", "50", "--batch-size", "8", "--checkpoint-every", "4",
+                      "--preview-every", "3", "--preview-count", "2", "--device", "cpu")
     return dict(result=result, out=out, dumps=dumps, root=root)
+
+
+def torchrun(root: Path, dumps: Path, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(TESTS_DIR / "distributed_check.py"), str(dumps), *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DDPM_STUDIO_MODELS": str(root / "user"),
+           **environment}
+    # The timeout guards against a hang (a collective that one rank never joins), not against slowness.
+    return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def resumed_and_stopped(run) -> dict:
+    """Resume the finished run for many more steps; rank 1 alone is asked to stop at STOP_AFTER."""
+    first_state = load_file(str(run["out"] / model_store.STATE_FILE))
+    dumps = run["root"] / "dumps-resumed"
+    result = torchrun(run["root"], dumps, "train", "--resume", "--out", str(run["out"]), "--steps", "100000",
+                      "--checkpoint-every", "1000", "--preview-count", "0", "--device", "cpu",
+                      STOP_RANK="1", STOP_AFTER_STEP=str(STOP_AFTER))
+    return dict(result=result, dumps=dumps, first_state=first_state, out=run["out"])
 
 
 def test_two_processes_finish(run):
@@ -59,7 +74,8 @@ def test_both_ranks_end_with_identical_weights(run):
     assert set(ranks[0]) == set(ranks[1])
     assert any(name.startswith("model.") for name in ranks[0]) and any(name.startswith("ema.") for name in ranks[0])
     for name in ranks[0]:
-        assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
+        if not name.startswith("streams."):  # the random streams are each rank's own
+            assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
     assert len(ranks[0]["losses"]) == STEPS  # and the losses are the same mean over both ranks
     # They trained: the final weights are not the initial ones (same seed, so same initial weights).
     saved = load_file(str(run["out"] / model_store.STATE_FILE))
@@ -90,3 +106,39 @@ def test_an_explicit_cuda_device_means_each_process_own_gpu():
     assert choose_device("cpu", local_rank=1) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert choose_device("auto", local_rank=1) == torch.device("cpu")
+
+
+def test_each_rank_keeps_its_own_random_streams_across_a_resume(run, resumed_and_stopped):
+    """Identical streams on two ranks would draw the same t, eps and dropout masks on both."""
+    first = [load_file(str(run["dumps"] / f"rank{rank}.safetensors")) for rank in (0, 1)]
+    started = [load_file(str(resumed_and_stopped["dumps"] / f"rank{rank}.started.safetensors")) for rank in (0, 1)]
+    for name in ("streams.rng.torch", "streams.generator.noise"):
+        assert not torch.equal(first[0][name], first[1][name]), f"{name}: both ranks drew the same numbers"
+        for rank in (0, 1):  # each rank goes on where it stopped, not where rank 0 stopped
+            assert torch.equal(started[rank][name], first[rank][name]), f"{name} of rank {rank} was not restored"
+    saved = resumed_and_stopped["first_state"]
+    assert torch.equal(saved["rank1.generator.noise"], first[1]["streams.generator.noise"])
+    assert torch.equal(saved["generator.noise"], first[0]["streams.generator.noise"])
+
+
+def test_a_stop_that_reaches_one_rank_stops_both_at_the_same_step_with_a_checkpoint(resumed_and_stopped):
+    result = resumed_and_stopped["result"]
+    output = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    # Both ranks stop after the step whose loss read-back carried rank 1's request: no rank waits
+    # in a collective that the other never joins, and none fails with a lost connection.
+    assert f"Stopped after step {STOP_AFTER + 1}" in result.stderr, output
+    assert "RuntimeError" not in result.stderr and "Connection closed" not in result.stderr, output
+    ranks = [load_file(str(resumed_and_stopped["dumps"] / f"rank{rank}.safetensors")) for rank in (0, 1)]
+    for name in ranks[0]:
+        if name.startswith(("model.", "ema.")):
+            assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
+    out = resumed_and_stopped["out"]
+    assert model_store.read_model_info(out).step == STOP_AFTER + 1
+    saved = load_file(str(out / model_store.STATE_FILE))
+    assert len(saved["loss"]) == STOP_AFTER + 1
+    for name, value in ranks[0].items():
+        if name.startswith(("model.", "ema.")):
+            assert torch.equal(saved[name], value), f"the saved {name} is not the final one"
+    # The checkpoint taken at the agreed stop holds rank 1's streams as they were then.
+    assert torch.equal(saved["rank1.generator.noise"], ranks[1]["streams.generator.noise"])
+    assert torch.equal(saved["rank1.rng.torch"], ranks[1]["streams.rng.torch"])

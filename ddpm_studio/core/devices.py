@@ -199,11 +199,11 @@ def memory_in_use_bytes(device: torch.device) -> int | None:
 
 
 def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a CPU tensor to ``device`` without making the host wait for the GPU.
+    """Copy a tensor to ``device``; from the CPU to a GPU without making the host wait for the GPU.
 
     The copy goes through pinned memory (torch's caching host allocator, which keeps the buffer
     until the copy is done), so ``non_blocking`` is really asynchronous.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)

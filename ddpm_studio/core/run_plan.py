@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +89,11 @@ class RunPlan:
     dataset_summary: dict | None = None
     data_paths: list[Path] = field(default_factory=list)  # otherwise: scanned first, at the run's resolution
 
-    def events(self, command: str | None = None, device: str | None = None, cpu_threads: int | None = None) -> Iterator:
+    def events(self, command: str | None = None, device: str | None = None, cpu_threads: int | None = None,
+               stop_requested: Callable[[], bool] | None = None) -> Iterator:
         """The run: ``ScanProgress`` and a ``ScanResult`` first if the folders are scanned, then training events."""
-        options = dict(resume=self.resume, command=command, device=device, cpu_threads=cpu_threads)
+        options = dict(resume=self.resume, command=command, device=device, cpu_threads=cpu_threads,
+                       stop_requested=stop_requested)
         if self.images is not None:
             return train(self.config, self.images, self.out_dir, self.dataset_summary, **options)
         return train_from_folder(self.data_paths, self.config, self.out_dir, **options)

@@ -18,6 +18,7 @@ import torch
 from .devices import PRECISIONS, choose_device, use_bf16
 from .diffusion import SAMPLERS, VARIANCES, SampleStep
 from .errors import SettingError
+from .data import from_model_range
 from .imaging import make_grid, make_strip, save_animation, save_png, to_hwc, to_uint8
 from .model_store import LoadedModel, load_model
 
@@ -105,6 +106,37 @@ def frames_to_keep(num_steps: int, bytes_per_frame: int, budget_bytes: int, deta
     return set(range(0, detail_start, stride)) | set(range(detail_start, num_steps))
 
 
+class FrameCopier:
+    """Records trajectory frames as uint8, kept on the device and copied to the CPU in chunks.
+
+    A copy to the CPU makes the host wait for the GPU; one per chunk of frames, instead of two per
+    step, keeps the GPU queue full while sampling.
+    """
+
+    CHUNK_BYTES = 64 * 2**20
+
+    def __init__(self, trajectory: Trajectory, recorded: list[int], device: torch.device, bytes_per_frame: int):
+        self.trajectory = trajectory
+        self.index = torch.tensor(recorded, dtype=torch.long, device=device)  # copied to the device once
+        self.frames_per_chunk = 1 if device.type == "cpu" else max(1, self.CHUNK_BYTES // max(bytes_per_frame, 1))
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        pair = torch.stack([x_t.index_select(0, self.index), x0_hat.index_select(0, self.index)])
+        self.pending.append(from_model_range(pair))
+        if len(self.pending) >= self.frames_per_chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        chunk = torch.stack(self.pending).cpu()  # (frames, 2, recorded, C, H, W)
+        self.pending = []
+        for x_t, x0_hat in chunk:
+            self.trajectory.x_t.append(x_t)
+            self.trajectory.x0_hat.append(x0_hat)
+
+
 def sampling_metadata(model: LoadedModel, request: SamplingRequest) -> dict[str, str]:
     metadata = {
         "Software": "DDPM Studio",
@@ -151,6 +183,7 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
     recorded = list(range(request.num_images)) if request.keep_trajectory_of is None else list(request.keep_trajectory_of)
     bytes_per_frame = 2 * len(recorded) * int(np.prod(model.image_shape))
     trajectory = Trajectory([], recorded)
+    frames = FrameCopier(trajectory, recorded, device, bytes_per_frame)
     keep: set[int] | None = None
     bf16 = use_bf16(request.precision, device)
     final: SampleStep | None = None
@@ -160,10 +193,10 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
                 keep = frames_to_keep(sample_step.num_steps, bytes_per_frame, request.trajectory_budget_bytes)
             if recorded and sample_step.step in keep:
                 trajectory.timesteps.append(sample_step.t + 1)
-                trajectory.x_t.append(to_uint8(sample_step.x_t[recorded]))
-                trajectory.x0_hat.append(to_uint8(sample_step.x0_hat[recorded]))
+                frames.add(sample_step.x_t, sample_step.x0_hat)
             final = sample_step
             yield sample_step
+    frames.flush()
     images = to_uint8(final.x_prev)
     if recorded:
         trajectory.timesteps.append(0)

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -25,7 +25,9 @@ import torch.distributed as dist
 
 from . import model_store
 from .data import DatasetError, ScanResult, explain_no_usable_images, scan_images, to_model_range
-from .devices import PRECISIONS, choose_device, describe_device, process_group_backend, use_bf16, use_channels_last
+from .devices import (
+    PRECISIONS, choose_device, describe_device, host_to_device, process_group_backend, use_bf16, use_channels_last,
+)
 from .diffusion import GaussianDiffusion
 from .errors import SettingError
 from .imaging import make_grid, save_png, to_uint8
@@ -182,6 +184,7 @@ class CheckpointEvent:
 class FinishedEvent:
     step: int
     path: Path
+    stopped: bool = False  # ended early, by ``stop_requested``, with a checkpoint of ``step``
 
 
 @dataclass
@@ -241,23 +244,64 @@ def learning_rate_at(config: TrainingConfig, step: int) -> float:
     return config.learning_rate * min(1.0, step / config.warmup_steps)
 
 
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of one rank's own random streams; rank 0 of a fresh run keeps ``seed`` itself."""
+    return seed + 1000 * rank + 1_000_003 * step
+
+
 class TrainingState:
-    """The model, its EMA copy, the optimiser, the generators and the loss history of one run."""
+    """The model, its EMA copy, the optimiser, the generators and the loss history of one run.
+
+    The data generator is the same on every rank (they split one global batch). The noise
+    generator (t and eps) and the global generators (dropout) are each rank's own: identical
+    streams would make every rank draw the same noise and the same dropout masks.
+    """
 
     def __init__(self, config: TrainingConfig, device: torch.device, context: DistributedContext):
         self.config = config
         self.device = device
+        self.rank = context.rank
         unet_config = config.unet_config()
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = UNet(unet_config).to(device)
         if use_channels_last(device):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, fused=device.type == "cuda")
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
-        self.noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2 + 1000 * context.rank)
+        self.noise_generator = torch.Generator(device=device)
+        self.seed_own_streams(0)
         self.step = 0
         self.losses: list[float] = []
+        # Every other rank's streams as of the last checkpoint they all took part in (rank 0 saves them).
+        self.other_ranks_streams: dict[int, dict[str, torch.Tensor]] = {}
+
+    def seed_own_streams(self, step: int) -> None:
+        seed = rank_seed(self.config.seed, self.rank, step)
+        if self.rank or step:  # a single process draws its dropout from the stream that built the model
+            torch.manual_seed(seed)
+        self.noise_generator.manual_seed(seed + 2)
+
+    def own_streams(self) -> dict[str, torch.Tensor]:
+        """This process's random streams: the global generators (dropout) and the noise generator."""
+        streams = {"rng.torch": torch.get_rng_state(), "generator.noise": self.noise_generator.get_state()}
+        if self.device.type == "cuda":
+            streams["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return streams
+
+    def restore_own_streams(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """Take this rank's streams from a training state; a rank the file has none for (an older
+        file, or more processes than before) starts fresh streams, distinct from every other rank's."""
+        prefix = "" if self.rank == 0 else f"rank{self.rank}."
+        if f"{prefix}rng.torch" not in tensors:
+            self.seed_own_streams(step)
+            return
+        torch.set_rng_state(tensors[f"{prefix}rng.torch"])
+        if self.device.type == "cuda" and f"{prefix}rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors[f"{prefix}rng.cuda"], self.device)
+        noise = tensors[f"{prefix}generator.noise"]
+        if noise.numel() == self.noise_generator.get_state().numel():  # not when resumed on another device type
+            self.noise_generator.set_state(noise)
 
     def update_ema(self) -> None:
         decay = ema_decay_at(self.config, self.step)
@@ -273,11 +317,10 @@ class TrainingState:
         for index, state in optimizer_state["state"].items():
             for key, value in state.items():
                 tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors.update(self.own_streams())
+        for rank, streams in self.other_ranks_streams.items():
+            tensors.update({f"rank{rank}.{name}": value for name, value in streams.items()})
         tensors["generator.data"] = self.data_generator.get_state()
-        tensors["generator.noise"] = self.noise_generator.get_state()
         tensors["loss"] = torch.tensor(self.losses, dtype=torch.float32)
         metadata = {
             "step": str(self.step),
@@ -303,18 +346,23 @@ class TrainingState:
         model_store.load_weights_into(self.model, group("model."), state_path)
         model_store.load_weights_into(self.ema, group("ema."), state_path)
         optimizer_state: dict[int, dict] = {}
+        parameters = list(self.model.parameters())
         try:
             for name, value in group("optimizer.").items():
                 index, key = name.split(".", 1)
-                optimizer_state.setdefault(int(index), {})[key] = value.to(self.device) if key != "step" else value
-            check_optimizer_state(optimizer_state, list(self.model.parameters()))
+                optimizer_state.setdefault(int(index), {})[key] = value
+            check_optimizer_state(optimizer_state, parameters)
+            for index, entry in optimizer_state.items():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    # The file holds the moments contiguous; give them the parameter's layout
+                    # (channels_last on a GPU), which foreach and fused Adam need.
+                    entry[key] = torch.empty_like(parameters[index]).copy_(entry[key])
+            for saved, current in zip(param_groups, self.optimizer.param_groups):
+                # How Adam runs (fused on a GPU) is this device's choice, not the saving device's.
+                saved.update({key: current[key] for key in ("fused", "foreach", "capturable") if key in current})
             self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
-            torch.set_rng_state(tensors["rng.torch"])
-            if self.device.type == "cuda" and "rng.cuda" in tensors:
-                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
             self.data_generator.set_state(tensors["generator.data"])
-            if tensors["generator.noise"].numel() == self.noise_generator.get_state().numel():
-                self.noise_generator.set_state(tensors["generator.noise"])
+            self.restore_own_streams(tensors, step)
             losses = tensors["loss"].tolist()[:step]
         except (KeyError, ValueError, RuntimeError) as error:
             detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
@@ -395,12 +443,16 @@ def train(
     command: str | None = None,
     device: str | None = None,
     cpu_threads: int | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> Iterator[TrainingEvent]:
     """Train on uint8 ``images`` (N, C, S, S) into the model folder ``out_dir``, yielding events.
 
     With ``resume`` the run continues from the folder's training state: weights, EMA,
     optimizer, step, RNG states and loss history, up to ``config.steps`` in total.
     ``cpu_threads`` sets the intra-op threads of a run on the CPU (see ``threads_beside_a_window``).
+    ``stop_requested`` is asked after every step; once it returns True the run saves a
+    checkpoint and ends with ``FinishedEvent(stopped=True)``. Under torchrun the ranks agree
+    on it at the next loss read-back, so that all stop after the same step, together.
     """
     config.validate()
     out_dir = Path(out_dir)
@@ -420,9 +472,18 @@ def train(
     bf16 = use_bf16(config.precision, run_device)
     log_every = config.log_every or (1 if run_device.type == "cpu" else 20)
 
-    state = TrainingState(config, run_device, context)
-    if resume:
-        state.load_state(out_dir)
+    try:
+        state = TrainingState(config, run_device, context)
+        if resume:
+            state.load_state(out_dir)
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        state = None  # outside the except clause, so that the traceback frees what was built
+    if state is None:
+        release_cached_memory(run_device)
+        yield FailedEvent(0, out_of_memory_reason(config, run_device, "while building the model") + ".", out_dir)
+        return
     if state.step >= config.steps:
         raise SettingError(f"{out_dir.name} has already trained {state.step} steps; ask for more than that to continue.")
 
@@ -444,19 +505,33 @@ def train(
         model_store.remove_stale_temporaries(out_dir)  # left by a run that was killed mid-write
 
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(run_device))
+    if run_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes are fixed: cuDNN may pick its algorithms once
     network: torch.nn.Module = state.model
-    if context.enabled:
-        network = torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[run_device.index] if run_device.type == "cuda" else None
-        )
+    # The dataset is decoded once; it lives on the GPU when it takes under a quarter of free memory.
+    # Otherwise it stays in ordinary memory and each batch is pinned on its way (pinning it all
+    # would double the host memory and buy nothing, since indexing it makes an unpinned copy).
+    data = images
+    try:
+        if context.enabled:
+            network = torch.nn.parallel.DistributedDataParallel(
+                state.model, device_ids=[run_device.index] if run_device.type == "cuda" else None
+            )
+        if run_device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(run_device)
+            if images.numel() < free // 4:
+                data = images.to(run_device)
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        network = None
+    if network is None:
+        state = data = None
+        release_cached_memory(run_device)
+        yield FailedEvent(0, out_of_memory_reason(config, run_device, "while building the model") + ".", out_dir)
+        return
     if config.compile:
         network = torch.compile(network)
-
-    # The dataset is decoded once; it lives on the GPU when it takes under a quarter of free memory.
-    data = images
-    if run_device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(run_device)
-        data = images.to(run_device) if images.numel() < free // 4 else images.pin_memory()
     per_rank = config.batch_size // context.world_size
     channels_last = use_channels_last(run_device)
 
@@ -467,18 +542,25 @@ def train(
 
     pending: list[torch.Tensor] = []
     failure: str | None = None  # the sentence of a run that failed; it then saves nothing more
+    stopping = False  # agreed by every rank
     last_checkpoint_time = time.monotonic()
     report_time, report_step = time.monotonic(), state.step
 
     def read_back_losses(reduce: bool = True) -> list[float]:
-        """One host sync for all steps since the last read-back; raises NonFiniteLoss."""
-        nonlocal pending
+        """One host sync for all steps since the last read-back; raises NonFiniteLoss.
+
+        Under torchrun the same all-reduce carries each rank's stop request, so that every
+        rank learns of any request at the same step."""
+        nonlocal pending, stopping
         if not pending:
             return []
         stacked = torch.stack(pending)
         if context.enabled and reduce:
+            wants_stop = bool(stop_requested and stop_requested())
+            stacked = torch.cat([stacked, stacked.new_tensor([float(wants_stop)])])
             dist.all_reduce(stacked)
-            stacked /= context.world_size
+            stopping = stopping or bool(stacked[-1] > 0)  # rides along with the losses' host sync
+            stacked = stacked[:-1] / context.world_size
         values = stacked.tolist()
         pending = []
         if not all(math.isfinite(v) for v in values):
@@ -493,8 +575,16 @@ def train(
         # checks (their weights are identical), so that all of them stop together.
         if not weights_are_finite(state):
             raise NonFiniteLoss()
+        if context.enabled:
+            # Rank 0 saves every rank's random streams: a collective call, which each rank makes at
+            # the same step. Without one (reduce=False) the others' would be stale: save none.
+            state.other_ranks_streams = gather_random_streams(state, context, run_device) if reduce else {}
         if writer is not None:
             writer.save_checkpoint(state)
+        if context.enabled and reduce:
+            # No rank goes on (or exits, which makes torchrun end the others) before the
+            # checkpoint is written: a tiny all-reduce serves as a barrier on either backend.
+            dist.all_reduce(torch.zeros(1, device=run_device))
 
     # OpenMP keeps a thread count per thread, and torch hands the last one set to threads it meets later:
     # set here, in the thread that drives the run, and given back when the run ends.
@@ -503,15 +593,16 @@ def train(
         torch.set_num_threads(cpu_threads)
     try:
         network.train()
-        while state.step < config.steps:
+        while state.step < config.steps and not stopping:
             step = state.step + 1
             indices = torch.randint(len(data), (config.batch_size,), generator=state.data_generator)
             flips = torch.rand(config.batch_size, generator=state.data_generator) < 0.5
             local = slice(context.rank * per_rank, (context.rank + 1) * per_rank)
-            batch = data[indices[local].to(data.device)].to(run_device, non_blocking=True)
+            # Asynchronous copies: the host never waits for the GPU between loss read-backs.
+            batch = host_to_device(data[host_to_device(indices[local], data.device)], run_device)
             x0 = to_model_range(batch)
             if config.random_flip:
-                x0 = torch.where(flips[local].to(run_device)[:, None, None, None], x0.flip(-1), x0)
+                x0 = torch.where(host_to_device(flips[local], run_device)[:, None, None, None], x0.flip(-1), x0)
             if channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
 
@@ -537,7 +628,11 @@ def train(
                     steps_per_second = (step - report_step) / elapsed
                     images_per_second = steps_per_second * config.batch_size
                 report_time, report_step = time.monotonic(), step
+            if not context.enabled and stop_requested is not None and stop_requested():
+                stopping = True  # one process needs no agreement: stop after this step
             yield StepEvent(step, config.steps, learning_rate, losses, images_per_second, steps_per_second)
+            if stopping:
+                break
 
             if config.preview_count and (step % config.preview_every == 0 or step == config.steps) and context.is_main:
                 preview = sample_preview(state, diffusion, bf16)
@@ -553,15 +648,13 @@ def train(
                 if writer is not None:
                     yield CheckpointEvent(step, out_dir)
         checkpoint()
-        yield FinishedEvent(state.step, out_dir)
+        yield FinishedEvent(state.step, out_dir, stopped=stopping)
     except NonFiniteLoss:
         failure = f"The loss or the weights became non-finite near step {state.step}; try a lower learning rate"
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
-        where = "GPU" if run_device.type == "cuda" else "CPU"
-        failure = (f"Out of {where} memory at batch size {config.batch_size} (step {state.step + 1}); "
-                   "lower the batch size or choose a smaller preset")
+        failure = out_of_memory_reason(config, run_device, f"step {state.step + 1}")
     finally:
         # Reached when the consumer stops iterating too: save what was trained, unless it is broken.
         if failure is None and writer is not None and state.step > (writer.info.step or 0):
@@ -575,8 +668,35 @@ def train(
     # Reported outside the handler: an exception held while suspended would keep the failed step's tensors alive.
     kept = (f"the checkpoint of step {writer.info.step} in {out_dir} is kept" if writer is not None and writer.info.step
             else "no checkpoint was saved")
-    batch = x0 = loss = None  # noqa: F841 (released before the consumer sees the failure)
+    batch = x0 = loss = pending = None  # noqa: F841 (released before the consumer sees the failure)
+    state.optimizer.zero_grad(set_to_none=True)  # and the failed step's gradients
+    release_cached_memory(run_device)
     yield FailedEvent(state.step, f"{failure} ({kept}).", out_dir)
+
+
+def out_of_memory_reason(config: TrainingConfig, device: torch.device, when: str) -> str:
+    where = "GPU" if device.type == "cuda" else "CPU"
+    return (f"Out of {where} memory at batch size {config.batch_size} ({when}); "
+            "lower the batch size or choose a smaller preset")
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand the GPU memory that torch caches back, after an out-of-memory failure."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def gather_random_streams(state: TrainingState, context: DistributedContext,
+                          device: torch.device) -> dict[int, dict[str, torch.Tensor]]:
+    """The random streams of ranks 1.., for rank 0 to save (a collective call: all ranks make it)."""
+    mine = state.own_streams()
+    names = sorted(mine)
+    sizes = [mine[name].numel() for name in names]
+    flat = torch.cat([mine[name].flatten() for name in names]).to(device)  # all uint8, same sizes on every rank
+    gathered = [torch.empty_like(flat) for _ in range(context.world_size)]
+    dist.all_gather(gathered, flat)
+    return {rank: dict(zip(names, (part.clone() for part in buffer.cpu().split(sizes))))
+            for rank, buffer in enumerate(gathered) if rank != 0}
 
 
 def train_from_folder(
@@ -587,6 +707,7 @@ def train_from_folder(
     command: str | None = None,
     device: str | None = None,
     cpu_threads: int | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> Iterator:
     """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events,
     the ``ScanResult`` (so callers can report skipped files), then the training events."""
@@ -601,7 +722,7 @@ def train_from_folder(
         raise DatasetError(explain_no_usable_images(result))
     yield result
     yield from train(config, result.images, out_dir, result.summary(), resume=resume, command=command, device=device,
-                     cpu_threads=cpu_threads)
+                     cpu_threads=cpu_threads, stop_requested=stop_requested)
 
 
 def threads_beside_a_window() -> int:
