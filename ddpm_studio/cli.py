@@ -301,16 +301,17 @@ def add_info_parser(subparsers) -> None:
 
 def run_info(args) -> int:
     from .core import model_store
-    from .core.unet import UNet, count_parameters
 
+    # model.json and the weights file's header only: no network is built and no tensor is read.
     info = model_store.read_model_info(resolve_model_path(args.model))
     history = model_store.load_loss_history(info.path)
     unet = info.unet
-    parameters = count_parameters(UNet(unet))
     print(f"Model        {info.path}")
-    print(f"Architecture U-Net, {parameters:,} parameters: {unet.image_size}x{unet.image_size}x{unet.image_channels}, "
+    print(f"Architecture U-Net, {info.weights.parameter_count:,} parameters: "
+          f"{unet.image_size}x{unet.image_size}x{unet.image_channels}, "
           f"base {unet.base_channels}, multipliers {list(unet.channel_multipliers)}, {unet.num_res_blocks} blocks/level, "
           f"attention at {list(unet.attention_resolutions)}, dropout {unet.dropout}")
+    print(f"Weights      {model_store.EMA_FILE}, {', '.join(info.weights.dtypes)}")
     print(f"Schedule     {info.schedule.kind}, T = {info.schedule.num_timesteps}")
     print(f"Trained      {info.step:,} steps" + (f" (preset {info.training.get('preset')})" if info.training else ""))
     if info.last_loss is not None:

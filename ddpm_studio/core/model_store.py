@@ -16,6 +16,7 @@ file whole, and the folder loadable.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import model_check
 from .atomic import TEMPORARY_NAME, atomic_write, write_bytes_atomic
 from .diffusion import GaussianDiffusion
-from .errors import UserError
+from .model_check import ModelError, WeightsHeader
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig
 
@@ -39,10 +41,6 @@ STATE_FILE = "training_state.safetensors"
 LOSS_FILE = "loss.npy"
 PREVIEW_FILE = "preview.png"
 PREVIEW_DIR = "previews"
-
-
-class ModelError(UserError, ValueError):
-    """A model folder that is missing, damaged or not ours; the message is one sentence naming the file."""
 
 
 # --- atomic writes ----------------------------------------------------------------------------
@@ -85,7 +83,7 @@ def save_numpy_atomic(path: Path, array: np.ndarray) -> None:
 
 @dataclass
 class ModelInfo:
-    """What ``model.json`` says about a model folder."""
+    """What ``model.json`` says about a model folder, and what its weights file's header says (``weights``)."""
 
     path: Path
     unet: UNetConfig
@@ -98,6 +96,7 @@ class ModelInfo:
     created: str | None = None
     updated: str | None = None
     extra: dict = field(default_factory=dict)
+    weights: WeightsHeader | None = None  # the EMA file's header, once checked; never written to model.json
 
     @property
     def name(self) -> str:
@@ -125,7 +124,12 @@ class ModelInfo:
 
 
 def read_model_info(path: Path | str) -> ModelInfo:
-    """Read and check ``model.json`` of a model folder; raise ModelError in one sentence if it is unusable."""
+    """Read and check ``model.json`` of a model folder and its EMA file's header; raise ModelError in one
+    sentence if the folder is unusable.
+
+    Nothing is built and no tensor is read: the numbers are checked against ``model_check``'s bounds,
+    and the header against the file's length. ``load_model`` checks the rest.
+    """
     folder = Path(path)
     if folder.is_file() and folder.name == CONFIG_FILE:
         folder = folder.parent
@@ -135,8 +139,13 @@ def read_model_info(path: Path | str) -> ModelInfo:
     if not config_path.is_file():
         raise ModelError(f"{config_path} is missing, so {folder} is not a DDPM Studio model folder.")
     try:
+        if config_path.stat().st_size > model_check.MAX_DESCRIPTION_BYTES:
+            raise ModelError(f"{config_path} is {config_path.stat().st_size:,} bytes, too large for a model description.")
         data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer of 5000 digits
+        if isinstance(error, ModelError):
+            raise
+
         raise ModelError(f"{config_path} is damaged and cannot be read ({type(error).__name__}).") from None
     if not isinstance(data, dict) or data.get("format") != "ddpm-studio-model":
         raise ModelError(f"{config_path} is not a DDPM Studio model description.")
@@ -145,12 +154,12 @@ def read_model_info(path: Path | str) -> ModelInfo:
         raise ModelError(f"{config_path} has format version {version}, newer than this DDPM Studio reads ({FORMAT_VERSION}).")
     try:
         unet = UNetConfig.from_dict(data["unet"])
-        unet.validate()
+        model_check.check_unet_config(unet)
         schedule = ScheduleConfig(**data["schedule"])
-        schedule.validate()
+        model_check.check_schedule_config(schedule)
         known = {"format", "format_version", "unet", "schedule", "step", "last_loss", "training", "dataset",
                  "command", "created", "updated"}
-        return ModelInfo(
+        info = ModelInfo(
             path=folder,
             unet=unet,
             schedule=schedule,
@@ -163,8 +172,11 @@ def read_model_info(path: Path | str) -> ModelInfo:
             updated=data.get("updated"),
             extra={k: v for k, v in data.items() if k not in known},
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build ({str(error).rstrip('.')}).") from None
+    info.weights = model_check.read_safetensors_header(folder / EMA_FILE)
+    model_check.check_weight_dtypes(info.weights)
+    return info
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -188,22 +200,21 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy weights into ``module``, raising ModelError if names or shapes don't match its architecture."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise ModelError(f"{source} does not match the architecture in {CONFIG_FILE} ({detail}).")
+    """Give ``module`` these weights, raising ModelError if names or shapes don't match it or a value is not finite.
+
+    A module on the ``meta`` device (from ``model_check.check_weights_fit``) takes the tensors themselves,
+    as float32, so loading costs one copy of the weights and no random initialisation.
+    """
+    model_check.check_tensors_match(model_check.tensor_shapes(module), {k: tuple(v.shape) for k, v in tensors.items()},
+                                    source, CONFIG_FILE)
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise ModelError(
-                f"{source} does not match the architecture in {CONFIG_FILE} "
-                f"({name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)})."
-            )
         if not torch.isfinite(tensor).all():
             raise ModelError(f"{source} holds non-finite weights ({name}).")
-    module.load_state_dict(tensors)
+    on_meta = any(tensor.is_meta for tensor in module.state_dict().values())
+    if on_meta:
+        module.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, assign=True)
+    else:
+        module.load_state_dict(tensors)
 
 
 EVALUATIONS_KEY = "evaluations"
@@ -263,9 +274,13 @@ class LoadedModel:
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model folder's EMA weights for sampling."""
+    """Load a model folder's EMA weights for sampling, after checking them against ``model.json``.
+
+    The network is built on the ``meta`` device and compared with the weights file's header first, so
+    nothing is allocated unless the file really holds the weights of the network ``model.json`` describes.
+    """
     info = read_model_info(path)
-    unet = UNet(info.unet)
+    unet = model_check.check_weights_fit(info.unet, info.weights, CONFIG_FILE)
     load_weights_into(unet, read_safetensors(info.path / EMA_FILE), info.path / EMA_FILE)
     unet.to(device).eval().requires_grad_(False)
     schedule = NoiseSchedule.from_config(info.schedule).to(device)
@@ -278,7 +293,10 @@ def load_loss_history(path: Path | str) -> np.ndarray:
     if not loss_path.is_file():
         return np.zeros(0, dtype=np.float32)
     try:
+        check_npy_length(loss_path)
         losses = np.load(loss_path, allow_pickle=False)
+    except ModelError:
+        raise
     except (OSError, ValueError, EOFError) as error:
         raise ModelError(f"{loss_path} is damaged ({str(error).splitlines()[0][:80] if str(error) else type(error).__name__}).") from None
     if not isinstance(losses, np.ndarray):  # a zip file (an .npz archive, a torch.save file) opens as an NpzFile
@@ -289,6 +307,23 @@ def load_loss_history(path: Path | str) -> np.ndarray:
     return losses.astype(np.float32)
 
 
+def check_npy_length(path: Path) -> None:
+    """Raise ModelError unless a .npy file's header describes exactly the data that follows it.
+
+    ``np.load`` allocates what the header claims before reading; a forged shape would cost that much.
+    """
+    with open(path, "rb") as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        data_bytes = Path(path).stat().st_size - stream.tell()
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize != data_bytes:
+        raise ModelError(f"{path} is damaged (its header describes {shape} {dtype}, "
+                         f"but the file holds {data_bytes:,} bytes of data).")
+
+
 @dataclass
 class ModelEntry:
     """One row of the model library: a usable model, or a folder that failed to load and why."""
@@ -296,6 +331,7 @@ class ModelEntry:
     path: Path
     info: ModelInfo | None
     error: str | None = None
+    preview_problem: str | None = None  # why preview.png cannot be shown, when it is there
 
 
 def default_user_models_dir() -> Path:
@@ -323,6 +359,16 @@ def model_search_dirs() -> list[Path]:
     return [bundled_models_dir(), default_user_models_dir()]
 
 
+def read_entry(path: Path) -> ModelEntry:
+    """A library row for one folder: its description and the reason it is unusable, checked without loading it."""
+    try:
+        info = read_model_info(path)
+    except ModelError as error:
+        return ModelEntry(Path(path), None, str(error))
+    preview = info.path / PREVIEW_FILE
+    return ModelEntry(info.path, info, preview_problem=model_check.preview_problem(preview) if preview.exists() else None)
+
+
 def list_models(folders: list[Path] | None = None) -> list[ModelEntry]:
     """Every model folder directly inside ``folders`` (default: bundled and user folders), sorted by name."""
     entries = []
@@ -334,10 +380,7 @@ def list_models(folders: list[Path] | None = None) -> list[ModelEntry]:
             if not (candidate / CONFIG_FILE).is_file() or candidate.resolve() in seen:
                 continue
             seen.add(candidate.resolve())
-            try:
-                entries.append(ModelEntry(candidate, read_model_info(candidate)))
-            except ModelError as error:
-                entries.append(ModelEntry(candidate, None, str(error)))
+            entries.append(read_entry(candidate))
     return entries
 
 
