@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import SettingError, UserError
-from .schedule import SCHEDULE_KINDS, ScheduleConfig
+from .schedule import SCHEDULE_KINDS, ScheduleConfig, cosine_betas, linear_betas
 from .unet import UNet, UNetConfig
 
 
@@ -100,6 +100,13 @@ def check_schedule_config(config: ScheduleConfig) -> None:
     if config.kind == "cosine" and not (0 <= config.cosine_s < 1 and 0 < config.max_beta < 1):
         raise SettingError("A cosine schedule needs 0 <= cosine_s < 1 and 0 < max_beta < 1.")
     config.validate()
+    # The betas themselves (T numbers, bounded above): a linear schedule is rescaled by 1000 / T, which can push them past 1.
+    if config.kind == "linear":
+        betas = linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
+    else:
+        betas = cosine_betas(config.num_timesteps, config.cosine_s, config.max_beta)
+    if not ((betas > 0).all() and (betas < 1).all()):
+        raise SettingError(f"This {config.kind} schedule's betas do not all lie in (0, 1) at T = {config.num_timesteps}.")
 
 
 # --- the weights file's header ------------------------------------------------------------------------
