@@ -287,6 +287,22 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     return LoadedModel(info, unet, GaussianDiffusion(schedule))
 
 
+def check_resumable(folder: Path, unet: UNetConfig, schedule: ScheduleConfig) -> None:
+    """Check a model folder before resuming gives memory to its run, raising ModelError in one sentence.
+
+    The run's network and schedule (from the training settings in ``model.json``) must be the ones
+    ``model.json`` describes, which ``read_model_info`` bounds, and the training state's header must
+    hold that network's raw and EMA weights.
+    """
+    info = read_model_info(folder)
+    if unet != info.unet or schedule != info.schedule:
+        raise ModelError(f"{info.path / CONFIG_FILE} is inconsistent: its training settings describe another "
+                         "network or schedule than its unet and schedule entries.")
+    header = model_check.read_safetensors_header(info.path / STATE_FILE)
+    for prefix in ("model.", "ema."):
+        model_check.check_weights_fit(unet, header, CONFIG_FILE, prefix)
+
+
 def load_loss_history(path: Path | str) -> np.ndarray:
     """The per-step loss of a model (float32, step 1 first); empty if none was saved."""
     loss_path = Path(path) / LOSS_FILE

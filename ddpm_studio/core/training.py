@@ -457,6 +457,8 @@ def train(
     config.validate()
     out_dir = Path(out_dir)
     unet_config = config.unet_config()
+    if resume:  # before the network and the schedule are given memory
+        model_store.check_resumable(out_dir, unet_config, config.schedule_config())
     expected_shape = (unet_config.image_channels, unet_config.image_size, unet_config.image_size)
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected_shape:
         raise ValueError(f"Training images must be uint8 of shape (N, {', '.join(map(str, expected_shape))}).")
@@ -712,6 +714,8 @@ def train_from_folder(
     """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events,
     the ``ScanResult`` (so callers can report skipped files), then the training events."""
     config.validate()
+    if resume:
+        model_store.check_resumable(Path(out_dir), config.unet_config(), config.schedule_config())
     result = None
     for event in scan_images(paths, config.image_size, config.image_channels):
         if isinstance(event, ScanResult):

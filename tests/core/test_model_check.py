@@ -21,6 +21,12 @@ from ddpm_studio.core.model_check import ModelError
 from ddpm_studio.core.schedule import ScheduleConfig
 from ddpm_studio.core.unet import PRESETS, UNet, UNetConfig, count_parameters
 
+def demo_images() -> torch.Tensor:
+    from ddpm_studio.core.demo_data import make_demo_images
+
+    return torch.from_numpy(make_demo_images(8, size=16, seed=0)).permute(0, 3, 1, 2).contiguous()
+
+
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 
 
@@ -103,7 +109,8 @@ def claim_more_data(header: dict) -> None:
     name = max((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"][1])
     begin = header[name]["data_offsets"][0]
     header[name]["shape"] = [16384, 16384, 3, 3]  # and offsets to match: 9.7 GB the file does not have
-    header[name]["data_offsets"] = [begin, begin + 4 * 16384 * 16384 * 9]
+    itemsize = model_check.SAFETENSORS_DTYPES[header[name]["dtype"]]
+    header[name]["data_offsets"] = [begin, begin + itemsize * 16384 * 16384 * 9]
 
 
 def leave_a_gap(header: dict) -> None:
@@ -292,3 +299,29 @@ def test_a_preview_that_is_not_a_png_is_refused(tmp_path):
     path = tmp_path / model_store.PREVIEW_FILE
     Image.new("RGB", (8, 8)).save(path, format="GIF")
     assert "not a PNG image" in model_check.preview_problem(path)
+
+
+# --- resuming ------------------------------------------------------------------------------------------------
+
+
+def test_resuming_refuses_training_settings_that_describe_another_network(model):
+    from ddpm_studio.core.training import TrainingConfig, train
+
+    edit_model_json(model, lambda data: data["training"].update(image_size=2**20))
+    config = TrainingConfig.from_dict({**model_store.read_model_info(model).training, "steps": 20})
+    with pytest.raises(ModelError) as error:
+        list(train(config, demo_images(), model, resume=True))
+    assert_one_sentence(error, model_store.CONFIG_FILE, "training settings describe another network")
+
+
+def test_resuming_checks_the_training_states_header_before_building(model):
+    from ddpm_studio.core.training import TrainingConfig, train
+
+    path = model / model_store.STATE_FILE
+    header, data = header_and_data(path)
+    claim_more_data(header)
+    write_safetensors(path, header, data)
+    config = TrainingConfig.from_dict({**model_store.read_model_info(model).training, "steps": 20})
+    with pytest.raises(ModelError) as error:
+        list(train(config, demo_images(), model, resume=True))
+    assert_one_sentence(error, str(path), "but the file holds")
