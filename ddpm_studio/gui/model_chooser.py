@@ -98,12 +98,22 @@ class ModelChooser(QWidget):
             self.message.setStyleSheet(ERROR_TEXT_STYLE)
             self.message.setText(self._error)
         else:
-            unusable = [entry for entry in self.library.entries if entry.info is None]
+            unusable = self.library.unusable()
             self.message.setStyleSheet("")
-            text = NO_MODELS if self.picker.count() == 0 else ""
+            text = NO_MODELS if self.picker.usable_count() == 0 else ""
             if unusable:
                 names = ", ".join(entry.path.name for entry in unusable)
-                text += (" " if text else "") + f"Not listed, because they cannot be read: {names} (hover for why)."
+                text += (" " if text else "") + f"Unusable: {names} (hover over them in the list for why)."
             self.message.setText(text)
             self.message.setToolTip("\n".join(entry.error or "" for entry in unusable))
         self.message.setVisible(bool(self.message.text()))
+        self._fit_message()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_message()
+
+    def _fit_message(self) -> None:
+        # A wrapped label's height depends on its width, which the tab widget above does not pass down;
+        # without this a two-line message is cut to one.
+        self.message.setMinimumHeight(self.message.heightForWidth(self.width()) if self.message.text() else 0)

@@ -1,10 +1,15 @@
-"""The model library: the models in the bundled and user folders plus any the user opened, and a picker for them."""
+"""The model library: the models in the bundled and user folders plus any the user opened, and a picker for them.
+
+Folders that cannot be used stay in the list, disabled, with the reason as their tooltip. Listing reads
+each folder's ``model.json`` and weights header only (``model_store.read_entry``), so it stays quick
+however the folder was crafted.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QComboBox, QWidget
 
 from ..core import model_store
@@ -12,7 +17,7 @@ from ..core.model_store import ModelEntry, ModelError
 
 
 class ModelLibrary(QObject):
-    """Lists usable model folders; ``changed`` fires after a refresh or an open."""
+    """Lists model folders, usable or not; ``changed`` fires after a refresh or an open."""
 
     changed = Signal()
 
@@ -28,26 +33,34 @@ class ModelLibrary(QObject):
         known = {entry.path.resolve() for entry in entries}
         for path in self.opened:
             if path.resolve() not in known:
-                try:
-                    entries.append(ModelEntry(path, model_store.read_model_info(path)))
-                except ModelError as error:
-                    entries.append(ModelEntry(path, None, str(error)))
+                entries.append(model_store.read_entry(path))
         self.entries = entries
         self.changed.emit()
 
     def open(self, path: Path | str) -> model_store.ModelInfo:
-        """Add a model folder chosen by the user; raises ModelError if it is not a usable model."""
-        info = model_store.read_model_info(path)
-        if info.path.resolve() not in {p.resolve() for p in self.opened}:
-            self.opened.append(info.path)
+        """Add a model folder chosen by the user; raises ModelError if it is not a usable model.
+
+        A folder with a ``model.json`` is listed even when it is unusable, so that the list says why.
+        """
+        folder = Path(path)
+        if folder.is_file() and folder.name == model_store.CONFIG_FILE:
+            folder = folder.parent
+        entry = model_store.read_entry(folder)
+        if (folder / model_store.CONFIG_FILE).is_file() and folder.resolve() not in {p.resolve() for p in self.opened}:
+            self.opened.append(folder)
         self.refresh()
-        return info
+        if entry.info is None:
+            raise ModelError(entry.error)
+        return entry.info
 
     def usable(self) -> list[ModelEntry]:
         return [entry for entry in self.entries if entry.info is not None]
 
     def resumable(self) -> list[ModelEntry]:
         return [entry for entry in self.usable() if entry.info.can_resume]
+
+    def unusable(self) -> list[ModelEntry]:
+        return [entry for entry in self.entries if entry.info is None]
 
 
 def describe_entry(entry: ModelEntry) -> str:
@@ -58,8 +71,16 @@ def describe_entry(entry: ModelEntry) -> str:
     return f"{info.name} — {unet.image_size}px, {info.step:,} steps"
 
 
+def entry_tooltip(entry: ModelEntry) -> str:
+    """Where the model is, or why it cannot be used; and why it has no preview, when that is so."""
+    if entry.info is None:
+        return entry.error or "This folder cannot be used."
+    return str(entry.path) + (f"\nNo preview: {entry.preview_problem}" if entry.preview_problem else "")
+
+
 class ModelPicker(QComboBox):
-    """A combo box over the library's usable models; keeps the chosen model across refreshes."""
+    """A combo box over the library's usable models, then its unusable ones, disabled, with the reason as their
+    tooltip; keeps the chosen model across refreshes."""
 
     modelChanged = Signal(object)  # Path or None
 
@@ -78,11 +99,14 @@ class ModelPicker(QComboBox):
         entries = self.library.resumable() if self.resumable_only else self.library.usable()
         self.blockSignals(True)
         self.clear()
-        for entry in entries:
-            self.addItem(describe_entry(entry), str(entry.path))
-            self.setItemData(self.count() - 1, str(entry.path), role=3)  # tooltip role
-        if chosen is not None:
-            self.select(chosen)
+        for entry in entries + self.library.unusable():
+            usable = entry.info is not None
+            self.addItem(describe_entry(entry), str(entry.path) if usable else "")
+            self.setItemData(self.count() - 1, entry_tooltip(entry), Qt.ItemDataRole.ToolTipRole)
+            if not usable:
+                self.model().item(self.count() - 1).setEnabled(False)
+        if chosen is None or not self.select(chosen):
+            self.setCurrentIndex(0 if entries else -1)
         self.blockSignals(False)
         self.modelChanged.emit(self.current_path())
 
@@ -90,10 +114,13 @@ class ModelPicker(QComboBox):
         data = self.currentData()
         return Path(data) if data else None
 
+    def usable_count(self) -> int:
+        return sum(1 for index in range(self.count()) if self.itemData(index))
+
     def select(self, path: Path | str) -> bool:
         target = Path(path).resolve()
         for index in range(self.count()):
-            if Path(self.itemData(index)).resolve() == target:
+            if self.itemData(index) and Path(self.itemData(index)).resolve() == target:
                 self.setCurrentIndex(index)
                 return True
         return False

@@ -23,12 +23,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import model_store
+from ..core import model_check, model_store
 from ..core.data import ScanProgress, ScanResult
 from ..core.devices import choose_device, device_memory_bytes, use_bf16
 from ..core.errors import UserError
-from ..core.imaging import read_picture
 from ..core.memory import estimate_training_memory
+from ..core.model_store import ModelError
 from ..core import run_plan
 from ..core.run_plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
 from ..core.training import CheckpointEvent, StepEvent, TrainingConfig, merge_step_events, threads_beside_a_window
@@ -376,6 +376,11 @@ class TrainPage(Page):
         if config.steps <= info.step:
             config.steps = info.step + max(config.steps, 1000)
         self.form.fill(config)
-        preview = path / model_store.PREVIEW_FILE
-        self.monitor.show_saved_model(info, history, read_picture(preview) if preview.is_file() else None)
+        preview, problem = None, ""
+        if (path / model_store.PREVIEW_FILE).is_file():
+            try:  # its size is checked before a pixel is decoded: a decompression bomb is refused at once
+                preview = model_check.read_preview(path / model_store.PREVIEW_FILE)
+            except ModelError as error:
+                problem = str(error)
+        self.monitor.show_saved_model(info, history, preview, problem)
         self.resume_hint.setText(f"{info.name}: {info.step:,} steps trained; Resume continues up to Steps ({config.steps:,}).")

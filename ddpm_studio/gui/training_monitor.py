@@ -19,6 +19,8 @@ from .jobs import JobController
 from .loss_plot import LossPlot
 from .style import MUTED_TEXT_STYLE, error_box
 
+PREVIEW_PLACEHOLDER = "Preview images appear here during training, sampled at a fixed seed."
+
 
 class TrainingMonitor(QWidget):
     """The right-hand side of the Train page; ``current_step`` is the last step reported."""
@@ -57,7 +59,7 @@ class TrainingMonitor(QWidget):
         self.error_label = error_box()
 
         self.loss_plot = LossPlot()
-        self.preview_view = ImageView("Preview images appear here during training, sampled at a fixed seed.",
+        self.preview_view = ImageView(PREVIEW_PLACEHOLDER,
                                       caption="Preview")
         self.preview_view.setMinimumWidth(220)
         plots = QSplitter(Qt.Orientation.Horizontal)
@@ -86,6 +88,8 @@ class TrainingMonitor(QWidget):
         if new_model:
             self.loss_plot.clear()
             self.preview_view.set_image(None)
+            self.preview_view.placeholder = PREVIEW_PLACEHOLDER
+            self.preview_view.setToolTip("")
 
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
@@ -130,11 +134,15 @@ class TrainingMonitor(QWidget):
         elif isinstance(event, FailedEvent):
             self.show_error(event.reason)
 
-    def show_saved_model(self, info: ModelInfo, history: np.ndarray, preview: np.ndarray | None) -> None:
-        """A saved model's curve, last step and loss, and last preview."""
+    def show_saved_model(self, info: ModelInfo, history: np.ndarray, preview: np.ndarray | None,
+                         preview_problem: str = "") -> None:
+        """A saved model's curve, last step and loss, and last preview (or the sentence that says why there is none)."""
         self.error_label.hide()
         self.loss_plot.set_history(history)
         self.step_value.setText(f"{info.step:,}")
         self.loss_value.setText(f"{info.last_loss:.4g}" if info.last_loss is not None else "–")
         self.preview_view.set_image(preview)
-        self.preview_view.set_caption(f"Last preview of {info.name}" if preview is not None else "Preview")
+        self.preview_view.set_caption(f"Last preview of {info.name}" if preview is not None
+                                      else "No preview" if preview_problem else "Preview")
+        self.preview_view.placeholder = preview_problem or PREVIEW_PLACEHOLDER
+        self.preview_view.setToolTip(preview_problem)

@@ -1,6 +1,7 @@
 """The Generate page: sampling into a grid, the timeline over a trajectory, stopping, saving, exporting, bad models."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,18 +178,31 @@ def test_a_damaged_model_json_gives_a_message(qtbot, window, tiny_model, tmp_pat
     assert not page.generate_button.isEnabled()
 
 
-def test_damaged_weights_give_a_message_at_generate_time(qtbot, window, tiny_model, tmp_path):
+def test_damaged_weights_are_refused_when_the_model_is_chosen(qtbot, window, tiny_model, tmp_path):
     broken = tmp_path / "truncated"
     shutil.copytree(tiny_model, broken)
     weights = broken / "ema.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     page = window.generate_page
     window.tabs.setCurrentWidget(page)
-    assert page.select_model(broken)
+    assert not page.select_model(broken)  # the weights file's header is checked as the folder is opened
+    message = page.model_chooser.error_text()
+    assert "ema.safetensors" in message and "damaged" in message
+    assert page.model_chooser.current_path() is None and not page.generate_button.isEnabled()
+
+
+def test_another_models_weights_give_a_message_at_generate_time(qtbot, window, tiny_model, tmp_path):
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_model, foreign)
+    shutil.copy(Path(__file__).resolve().parents[2] / "models" / "demo" / "ema.safetensors", foreign / "ema.safetensors")
+    page = window.generate_page
+    window.tabs.setCurrentWidget(page)
+    assert page.select_model(foreign)  # a whole file: only the network built from model.json tells it is not this one's
     generate(qtbot, page)
     assert page.result is None
     message = page.status_label.text()
-    assert "ema.safetensors" in message and "damaged" in message
+    assert "ema.safetensors does not match the network model.json describes" in message
+    assert "time_mlp.0.weight" in message
     assert page.status_label.isVisible()
     assert page.generate_button.isEnabled()
 
@@ -199,5 +213,5 @@ def test_unreadable_folders_in_the_models_folder_are_named(qtbot, window, tiny_m
     (broken / "model.json").write_bytes(b"\x00" * 10)
     window.library.refresh()
     chooser = window.generate_page.model_chooser
-    assert chooser.picker.count() == 0
+    assert chooser.picker.usable_count() == 0 and chooser.picker.itemText(0) == "half-copied (unusable)"
     assert "half-copied" in chooser.message.text() and "model.json" in chooser.message.toolTip()
