@@ -84,6 +84,11 @@ def check_unet_config(config: UNetConfig) -> None:
                          f"more than the {MAX_LEVELS} levels a U-Net can have.")
     for resolution in config.attention_resolutions:
         _whole("unet.attention_resolutions", resolution, 1, MAX_IMAGE_SIZE)
+    for name in ("learned_variance",):  # switches: a string such as "no" would read as true
+        if not isinstance(getattr(config, name, False), bool):
+            raise SettingError(f"unet.{name} must be true or false, not {getattr(config, name)!r}.")
+    if not isinstance(config.dropout, (int, float)) or isinstance(config.dropout, bool):
+        raise SettingError(f"unet.dropout must be a number, not {config.dropout!r}.")
     config.validate()  # what the network needs to be built at all: clean halvings, group sizes, dropout
 
 

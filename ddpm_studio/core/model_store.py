@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from . import model_check
 from .atomic import TEMPORARY_NAME, atomic_write, write_bytes_atomic
 from .diffusion import GaussianDiffusion
+from .errors import SettingError
 from .model_check import ModelError, WeightsHeader
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig
@@ -172,6 +173,13 @@ def read_model_info(path: Path | str) -> ModelInfo:
             updated=data.get("updated"),
             extra={k: v for k, v in data.items() if k not in known},
         )
+        paths = info.dataset.get("paths", [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise SettingError(f"dataset.paths must be a list of folder names, not {str(paths)[:40]}")
+        if info.training:  # what resuming and the Train page read back
+            from .training import TrainingConfig  # here, not above: training imports this module
+
+            TrainingConfig.from_dict(info.training).validate()
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build ({str(error).rstrip('.')}).") from None
     info.weights = model_check.read_safetensors_header(folder / EMA_FILE)

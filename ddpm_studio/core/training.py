@@ -72,6 +72,14 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise ValueError, in one sentence, for an impossible setting."""
+        for setting in fields(self):  # settings read back from a model.json can be anything JSON holds
+            value, kind = getattr(self, setting.name), setting.type
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            fits = {"bool": isinstance(value, bool), "str": isinstance(value, str),
+                    "int": number and isinstance(value, int)}.get(kind, number or (value is None and "None" in kind))
+            if not fits:
+                words = {"bool": "true or false", "str": "text", "int": "a whole number"}.get(kind, "a number")
+                raise SettingError(f"The training setting {setting.name} must be {words}, not {value!r}.")
         positive = ("batch_size", "steps", "num_timesteps", "checkpoint_every", "preview_every", "preview_steps")
         for name in positive:
             if getattr(self, name) < 1:

@@ -325,3 +325,42 @@ def test_resuming_checks_the_training_states_header_before_building(model):
     with pytest.raises(ModelError) as error:
         list(train(config, demo_images(), model, resume=True))
     assert_one_sentence(error, str(path), "but the file holds")
+
+
+# --- any value in any field ----------------------------------------------------------------------------------
+
+
+ODD_VALUES = [None, "x", -1, 10**30, float("nan"), [1, "a"]]
+
+
+def test_any_json_value_in_any_field_gives_a_description_or_one_sentence(tmp_path):
+    """Every field of the demo's model.json, in turn, set to values of the wrong kind or size: `info` describes
+    the model or refuses it in one sentence, and never fails otherwise."""
+    import contextlib
+    import io
+
+    from ddpm_studio import cli
+
+    folder = Path(shutil.copytree(DEMO, tmp_path / "model"))
+    original = json.loads((DEMO / model_store.CONFIG_FILE).read_text(encoding="utf-8"))
+    places = [(key,) for key in original] + [(section, key) for section in ("unet", "schedule", "training", "dataset")
+                                             for key in original[section]]
+    refused = 0
+    for place in places:
+        for value in ODD_VALUES:
+            data = json.loads(json.dumps(original))
+            *parents, key = place
+            target = data
+            for parent in parents:
+                target = target[parent]
+            target[key] = value
+            (folder / model_store.CONFIG_FILE).write_text(json.dumps(data), encoding="utf-8")
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                status = cli.main(["info", str(folder)])
+            assert status in (0, 2), (place, value)
+            if status == 2:
+                refused += 1
+                [line] = stderr.getvalue().splitlines()
+                assert line.startswith("ddpm-studio: error: ") and model_store.CONFIG_FILE in line, (place, value, line)
+    assert refused > len(places) * 2  # most odd values are refused, not silently taken
