@@ -79,12 +79,17 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--force", action="store_true",
                         help="start even when the memory estimate exceeds what the device has available")
+    parser.add_argument("--eval-every", type=int, help="steps between KID measurements of the EMA weights (default 0: none)")
+    parser.add_argument("--eval-num", type=int, help="EMA samples (DDIM 50) per KID measurement (default 1000)")
+    parser.add_argument("--inception-weights", type=Path, help="the FID Inception weights file (default: torch's cache)")
+    parser.add_argument("--feature-extractor", help=argparse.SUPPRESS)  # the tests' stand-in
     parser.set_defaults(handler=run_train)
 
 
 def training_overrides(args) -> dict:
     names = ("image_size", "batch_size", "learning_rate", "steps", "warmup_steps", "ema_decay", "dropout", "variance", "schedule",
-             "num_timesteps", "checkpoint_every", "preview_every", "preview_count", "log_every", "seed", "precision")
+             "num_timesteps", "checkpoint_every", "preview_every", "preview_count", "log_every", "seed", "precision",
+             "eval_every", "eval_num")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_flip:
         overrides["random_flip"] = False
@@ -98,10 +103,11 @@ def run_train(args) -> int:
 
     from .core import model_store
     from .core.data import ScanProgress, ScanResult
+    from .core.evaluation import EvaluationProgress
     from .core.run_plan import model_name_for, plan_new_run, plan_resume
     from .core.training import (
-        CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent, TrainingConfig,
-        check_memory, distributed_context,
+        CheckpointEvent, EvaluationEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent,
+        TrainingConfig, check_memory, distributed_context,
     )
 
     check_device(args.device)
@@ -131,8 +137,10 @@ def run_train(args) -> int:
     # Under torchrun a Ctrl-C reaches every process twice (the terminal's, then torchrun's own):
     # the trainer stops all ranks together, so a repeat must not interrupt one of them alone.
     stop = StopRequest(interrupt_on_repeat=not context.enabled)
-    events = plan.events(command=command, device=args.device, stop_requested=lambda: stop.requested)
+    events = plan.events(command=command, device=args.device, stop_requested=lambda: stop.requested,
+                         inception_weights=args.inception_weights, feature_extractor=args.feature_extractor)
     bar = None
+    recent_loss = None
     try:
         for event in events:
             if isinstance(event, ScanProgress):
@@ -156,12 +164,20 @@ def run_train(args) -> int:
             elif isinstance(event, StepEvent):
                 bar.update(event.step - bar.n)
                 if event.losses:
+                    recent_loss = event.loss
                     postfix = {"loss": f"{event.loss:.4f}", "lr": f"{event.learning_rate:.2e}"}
                     if event.images_per_second:
                         postfix["img/s"] = f"{event.images_per_second:.1f}"
                     bar.set_postfix(postfix, refresh=False)
             elif isinstance(event, PreviewEvent) and event.path:
                 bar.write(f"step {event.step}: preview saved to {event.path}")
+            elif isinstance(event, EvaluationProgress):
+                if main_process and event.done == event.total:
+                    print(f"Dataset features for KID: {event.total} images.", flush=True)
+            elif isinstance(event, EvaluationEvent):
+                loss_text = f"loss {recent_loss:.4f}, " if recent_loss is not None else ""
+                bar.write(f"step {event.step}: {loss_text}KID {event.value:.4g} ± {event.std:.2g} "
+                          f"({event.n} EMA samples, DDIM)")
             elif isinstance(event, CheckpointEvent):
                 pass
             elif isinstance(event, FinishedEvent):
@@ -225,6 +241,16 @@ def add_sample_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="generate images from a trained model")
     parser.add_argument("model", help="model folder, or the name of a model in the library")
     parser.add_argument("--num", type=int, default=16, help="number of images (default 16)")
+    add_sampler_options(parser)
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
+    parser.add_argument("--trajectory", choices=("gif", "webp", "strip"), action="append",
+                        help="also save the trajectory of the first image (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(handler=run_sample)
+
+
+def add_sampler_options(parser) -> None:
+    """The sampler options shared by sample and evaluate."""
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
                         help="ddpm: ancestral (every step, or --steps respaced); ddim: --steps")
@@ -235,11 +261,6 @@ def add_sample_parser(subparsers) -> None:
                         help="DDPM variance: beta_t (large), beta~_t (small) or the model's learned one "
                              "(default: learned if the model learned it, else fixed_large)")
     parser.add_argument("--no-clip", action="store_true", help="don't clip x0_hat to [-1, 1]")
-    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
-    parser.add_argument("--trajectory", choices=("gif", "webp", "strip"), action="append",
-                        help="also save the trajectory of the first image (repeatable)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.set_defaults(handler=run_sample)
 
 
 def resolve_model_path(name: str) -> Path:
@@ -290,6 +311,168 @@ def run_sample(args) -> int:
     return 0
 
 
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def add_evaluate_parser(subparsers) -> None:
+    from .core.metrics import INCEPTION
+
+    parser = subparsers.add_parser(
+        "evaluate", help="measure a model: the likelihood bound (--nll) and sample quality (--fid --kid --is)",
+        description="Measure a model and record the results in its model.json. --nll: the variational bound in "
+                    "bits/dim on held-out images in DATA. --fid, --kid, --is: the model's samples against DATA (default: "
+                    "the model's own dataset) through torch-fidelity's FID Inception (pip install -e \".[eval]\").")
+    parser.add_argument("model", help="model folder, or the name of a model in the library")
+    parser.add_argument("data", nargs="?", type=Path,
+                        help="folder of images: held-out images for --nll; the reference for FID and KID "
+                             "(default: the model's own dataset)")
+    parser.add_argument("--nll", action="store_true",
+                        help="negative log-likelihood bound L_0 + sum L_t-1 + L_T in bits/dim, with its standard error")
+    parser.add_argument("--fid", action="store_true", help="Fréchet Inception Distance of samples (lower is better)")
+    parser.add_argument("--kid", action="store_true", help="Kernel Inception Distance, mean ± std over subsets")
+    parser.add_argument("--is", action="store_true", dest="inception_score", help="Inception Score (higher is better)")
+    parser.add_argument("--num", type=int, default=10_000,
+                        help="FID/KID/IS: samples to draw (default 10000; FID wants 2048 or more)")
+    parser.add_argument("--num-images", type=int, default=64, help="NLL: images to evaluate, picked with --seed (default 64)")
+    parser.add_argument("--timesteps", default="all",
+                        help="NLL: 'all' T terms per image, or K for an unbiased estimate from K random t (default all)")
+    add_sampler_options(parser)  # --variance and --no-clip serve the NLL's reverse process too
+    parser.add_argument("--batch-size", type=int, help="images per model call (default: 32 for NLL, 100 for samples)")
+    parser.add_argument("--no-record", action="store_true", help="don't append the results to model.json")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--inception-weights", type=Path, help="the FID Inception weights file (default: torch's cache)")
+    parser.add_argument("--against", choices=("cifar10-train",), help="compare with torch-fidelity's cached CIFAR-10 "
+                        "training set instead of a folder")
+    parser.add_argument("--feature-extractor", default=INCEPTION, help=argparse.SUPPRESS)  # the tests' stand-in
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from .core import model_store
+    from .core.devices import choose_device
+    from .core.evaluation import EvaluationRequest
+
+    metrics = [name for name, on in (("nll", args.nll), ("fid", args.fid), ("kid", args.kid),
+                                     ("is", args.inception_score)) if on]
+    if not metrics:
+        fail("Choose what to measure: --nll, --fid, --kid or --is.")
+    check_device(args.device)
+    model_path = resolve_model_path(args.model)
+    quality = tuple(name for name in metrics if name != "nll")
+    request = None
+    if quality:
+        request = EvaluationRequest(
+            model_path=model_path, data_paths=[args.data] if args.data else [], against=args.against, metrics=quality,
+            num_samples=args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
+            clip=not args.no_clip, seed=args.seed, batch_size=args.batch_size or 100, device=args.device,
+            feature_extractor=args.feature_extractor, inception_weights=args.inception_weights, record=not args.no_record,
+        )
+        request.validate()
+    if "nll" in metrics and args.data is None:
+        fail("--nll needs a folder of held-out images as DATA.")
+    if "nll" in metrics and not args.data.is_dir():
+        fail(f"No folder of images at {args.data}.")
+    if request:
+        for note in request.warnings():
+            print(f"ddpm-studio: warning: {note}", file=sys.stderr)
+    model = model_store.load_model(model_path, choose_device(args.device))
+    if "nll" in metrics:
+        run_nll(args, model_path, model)
+    if request:
+        return run_sample_quality(request, model)
+    return 0
+
+
+def run_nll(args, model_path: Path, model) -> None:
+    from tqdm import tqdm
+
+    from .core import model_store
+    from .core.data import ScanProgress, ScanResult
+    from .core.likelihood import LikelihoodProgress, LikelihoodRequest, evaluate_likelihood_of_folder
+
+    if args.timesteps == "all":
+        timesteps = None
+    elif args.timesteps.isdigit():
+        timesteps = int(args.timesteps)
+    else:
+        fail(f"--timesteps takes 'all' or a number of timesteps per image, not '{args.timesteps}'.")
+    request = LikelihoodRequest(args.num_images, timesteps, args.batch_size or 32, args.variance, not args.no_clip,
+                                args.seed, args.device)
+    bar = None
+    try:
+        for event in evaluate_likelihood_of_folder(model_path, [args.data], request, model):
+            if isinstance(event, ScanProgress):
+                continue
+            if isinstance(event, ScanResult):
+                count = len(event.images) if args.num_images is None else min(args.num_images, len(event.images))
+                print(f"Evaluating the bound of {model.info.name} on {count} of {len(event.images)} images in "
+                      f"{args.data} ({'all' if timesteps is None else timesteps} timesteps per image).")
+            elif isinstance(event, LikelihoodProgress):
+                if bar is None:
+                    bar = tqdm(total=event.total, unit="term", desc="NLL", dynamic_ncols=True)
+                bar.update(event.done - bar.n)
+            else:
+                result = event
+    finally:
+        if bar is not None:
+            bar.close()
+    error = f" ± {result.standard_error:.4f}" if result.standard_error == result.standard_error else ""
+    print(f"NLL bound     {result.bits_per_dim:.4f}{error} bits/dim (standard error of the mean over "
+          f"{result.num_images} images)")
+    print(f"  L_0         {result.decoder_bpd:.4f} bits/dim (decoder)")
+    print(f"  sum L_t-1   {result.kl_bpd:.4f} bits/dim")
+    print(f"  L_T         {result.prior_bpd:.6f} bits/dim (prior)")
+    print(f"  variance    {result.variance}, clip {'on' if result.clip else 'off'}")
+    if not args.no_record:
+        model_store.append_evaluation(model.info.path, result.record(str(args.data.resolve())))
+        print(f"Recorded in {model.info.path / model_store.CONFIG_FILE}")
+
+
+def run_sample_quality(request, model) -> int:
+    """FID, KID and IS with progress bars; Ctrl-C stops between two sampling steps and records nothing."""
+    from tqdm import tqdm
+
+    from .core import model_store
+    from .core.evaluation import EvaluationProgress, EvaluationResult, run_evaluation
+
+    events = run_evaluation(request, model)
+    bar = None
+    stop = StopRequest()
+    stop.install()
+    try:
+        for event in events:
+            if stop.requested:
+                raise KeyboardInterrupt
+            if isinstance(event, EvaluationProgress):
+                if bar is None or bar.desc != event.phase.capitalize():
+                    if bar is not None:
+                        bar.close()
+                    unit = "file" if event.phase == "reading dataset" else "img"
+                    bar = tqdm(total=event.total, desc=event.phase.capitalize(), unit=unit, dynamic_ncols=True)
+                bar.update(event.done - bar.n)
+                if event.detail:
+                    bar.set_postfix_str(event.detail, refresh=False)
+            elif isinstance(event, EvaluationResult):
+                if bar is not None:
+                    bar.close()
+                if event.reference_from_cache:
+                    print(f"Dataset features from the cache: {event.reference}")
+                for record in event.records:
+                    print(model_store.describe_evaluation(record))
+                if request.record:
+                    print(f"Recorded in {event.model_path / model_store.CONFIG_FILE}")
+    except KeyboardInterrupt:
+        events.close()
+        if bar is not None:
+            bar.close()
+        print("Stopped; nothing was recorded.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        stop.uninstall()
+        events.close()
+    return 0
+
+
 # --- info -----------------------------------------------------------------------------------------
 
 
@@ -328,85 +511,6 @@ def run_info(args) -> int:
     return 0
 
 
-# --- evaluate -------------------------------------------------------------------------------------
-
-
-def add_evaluate_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "evaluate", help="measure a model on held-out images (--nll: the variational bound in bits/dim)",
-        description="Evaluate a model on a folder of held-out images and record the result in its model.json.")
-    parser.add_argument("model", help="model folder, or the name of a model in the library")
-    parser.add_argument("data", type=Path, help="folder of held-out images")
-    parser.add_argument("--nll", action="store_true",
-                        help="negative log-likelihood bound L_0 + sum L_t-1 + L_T in bits/dim, with its standard error")
-    parser.add_argument("--num-images", type=int, default=64, help="images to evaluate, picked with --seed (default 64)")
-    parser.add_argument("--timesteps", default="all",
-                        help="NLL: 'all' T terms per image, or K for an unbiased estimate from K random t (default all)")
-    parser.add_argument("--variance", choices=("fixed_large", "fixed_small", "learned"),
-                        help="NLL: sigma_t^2 (default: learned if the model learned it, else fixed_large)")
-    parser.add_argument("--no-clip", action="store_true", help="NLL: don't clip x0_hat to [-1, 1] in the reverse mean")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for images, timesteps and noise (default 0)")
-    parser.add_argument("--no-record", action="store_true", help="don't append the result to model.json")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.set_defaults(handler=run_evaluate)
-
-
-def run_evaluate(args) -> int:
-    from tqdm import tqdm
-
-    from .core import model_store
-    from .core.data import ScanProgress, ScanResult
-    from .core.likelihood import LikelihoodProgress, LikelihoodRequest, evaluate_likelihood_of_folder
-    from .core.devices import choose_device
-
-    metrics = [name for name in ("nll",) if getattr(args, name)]
-    if not metrics:
-        fail("Choose what to measure: --nll.")
-    if args.timesteps == "all":
-        timesteps = None
-    elif args.timesteps.isdigit():
-        timesteps = int(args.timesteps)
-    else:
-        fail(f"--timesteps takes 'all' or a number of timesteps per image, not '{args.timesteps}'.")
-    check_device(args.device)
-    model_path = resolve_model_path(args.model)
-    if not args.data.is_dir():
-        fail(f"No folder of images at {args.data}.")
-    model = model_store.load_model(model_path, choose_device(args.device))
-    request = LikelihoodRequest(args.num_images, timesteps, args.batch_size, args.variance, not args.no_clip,
-                                args.seed, args.device)
-    bar = None
-    try:
-        for event in evaluate_likelihood_of_folder(model_path, [args.data], request, model):
-            if isinstance(event, ScanProgress):
-                continue
-            if isinstance(event, ScanResult):
-                count = len(event.images) if args.num_images is None else min(args.num_images, len(event.images))
-                print(f"Evaluating the bound of {model.info.name} on {count} of {len(event.images)} images in "
-                      f"{args.data} ({'all' if timesteps is None else timesteps} timesteps per image).")
-            elif isinstance(event, LikelihoodProgress):
-                if bar is None:
-                    bar = tqdm(total=event.total, unit="term", desc="NLL", dynamic_ncols=True)
-                bar.update(event.done - bar.n)
-            else:
-                result = event
-    finally:
-        if bar is not None:
-            bar.close()
-    error = f" ± {result.standard_error:.4f}" if result.standard_error == result.standard_error else ""
-    print(f"NLL bound     {result.bits_per_dim:.4f}{error} bits/dim (standard error of the mean over "
-          f"{result.num_images} images)")
-    print(f"  L_0         {result.decoder_bpd:.4f} bits/dim (decoder)")
-    print(f"  sum L_t-1   {result.kl_bpd:.4f} bits/dim")
-    print(f"  L_T         {result.prior_bpd:.6f} bits/dim (prior)")
-    print(f"  variance    {result.variance}, clip {'on' if result.clip else 'off'}")
-    if not args.no_record:
-        model_store.append_evaluation(model.info.path, result.record(str(args.data.resolve())))
-        print(f"Recorded in {model.info.path / model_store.CONFIG_FILE}")
-    return 0
-
-
 # --- bench ----------------------------------------------------------------------------------------
 
 
@@ -422,6 +526,9 @@ def add_bench_parser(subparsers) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--eval-num", type=int, default=1000, help="also cost one train --eval-num N KID measurement "
+                        "(default 1000; 0: skip)")
+    parser.add_argument("--inception-weights", type=Path, help="the FID Inception weights file (default: torch's cache)")
     parser.set_defaults(handler=run_bench)
 
 
@@ -430,7 +537,7 @@ def run_bench(args) -> int:
 
     check_device(args.device)
     settings = BenchSettings(args.preset, args.image_size, args.batch_size, args.train_steps, args.sample_steps,
-                             args.precision, args.compile, args.device)
+                             args.precision, args.compile, args.device, args.eval_num, args.inception_weights)
     for line in run_benchmark(settings):
         print(line, flush=True)
     return 0

@@ -3,10 +3,12 @@ against L_simple, and the throughput of the NLL bound's terms."""
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -28,6 +30,8 @@ class BenchSettings:
     precision: str = "auto"
     compile: bool = False
     device: str = "auto"
+    eval_num: int = 1000  # samples of one KID measurement during training (train --eval-num); 0: skip
+    inception_weights: Path | None = None
 
 
 def synchronize(device: torch.device) -> None:
@@ -138,3 +142,42 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
     per_second = settings.sample_steps * settings.batch_size / nll_elapsed
     yield (f"NLL terms     {per_second:,.1f} image-timesteps/s: {per_second / diffusion.num_timesteps:,.3f} images/s "
            f"with all {diffusion.num_timesteps} terms (float32)")
+    if settings.eval_num:
+        yield from kid_cost(settings, device, images_per_call / 50, steps_per_second, unet_config.image_size)
+
+
+def kid_cost(settings: BenchSettings, device: torch.device, ddim50_images_per_second: float, steps_per_second: float,
+             image_size: int) -> Iterator[str]:
+    """What one ``train --eval-every`` measurement costs: sampling (from the measured speed), Inception features
+    (timed on one batch, when the weights are here) and KID's 100 subsets (a few timed, the rest extrapolated)."""
+    from .evaluation import KID_REFERENCE_MAX
+    from .inception import MetricsUnavailable, find_weights
+    from .metrics import INCEPTION, KID_SUBSETS, create_feature_extractor, extract_features, kernel_inception_distance
+
+    n = settings.eval_num
+    sampling = n / ddim50_images_per_second
+    try:
+        extractor = create_feature_extractor(INCEPTION, device, find_weights(settings.inception_weights, download=False))
+        batch = torch.randint(0, 256, (min(n, 50), 3, image_size, image_size), dtype=torch.uint8)
+        list(extract_features(extractor, [batch[:2]], device))  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        list(extract_features(extractor, [batch], device))
+        synchronize(device)
+        features = (time.perf_counter() - start) * n / len(batch)
+        features_text = f"Inception features {features:.1f} s"
+    except MetricsUnavailable:
+        features, features_text = 0.0, "Inception features not measured (weights absent)"
+    fake = torch.randn(n, 2048, device=device)
+    real = torch.randn(min(KID_REFERENCE_MAX, 10 * n), 2048, device=device)
+    timed_subsets = 3
+    synchronize(device)
+    start = time.perf_counter()
+    kernel_inception_distance(real, fake, subsets=timed_subsets)
+    synchronize(device)
+    kid = (time.perf_counter() - start) * KID_SUBSETS / timed_subsets
+    total = sampling + features + kid
+    in_steps = total * steps_per_second
+    yield (f"KID in train  one --eval-num {n} measurement: sampling {sampling:.1f} s (DDIM 50) + {features_text} + "
+           f"KID {kid:.1f} s = {total:.1f} s, the time of {in_steps:,.0f} training steps; --eval-every "
+           f"{math.ceil(10 * in_steps):,} or more keeps it under 10% of training time")

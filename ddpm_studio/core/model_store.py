@@ -226,6 +226,7 @@ def load_weights_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
 
 
 EVALUATIONS_KEY = "evaluations"
+SAMPLE_METRIC_NAMES = {"fid": "FID", "kid": "KID", "is": "IS"}
 
 
 def append_evaluation(folder: Path, record: dict) -> None:
@@ -258,6 +259,14 @@ def describe_evaluation(record: dict) -> str:
         if all(isinstance(record.get(k), (int, float)) for k in ("L_0", "sum_L_t-1", "L_T")):
             text += f" (L_0 {record['L_0']:.3f} + ΣL_t-1 {record['sum_L_t-1']:.3f} + L_T {record['L_T']:.4f})"
         details = [f"{record.get('n')} images", f"t: {record.get('timesteps', 'all')}"]
+    elif metric in SAMPLE_METRIC_NAMES and isinstance(value, (int, float)):  # FID, KID, IS of the model's samples
+        std = record.get("std")
+        text = f"{SAMPLE_METRIC_NAMES[metric]} {value:.4g}" + (f" ± {std:.2g}" if isinstance(std, (int, float)) else "")
+        details = [f"{record.get('n')} samples"]
+        if record.get("sampler"):
+            details.append(f"{str(record['sampler']).upper()} {record.get('steps')} steps")
+        if record.get("during_training"):
+            details.append("EMA, during training")
     else:
         text = f"{metric} {value:.4g}" if isinstance(value, (int, float)) else f"{metric} {value}"
         details = [f"{record.get('n')} images"]

@@ -25,8 +25,9 @@ from .training import TrainingConfig, train, train_from_folder
 # architecture, the schedule, the batch size, the EMA decay, the seed...) is the model's own, so
 # that a resumed run continues the same optimisation instead of quietly starting a different one.
 RESUMABLE_SETTINGS = ("steps", "learning_rate", "precision", "checkpoint_every", "preview_every", "preview_count",
-                      "log_every")
-RESUMABLE_IN_WORDS = "the steps, the learning rate, the precision, and how often it saves, previews and logs"
+                      "log_every", "eval_every", "eval_num")
+RESUMABLE_IN_WORDS = ("the steps, the learning rate, the precision, and how often it saves, previews, logs and "
+                      "measures KID")
 _NAME_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -90,10 +91,13 @@ class RunPlan:
     data_paths: list[Path] = field(default_factory=list)  # otherwise: scanned first, at the run's resolution
 
     def events(self, command: str | None = None, device: str | None = None, cpu_threads: int | None = None,
-               stop_requested: Callable[[], bool] | None = None) -> Iterator:
-        """The run: ``ScanProgress`` and a ``ScanResult`` first if the folders are scanned, then training events."""
+               stop_requested: Callable[[], bool] | None = None, inception_weights: Path | None = None,
+               feature_extractor: str | None = None) -> Iterator:
+        """The run: ``ScanProgress`` and a ``ScanResult`` first if the folders are scanned, then training events
+        (with ``config.eval_every``, the features of the dataset for KID before the first step)."""
         options = dict(resume=self.resume, command=command, device=device, cpu_threads=cpu_threads,
-                       stop_requested=stop_requested)
+                       stop_requested=stop_requested, inception_weights=inception_weights,
+                       feature_extractor=feature_extractor)
         if self.images is not None:
             return train(self.config, self.images, self.out_dir, self.dataset_summary, **options)
         return train_from_folder(self.data_paths, self.config, self.out_dir, **options)

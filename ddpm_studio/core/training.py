@@ -69,6 +69,8 @@ class TrainingConfig:
     seed: int = 0
     precision: str = "auto"
     compile: bool = False
+    eval_every: int = 0  # steps between KID measurements of the EMA weights; 0: none
+    eval_num: int = 1000  # EMA samples per KID measurement (DDIM, preview_steps steps)
 
     def validate(self) -> None:
         """Raise ValueError, in one sentence, for an impossible setting."""
@@ -90,6 +92,8 @@ class TrainingConfig:
             raise SettingError(f"The EMA decay must lie in [0, 1), not {self.ema_decay}.")
         if self.warmup_steps < 0 or self.grad_clip <= 0 or self.preview_count < 0 or self.log_every < 0:
             raise SettingError("Warm-up steps, preview count and log interval cannot be negative, and clipping must be positive.")
+        if self.eval_every < 0 or (self.eval_every and self.eval_num < 2):
+            raise SettingError("KID during training needs --eval-every of 0 or more and --eval-num of at least 2.")
         if self.precision not in PRECISIONS:
             raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
         if self.variance not in TRAINING_VARIANCES:
@@ -183,6 +187,17 @@ class PreviewEvent:
 
 
 @dataclass
+class EvaluationEvent:
+    """KID of ``n`` EMA samples against the dataset, measured at ``step``."""
+
+    step: int
+    metric: str
+    value: float
+    std: float
+    n: int
+
+
+@dataclass
 class CheckpointEvent:
     step: int
     path: Path
@@ -202,7 +217,7 @@ class FailedEvent:
     path: Path
 
 
-TrainingEvent = StartedEvent | StepEvent | PreviewEvent | CheckpointEvent | FinishedEvent | FailedEvent
+TrainingEvent = StartedEvent | StepEvent | PreviewEvent | EvaluationEvent | CheckpointEvent | FinishedEvent | FailedEvent
 
 
 class NonFiniteLoss(RuntimeError):
@@ -414,7 +429,17 @@ class ModelFolderWriter:
         self.info.step = state.step
         self.info.last_loss = state.losses[-1] if state.losses else None
         self.info.updated = now_iso()
+        self.keep_evaluations()
         model_store.write_json_atomic(self.path / model_store.CONFIG_FILE, model_store.json_safe(self.info.to_json()))
+
+    def keep_evaluations(self) -> None:
+        """Carry over evaluations appended to model.json since this run read it (by `evaluate`, or by this run)."""
+        try:
+            on_disk = model_store.read_model_info(self.path).extra.get(model_store.EVALUATIONS_KEY)
+        except ModelError:
+            return
+        if on_disk is not None:
+            self.info.extra[model_store.EVALUATIONS_KEY] = on_disk
 
     def save_preview(self, step: int, images: torch.Tensor) -> Path:
         grid = make_grid(images, padding=1)
@@ -452,8 +477,15 @@ def train(
     device: str | None = None,
     cpu_threads: int | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    inception_weights: Path | None = None,
+    feature_extractor: str | None = None,
 ) -> Iterator[TrainingEvent]:
     """Train on uint8 ``images`` (N, C, S, S) into the model folder ``out_dir``, yielding events.
+
+    With ``config.eval_every`` the main process measures KID of the EMA weights every
+    ``eval_every`` steps (``feature_extractor``: Inception unless given). The dataset's features
+    (cached per the recorded dataset folders) are computed before the ``StartedEvent``, with
+    ``EvaluationProgress`` events, so missing Inception weights stop the run before its first step.
 
     With ``resume`` the run continues from the folder's training state: weights, EMA,
     optimizer, step, RNG states and loss history, up to ``config.steps`` in total.
@@ -513,6 +545,12 @@ def train(
             )
         writer = ModelFolderWriter(out_dir, info)
         model_store.remove_stale_temporaries(out_dir)  # left by a run that was killed mid-write
+
+    evaluator = None
+    if config.eval_every and writer is not None:
+        recorded = [Path(p) for p in (writer.info.dataset or {}).get("paths", [])]
+        evaluator = yield from prepare_evaluator(config, recorded, images, run_device, inception_weights,
+                                                 feature_extractor)
 
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(run_device))
     if run_device.type == "cuda":
@@ -648,6 +686,9 @@ def train(
                 preview = sample_preview(state, diffusion, bf16)
                 yield PreviewEvent(step, preview, writer.save_preview(step, preview))
                 report_time = time.monotonic()  # previews are not training time
+            if evaluator is not None and context.is_main and config.eval_every and step % config.eval_every == 0:
+                yield evaluator.measure(state, diffusion, bf16, writer)
+                report_time = time.monotonic()  # evaluations are not training time
             due = step % config.checkpoint_every == 0
             # The clock differs between processes, so only a single process checkpoints by time:
             # under torchrun a rank checkpointing alone would wait forever in its collective call.
@@ -718,6 +759,8 @@ def train_from_folder(
     device: str | None = None,
     cpu_threads: int | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    inception_weights: Path | None = None,
+    feature_extractor: str | None = None,
 ) -> Iterator:
     """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events,
     the ``ScanResult`` (so callers can report skipped files), then the training events."""
@@ -734,7 +777,8 @@ def train_from_folder(
         raise DatasetError(explain_no_usable_images(result))
     yield result
     yield from train(config, result.images, out_dir, result.summary(), resume=resume, command=command, device=device,
-                     cpu_threads=cpu_threads, stop_requested=stop_requested)
+                     cpu_threads=cpu_threads, stop_requested=stop_requested, inception_weights=inception_weights,
+                     feature_extractor=feature_extractor)
 
 
 def threads_beside_a_window() -> int:
@@ -759,6 +803,60 @@ def check_memory(config: TrainingConfig, device: str | None = None,
     run_device = choose_device(device, context.local_rank)
     return check_training_memory(config.unet_config(), config.batch_size // context.world_size,
                                  use_bf16(config.precision, run_device), run_device)
+
+
+@dataclass
+class TrainingEvaluator:
+    """What KID during training needs: the feature extractor and the dataset's (cached) reference features."""
+
+    extractor: torch.nn.Module
+    reference: object  # evaluation.ReferenceFeatures
+    device: torch.device
+    feature_extractor: str
+    batch_size: int = 100
+
+    def measure(self, state: TrainingState, diffusion: GaussianDiffusion, bf16: bool,
+                writer: ModelFolderWriter | None) -> EvaluationEvent:
+        """KID of ``eval_num`` DDIM samples of the EMA weights (a fixed seed, so runs compare); recorded in model.json."""
+        from .evaluation import kid_of_network, now_iso as evaluation_date
+
+        config = state.config
+        unet_config = state.ema.config
+        shape = (unet_config.image_channels, unet_config.image_size, unet_config.image_size)
+        self.extractor.to(state.device)
+        mean, std = kid_of_network(state.ema, diffusion, shape, self.reference, self.extractor, state.device,
+                                   config.eval_num, self.batch_size, config.preview_steps, config.preview_seed, bf16)
+        if writer is not None:
+            record = {
+                "metric": "kid", "value": mean, "std": std, "n": config.eval_num, "sampler": "ddim",
+                "steps": min(config.preview_steps, config.num_timesteps), "data": self.reference.description,
+                "date": evaluation_date(), "model_step": state.step, "feature_extractor": self.feature_extractor,
+                "during_training": True,
+            }
+            if (writer.path / model_store.CONFIG_FILE).is_file():
+                model_store.append_evaluation(writer.path, record)
+            else:  # before the first checkpoint: written with it
+                writer.info.extra.setdefault(model_store.EVALUATIONS_KEY, []).append(record)
+        return EvaluationEvent(state.step, "kid", mean, std, config.eval_num)
+
+
+def prepare_evaluator(config: TrainingConfig, paths: list[Path], images: torch.Tensor, device: torch.device,
+                      inception_weights: Path | None = None, feature_extractor: str | None = None):
+    """Load the feature extractor and the dataset's reference features (from the cache of ``paths``, else from
+    ``images``, decoded as training decodes them); yields progress events and returns a ``TrainingEvaluator``."""
+    from .evaluation import ReferenceFeatures, dataset_reference
+    from .metrics import INCEPTION, create_feature_extractor
+
+    name = feature_extractor or INCEPTION
+    extractor = create_feature_extractor(name, device, inception_weights)
+    reference = None
+    for event in dataset_reference(paths, config.image_size, config.image_channels, name, extractor, device,
+                                   images=images):
+        if isinstance(event, ReferenceFeatures):
+            reference = event
+        else:
+            yield event
+    return TrainingEvaluator(extractor, reference, device, name)
 
 
 def weights_are_finite(state: TrainingState) -> bool:

@@ -84,6 +84,6 @@ def test_append_evaluation_keeps_the_rest_of_model_json(tiny_model, tmp_path):
     assert model_store.evaluations(after) == [record, {"metric": "fid", "value": 31.5, "n": 100, "data": "/d", "date": "x"}]
     assert after.to_json() | {"evaluations": None} == before.to_json() | {"evaluations": None}
     assert model_store.describe_evaluation(record).startswith("NLL 5.250 ± 0.500 bits/dim (L_0 3.000")
-    assert "fid 31.5" in model_store.describe_evaluation(model_store.evaluations(after)[1])
+    assert model_store.describe_evaluation(model_store.evaluations(after)[1]).startswith("FID 31.5; 100 samples, /d")
     with pytest.raises(ValueError, match="needs 'date'"):
         model_store.append_evaluation(folder, {"metric": "x", "value": 1, "n": 1, "data": "d"})
