@@ -47,7 +47,13 @@ def check_device(name: str) -> str:
 
 
 def add_train_parser(subparsers) -> None:
+    from .core.data import SUPPORTED_CHANNELS
+    from .core.devices import PRECISIONS
+    from .core.schedule import SCHEDULE_KINDS
+    from .core.training import TRAINING_VARIANCES, TrainingConfig
     from .core.unet import PRESETS
+
+    default = TrainingConfig()
 
     parser = subparsers.add_parser("train", help="train a model on a folder of images",
                                    description="Train a DDPM on a folder of images. Under torchrun it uses every process.")
@@ -55,25 +61,31 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, help="model folder to write (default: the user models folder / NAME)")
     parser.add_argument("--name", help="model name when --out is not given (default: the data folder's name)")
     parser.add_argument("--resume", action="store_true", help="continue the model in --out where it stopped")
-    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="architecture preset (default: small)")
+    parser.add_argument("--preset", default=default.preset, choices=list(PRESETS),
+                        help=f"architecture preset (default: {default.preset})")
     parser.add_argument("--image-size", type=int, help="training resolution (default: the preset's)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3 for colour, 1 for grayscale")
+    parser.add_argument("--channels", type=int, choices=SUPPORTED_CHANNELS, default=default.image_channels,
+                        help="3 for colour, 1 for grayscale")
     parser.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="Adam learning rate (default: the preset's)")
-    parser.add_argument("--steps", type=int, help="total training steps (default 10000)")
+    parser.add_argument("--steps", type=int, help=f"total training steps (default {default.steps})")
     parser.add_argument("--warmup", type=int, dest="warmup_steps", help="learning-rate warm-up steps")
-    parser.add_argument("--ema", type=float, dest="ema_decay", help="EMA decay (default 0.9999, with warm-up)")
+    parser.add_argument("--ema", type=float, dest="ema_decay", help=f"EMA decay (default {default.ema_decay}, with warm-up)")
     parser.add_argument("--dropout", type=float, help="dropout (default: the preset's)")
-    parser.add_argument("--variance", choices=("fixed", "learned"),
+    parser.add_argument("--variance", choices=TRAINING_VARIANCES,
                         help="fixed: L_simple (default); learned: also learn sigma_t^2 with L_hybrid (Nichol & Dhariwal)")
-    parser.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule (default linear)")
-    parser.add_argument("--timesteps", type=int, dest="num_timesteps", help="diffusion steps T (default 1000)")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
-    parser.add_argument("--preview-every", type=int, help="steps between preview grids (default 500)")
-    parser.add_argument("--preview-count", type=int, help="images in a preview grid (default 16; 0 for none)")
+    parser.add_argument("--schedule", choices=SCHEDULE_KINDS, help=f"noise schedule (default {default.schedule})")
+    parser.add_argument("--timesteps", type=int, dest="num_timesteps",
+                        help=f"diffusion steps T (default {default.num_timesteps})")
+    parser.add_argument("--checkpoint-every", type=int,
+                        help=f"steps between checkpoints (default {default.checkpoint_every})")
+    parser.add_argument("--preview-every", type=int, help=f"steps between preview grids (default {default.preview_every})")
+    parser.add_argument("--preview-count", type=int,
+                        help=f"images in a preview grid (default {default.preview_count}; 0 for none)")
     parser.add_argument("--log-every", type=int, help="steps between loss read-backs (default: 1 on CPU, 20 on GPU)")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 where the GPU or CPU has it natively, else fp32")
+    parser.add_argument("--seed", type=int, help=f"random seed (default {default.seed})")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"default {default.precision}: bf16 where the GPU or CPU has it natively, else fp32")
     parser.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -238,12 +250,15 @@ class StopRequest:
 
 
 def add_sample_parser(subparsers) -> None:
+    from .core.sampling import TRAJECTORY_KINDS, SamplingRequest
+
+    default = SamplingRequest()
     parser = subparsers.add_parser("sample", help="generate images from a trained model")
     parser.add_argument("model", help="model folder, or the name of a model in the library")
-    parser.add_argument("--num", type=int, default=16, help="number of images (default 16)")
+    parser.add_argument("--num", type=int, default=default.num_images, help=f"number of images (default {default.num_images})")
     add_sampler_options(parser)
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
-    parser.add_argument("--trajectory", choices=("gif", "webp", "strip"), action="append",
+    parser.add_argument("--trajectory", choices=TRAJECTORY_KINDS, action="append",
                         help="also save the trajectory of the first image (repeatable)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.set_defaults(handler=run_sample)
@@ -251,13 +266,19 @@ def add_sample_parser(subparsers) -> None:
 
 def add_sampler_options(parser) -> None:
     """The sampler options shared by sample and evaluate."""
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
-                        help="ddpm: ancestral (every step, or --steps respaced); ddim: --steps")
+    from .core.diffusion import SAMPLERS, VARIANCES
+    from .core.sampling import SamplingRequest
+
+    default = SamplingRequest()
+    parser.add_argument("--seed", type=int, default=default.seed, help=f"random seed (default {default.seed})")
+    # The command line defaults to the fast sampler; the window starts from the paper's.
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                        help="ddpm: ancestral (every step, or --steps respaced); ddim (default): --steps")
     parser.add_argument("--steps", type=int,
-                        help="reverse steps (default: 50 for DDIM; every timestep for DDPM, fewer respaces the process)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
-    parser.add_argument("--variance", choices=("fixed_large", "fixed_small", "learned"),
+                        help=f"reverse steps (default: {default.steps} for DDIM; every timestep for DDPM, fewer respaces "
+                             "the process)")
+    parser.add_argument("--eta", type=float, default=default.eta, help=f"DDIM eta in [0, 1] (default {default.eta:g})")
+    parser.add_argument("--variance", choices=VARIANCES,
                         help="DDPM variance: beta_t (large), beta~_t (small) or the model's learned one "
                              "(default: learned if the model learned it, else fixed_large)")
     parser.add_argument("--no-clip", action="store_true", help="don't clip x0_hat to [-1, 1]")
@@ -515,15 +536,20 @@ def run_info(args) -> int:
 
 
 def add_bench_parser(subparsers) -> None:
+    from .core.bench import BenchSettings
+    from .core.devices import PRECISIONS
     from .core.unet import PRESETS
 
+    default = BenchSettings()
+
     parser = subparsers.add_parser("bench", help="measure training and sampling speed on this device")
-    parser.add_argument("--preset", default="small", choices=list(PRESETS))
+    parser.add_argument("--preset", default=default.preset, choices=list(PRESETS))
     parser.add_argument("--image-size", type=int, help="resolution (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps (after 3 warm-up)")
-    parser.add_argument("--sample-steps", type=int, default=10, help="timed sampling model calls (after 2 warm-up)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--train-steps", type=int, default=default.train_steps, help="timed training steps (after 3 warm-up)")
+    parser.add_argument("--sample-steps", type=int, default=default.sample_steps,
+                        help="timed sampling model calls (after 2 warm-up)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default.precision)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eval-num", type=int, default=1000, help="also cost one train --eval-num N KID measurement "
@@ -547,10 +573,12 @@ def run_bench(args) -> int:
 
 
 def add_demo_parser(subparsers) -> None:
+    from .core.demo_data import DEFAULT_DEMO_COUNT, DEFAULT_DEMO_SIZE
+
     parser = subparsers.add_parser("demo-data", help="write the procedural demo dataset of coloured shapes")
     parser.add_argument("out", type=Path, help="folder to create")
-    parser.add_argument("--count", type=int, default=None, help="number of images (default 2000)")
-    parser.add_argument("--size", type=int, default=32, help="image size (default 32)")
+    parser.add_argument("--count", type=int, default=DEFAULT_DEMO_COUNT, help=f"number of images (default {DEFAULT_DEMO_COUNT})")
+    parser.add_argument("--size", type=int, default=DEFAULT_DEMO_SIZE, help=f"image size (default {DEFAULT_DEMO_SIZE})")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_demo_data)
 
@@ -558,9 +586,9 @@ def add_demo_parser(subparsers) -> None:
 def run_demo_data(args) -> int:
     from tqdm import tqdm
 
-    from .core.demo_data import DEFAULT_DEMO_COUNT, DemoDataset, write_demo_dataset
+    from .core.demo_data import DemoDataset, write_demo_dataset
 
-    count = DEFAULT_DEMO_COUNT if args.count is None else args.count
+    count = args.count
     if count < 1 or args.size < 8:
         fail("The demo dataset needs at least 1 image of at least 8 pixels.")
     bar = None

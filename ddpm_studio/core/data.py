@@ -526,13 +526,20 @@ def from_model_range(images: torch.Tensor) -> torch.Tensor:
     return scaled.round().to(torch.uint8)
 
 
-def random_horizontal_flip(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def flip_coins(count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` fair coins (bool), one per image: True mirrors it. Drawn on the generator's device."""
+    device = generator.device if generator is not None else None
+    return torch.rand(count, generator=generator, device=device) < 0.5
+
+
+def random_horizontal_flip(batch: torch.Tensor, generator: torch.Generator | None = None,
+                           coins: torch.Tensor | None = None) -> torch.Tensor:
     """Mirror each image of a batch (N, C, H, W) left to right with probability 1/2, as the paper's training does.
 
-    The coins are drawn on the generator's device (the batch's when there is none),
-    so a CPU generator can drive a GPU batch.
+    ``coins`` are the draws (see ``flip_coins``) when the caller has made them, one per image;
+    otherwise they are drawn from ``generator``, which may live on another device than the batch.
     """
-    coin_device = generator.device if generator is not None else batch.device
-    flip = torch.rand(batch.shape[0], generator=generator, device=coin_device) < 0.5
-    flip = flip.to(batch.device).view(-1, *([1] * (batch.dim() - 1)))
+    if coins is None:
+        coins = flip_coins(batch.shape[0], generator)
+    flip = coins.to(batch.device).view(-1, *([1] * (batch.dim() - 1)))
     return torch.where(flip, batch.flip(-1), batch)

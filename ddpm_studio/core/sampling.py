@@ -23,6 +23,7 @@ from .imaging import make_grid, make_strip, save_animation, save_png, to_hwc, to
 from .model_store import LoadedModel, load_model
 
 DETAIL_STEPS = 50
+TRAJECTORY_KINDS = ("gif", "webp", "strip")  # how ``export_trajectory`` can save a trajectory
 DEFAULT_TRAJECTORY_BUDGET = 512 * 2**20
 
 
@@ -264,7 +265,7 @@ def export_trajectory(result: SamplingResult, image: int, path: Path | str, kind
         image_out = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
         return save_png(path.with_suffix(".png"), image_out, {**result.metadata, "timesteps": timesteps,
                                                              "rows": "x_t, x0_hat"})
-    if kind not in ("gif", "webp"):
+    if kind not in TRAJECTORY_KINDS:
         raise SettingError(f"Export the trajectory as gif, webp or strip, not '{kind}'.")
     frames = trajectory_frames(result, image, max_frames=200)
     return save_animation(path.with_suffix(f".{kind}"), frames, duration_ms=40, scale=scale, metadata=result.metadata)

@@ -54,6 +54,10 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return np.clip(betas, 0.0, max_beta)
 
 
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
 class NoiseSchedule:
     """Holds betas and every array derived from them (see the module docstring for indexing)."""
 
@@ -74,7 +78,14 @@ class NoiseSchedule:
             np.append(posterior_variance[1], posterior_variance[1:]) if len(betas) > 1 else betas
         )
 
-        derived = {
+        # mu~(x_t, x_0) = coef1 * x_0 + coef2 * x_t
+        posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
+        # mu_theta = (x_t - eps_coef * eps_hat) / sqrt(alpha_t), eps_coef = beta_t / sqrt(1 - alpha_bar_t)
+        eps_coef = betas / np.sqrt(1.0 - alphas_cumprod)
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        # Full precision, for tests and plots.
+        self.float64: dict[str, np.ndarray] = {
             "betas": betas,
             "alphas": alphas,
             "alphas_cumprod": alphas_cumprod,
@@ -88,17 +99,32 @@ class NoiseSchedule:
             "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
             "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": posterior_log_variance_clipped,
-            # mu~(x_t, x_0) = coef1 * x_0 + coef2 * x_t
-            "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
-            # mu_theta = (x_t - eps_coef * eps_hat) / sqrt(alpha_t), eps_coef = beta_t / sqrt(1 - alpha_bar_t)
-            "eps_coef": betas / np.sqrt(1.0 - alphas_cumprod),
-            "snr": alphas_cumprod / (1.0 - alphas_cumprod),
+            "posterior_mean_coef1": posterior_mean_coef1,
+            "posterior_mean_coef2": posterior_mean_coef2,
+            "eps_coef": eps_coef,
+            "snr": snr,
+            "log_snr": np.log(snr),
         }
-        derived["log_snr"] = np.log(derived["snr"])
-        self.float64 = derived  # kept for tests and plots that want full precision
-        for name, values in derived.items():
-            setattr(self, name, torch.tensor(values, dtype=torch.float32))
+        # The float32 tensors the samplers and the loss index by the array index t - 1; ``to()`` moves them.
+        arrays = self.float64
+        self.betas = _tensor(arrays["betas"])
+        self.alphas = _tensor(arrays["alphas"])
+        self.alphas_cumprod = _tensor(arrays["alphas_cumprod"])
+        self.alphas_cumprod_prev = _tensor(arrays["alphas_cumprod_prev"])
+        self.sqrt_alphas = _tensor(arrays["sqrt_alphas"])
+        self.sqrt_alphas_cumprod = _tensor(arrays["sqrt_alphas_cumprod"])
+        self.sqrt_one_minus_alphas_cumprod = _tensor(arrays["sqrt_one_minus_alphas_cumprod"])
+        self.log_one_minus_alphas_cumprod = _tensor(arrays["log_one_minus_alphas_cumprod"])
+        self.log_betas = _tensor(arrays["log_betas"])
+        self.sqrt_recip_alphas_cumprod = _tensor(arrays["sqrt_recip_alphas_cumprod"])
+        self.sqrt_recipm1_alphas_cumprod = _tensor(arrays["sqrt_recipm1_alphas_cumprod"])
+        self.posterior_variance = _tensor(arrays["posterior_variance"])
+        self.posterior_log_variance_clipped = _tensor(arrays["posterior_log_variance_clipped"])
+        self.posterior_mean_coef1 = _tensor(arrays["posterior_mean_coef1"])
+        self.posterior_mean_coef2 = _tensor(arrays["posterior_mean_coef2"])
+        self.eps_coef = _tensor(arrays["eps_coef"])
+        self.snr = _tensor(arrays["snr"])
+        self.log_snr = _tensor(arrays["log_snr"])
 
     @classmethod
     def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
@@ -119,6 +145,6 @@ class NoiseSchedule:
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """Move every tensor to ``device`` (in place) and return self."""
-        for name in self.float64:
+        for name in self.float64:  # the tensors have the same names
             setattr(self, name, getattr(self, name).to(device))
         return self

@@ -24,7 +24,15 @@ import torch
 import torch.distributed as dist
 
 from . import model_store
-from .data import DatasetError, ScanResult, explain_no_usable_images, scan_images, to_model_range
+from .data import (
+    DatasetError,
+    ScanResult,
+    explain_no_usable_images,
+    flip_coins,
+    random_horizontal_flip,
+    scan_images,
+    to_model_range,
+)
 from .devices import (
     PRECISIONS, choose_device, describe_device, host_to_device, process_group_backend, use_bf16, use_channels_last,
 )
@@ -580,7 +588,6 @@ def train(
         return
     if config.compile:
         network = torch.compile(network)
-    per_rank = config.batch_size // context.world_size
     channels_last = use_channels_last(run_device)
 
     yield StartedEvent(
@@ -643,14 +650,7 @@ def train(
         network.train()
         while state.step < config.steps and not stopping:
             step = state.step + 1
-            indices = torch.randint(len(data), (config.batch_size,), generator=state.data_generator)
-            flips = torch.rand(config.batch_size, generator=state.data_generator) < 0.5
-            local = slice(context.rank * per_rank, (context.rank + 1) * per_rank)
-            # Asynchronous copies: the host never waits for the GPU between loss read-backs.
-            batch = host_to_device(data[host_to_device(indices[local], data.device)], run_device)
-            x0 = to_model_range(batch)
-            if config.random_flip:
-                x0 = torch.where(host_to_device(flips[local], run_device)[:, None, None, None], x0.flip(-1), x0)
+            x0 = training_batch(data, config, state.data_generator, context, run_device)
             if channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
 
@@ -857,6 +857,24 @@ def prepare_evaluator(config: TrainingConfig, paths: list[Path], images: torch.T
         else:
             yield event
     return TrainingEvaluator(extractor, reference, device, name)
+
+
+def training_batch(data: torch.Tensor, config: TrainingConfig, generator: torch.Generator,
+                   context: DistributedContext, device: torch.device) -> torch.Tensor:
+    """This rank's share of the next batch, in model range: images drawn at random, each mirrored with
+    probability 1/2 when ``config.random_flip``.
+
+    Every rank draws the indices and coins of the whole batch from the same generator and takes its
+    own slice, so that the ranks see different images and stay in step. The coins are drawn even
+    without flipping, so that turning flips off does not change which images are drawn.
+    """
+    indices = torch.randint(len(data), (config.batch_size,), generator=generator)
+    coins = flip_coins(config.batch_size, generator)
+    per_rank = config.batch_size // context.world_size
+    local = slice(context.rank * per_rank, (context.rank + 1) * per_rank)
+    # Asynchronous copies: the host never waits for the GPU between loss read-backs.
+    x0 = to_model_range(host_to_device(data[host_to_device(indices[local], data.device)], device))
+    return random_horizontal_flip(x0, coins=host_to_device(coins[local], device)) if config.random_flip else x0
 
 
 def weights_are_finite(state: TrainingState) -> bool:

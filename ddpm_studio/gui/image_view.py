@@ -29,8 +29,6 @@ def scaled_pixmap(array: np.ndarray, size: int) -> QPixmap:
 class ImageView(QWidget):
     """Shows one image as large as fits, with whole-number nearest-neighbour scaling for small images."""
 
-    clicked = Signal()
-
     def __init__(self, placeholder: str = "", caption: str = "", parent: QWidget | None = None):
         super().__init__(parent)
         self._image: QImage | None = None
@@ -54,10 +52,6 @@ class ImageView(QWidget):
 
     def sizeHint(self) -> QSize:
         return QSize(256, 256)
-
-    def mousePressEvent(self, event) -> None:
-        self.clicked.emit()
-        super().mousePressEvent(event)
 
     def target_rect(self) -> QRect:
         caption_height = self.fontMetrics().height() + 6 if self.caption else 0

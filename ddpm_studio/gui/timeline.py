@@ -7,7 +7,7 @@ right arrows step one frame, Home and End jump to t = T and t = 0.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
@@ -21,9 +21,7 @@ DEFAULT_SPEED = 50
 
 
 class Timeline(QWidget):
-    """A scrubber over one image's trajectory; ``frameChanged(index)`` whenever the shown frame changes."""
-
-    frameChanged = Signal(int)
+    """A scrubber over one image's trajectory, with play and pause."""
 
     def __init__(self, placeholder: str = "No trajectory yet.", parent: QWidget | None = None):
         super().__init__(parent)
@@ -149,7 +147,6 @@ class Timeline(QWidget):
         self.x0_view.set_image(x0_hat)
         t = self.trajectory.timesteps[index]
         self.position_label.setText(f"t = {t} · frame {index + 1} of {len(self.trajectory)}")
-        self.frameChanged.emit(index)
 
     # --- playback -------------------------------------------------------------------------------------
     def is_playing(self) -> bool:

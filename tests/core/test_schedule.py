@@ -178,3 +178,13 @@ def test_invalid_configs_raise_value_error(config):
 def test_invalid_betas_raise_value_error(betas):
     with pytest.raises(ValueError):
         NoiseSchedule(betas)
+
+
+def test_every_array_is_a_named_float32_attribute_equal_to_its_float64_value():
+    schedule = NoiseSchedule.cosine(50)
+    for name, values in schedule.float64.items():
+        tensor = getattr(schedule, name)
+        assert tensor.dtype == torch.float32 and tensor.shape == (50,), name
+        np.testing.assert_array_equal(tensor.numpy(), values.astype(np.float32), err_msg=name)
+    moved = schedule.to("cpu")
+    assert moved is schedule and all(getattr(schedule, name).device.type == "cpu" for name in schedule.float64)

@@ -1,5 +1,8 @@
 """A fresh install: the window opens with the demo model chosen, the sample picture shown, and the demo dataset offered."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from ddpm_studio.core import model_store
@@ -45,6 +48,12 @@ def test_first_launch_shows_the_sample_picture_and_offers_the_demo_dataset(fresh
     assert dataset_page.drop_zone.demo_button.isVisible() and dataset_page.drop_zone.demo_button.isEnabled()
 
 
-def test_new_models_are_saved_in_the_user_folder_not_the_package(user_models_dir):
-    assert model_store.default_user_models_dir() == user_models_dir
-    assert BUNDLED_MODELS_DIR not in user_models_dir.parents
+def test_new_models_are_saved_in_the_users_data_folder_not_the_package(monkeypatch, tmp_path):
+    monkeypatch.delenv("DDPM_STUDIO_MODELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    folder = model_store.default_user_models_dir()
+    if sys.platform.startswith("linux"):
+        assert folder == tmp_path / "data" / "ddpm-studio" / "models"
+    assert folder != BUNDLED_MODELS_DIR and BUNDLED_MODELS_DIR not in folder.parents
+    monkeypatch.setenv("DDPM_STUDIO_MODELS", "~/my-models")  # the override, with a home folder in it
+    assert model_store.default_user_models_dir() == Path.home() / "my-models"
