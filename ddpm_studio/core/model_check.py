@@ -20,7 +20,7 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ MAX_BASE_CHANNELS = 1024  # the paper uses 128, ADM 256
 MAX_LEVEL_CHANNELS = 4096  # base x multiplier at the widest level: the paper's is 512, large text-to-image U-Nets' 2048
 MAX_LEVELS = 12  # 2048 px halved 11 times is 1 px
 MAX_RES_BLOCKS = 16  # the paper uses 2, ADM 3
+MAX_OTHER_SETTING = 64  # any other whole-number U-Net setting (a padding, a head count)
 MAX_PREVIEW_PIXELS = 32 * 2**20  # a 4x4 grid of 1024 px previews is 16.8 million pixels
 
 # Bytes per element of every dtype a safetensors file may hold, and the ones that can be weights.
@@ -62,6 +63,10 @@ def _whole(name: str, value: object, low: int, high: int, unit: str = "") -> Non
         raise SettingError(f"{name} must be at least {low}, not {value}.")
     if value > high:
         raise SettingError(f"{name} is {value:,}{unit}, above the limit of {high:,}{unit}.")
+
+
+_BOUNDED_UNET_SETTINGS = {"image_size", "image_channels", "base_channels", "channel_multipliers", "num_res_blocks",
+                          "attention_resolutions", "dropout", "norm_groups"}
 
 
 def check_unet_config(config: UNetConfig) -> None:
@@ -84,11 +89,19 @@ def check_unet_config(config: UNetConfig) -> None:
                          f"more than the {MAX_LEVELS} levels a U-Net can have.")
     for resolution in config.attention_resolutions:
         _whole("unet.attention_resolutions", resolution, 1, MAX_IMAGE_SIZE)
-    for name in ("learned_variance",):  # switches: a string such as "no" would read as true
-        if not isinstance(getattr(config, name, False), bool):
-            raise SettingError(f"unet.{name} must be true or false, not {getattr(config, name)!r}.")
     if not isinstance(config.dropout, (int, float)) or isinstance(config.dropout, bool):
         raise SettingError(f"unet.dropout must be a number, not {config.dropout!r}.")
+    # Every other setting, including ones added after these checks were written, is checked against its
+    # default's kind: switches must be true or false (a string such as "no" would read as true), whole
+    # numbers lie in a small range. A setting that needs more gets a bound of its own above.
+    for setting in fields(config):
+        if setting.name in _BOUNDED_UNET_SETTINGS:
+            continue
+        value, default = getattr(config, setting.name), setting.default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise SettingError(f"unet.{setting.name} must be true or false, not {value!r}.")
+        if isinstance(default, int) and not isinstance(default, bool):
+            _whole(f"unet.{setting.name}", value, 0, MAX_OTHER_SETTING)
     config.validate()  # what the network needs to be built at all: clean halvings, group sizes, dropout
 
 
