@@ -325,6 +325,8 @@ class TrainingState:
         file, or more processes than before) starts fresh streams, distinct from every other rank's."""
         prefix = "" if self.rank == 0 else f"rank{self.rank}."
         if f"{prefix}rng.torch" not in tensors:
+            if self.rank == 0:  # every training state holds rank 0's streams: without them the file is damaged
+                raise KeyError("rng.torch")
             self.seed_own_streams(step)
             return
         torch.set_rng_state(tensors[f"{prefix}rng.torch"])
