@@ -1,4 +1,5 @@
-"""The training loss curve: raw values faint, a debiased EMA-smoothed line bold, log-y, redrawn on a timer.
+"""The training loss curve: raw values faint, a debiased EMA-smoothed line bold, log-y, redrawn on a timer;
+KID measured during training (``train --eval-every``) on a second, linear axis at the right.
 
 Values go into preallocated arrays that double when full, so appending costs nothing per
 step; a timer redraws only when something new arrived and stops itself when nothing did.
@@ -24,6 +25,7 @@ INITIAL_CAPACITY = 4096
 SLIDER_STEPS = 100
 DEFAULT_SMOOTHING = 0.97  # about 30 steps: follows a fast early descent, still calm on long runs
 SMALLEST_LOSS = 1e-12  # log-y cannot show zero
+KID_COLOUR = (215, 110, 20)
 
 
 def smoothing_from_slider(position: int) -> float:
@@ -91,6 +93,7 @@ class LossPlot(QWidget):
         plot.addLegend(offset=(-10, 10), labelTextColor=(60, 60, 60))
         self.raw_curve = plot.plot(pen=pg.mkPen(70, 120, 200, 110), name="loss")
         self.smooth_curve = plot.plot(pen=pg.mkPen(20, 70, 170, width=2.5), name="smoothed")
+        self._add_kid_axis(plot)
         self.empty_text = pg.TextItem("The loss appears here once training starts.", color=(120, 120, 120), anchor=(0.5, 0.5))
         self.plot_widget.addItem(self.empty_text, ignoreBounds=True)
         self.empty_text.setPos(0.5, 0.5)  # the middle of the empty view
@@ -156,6 +159,7 @@ class LossPlot(QWidget):
         self._mark_dirty()
 
     def clear(self) -> None:
+        self.set_kid_history([])
         self.set_history([])
 
     def set_smoothing(self, beta: float) -> None:
@@ -181,6 +185,46 @@ class LossPlot(QWidget):
             setattr(self, name, grown)
         self._steps = np.arange(1, capacity + 1, dtype=np.float64)
 
+    # --- KID, on a second axis ------------------------------------------------------------------------
+    def _add_kid_axis(self, plot: pg.PlotItem) -> None:
+        """KID of the EMA weights (``train --eval-every``) on a linear right axis, sharing the steps axis."""
+        self.kid_steps: list[int] = []
+        self.kid_values: list[float] = []
+        self.kid_view = pg.ViewBox()
+        plot.showAxis("right")
+        plot.scene().addItem(self.kid_view)
+        right = plot.getAxis("right")
+        right.linkToView(self.kid_view)
+        right.setLabel("KID (EMA samples)", color=KID_COLOUR)
+        right.setTextPen(pg.mkPen(KID_COLOUR))
+        right.setPen(pg.mkPen(KID_COLOUR))
+        right.setStyle(showValues=False)
+        right.setGrid(False)  # the loss axis draws the grid
+        self.kid_view.setXLink(plot)
+        self.kid_curve = pg.PlotDataItem(pen=pg.mkPen(KID_COLOUR, width=2), symbol="o", symbolSize=7,
+                                         symbolBrush=KID_COLOUR, symbolPen=None)
+        self.kid_view.addItem(self.kid_curve)
+        plot.legend.addItem(self.kid_curve, "KID")
+        plot.vb.sigResized.connect(lambda: self.kid_view.setGeometry(plot.vb.sceneBoundingRect()))
+
+    def add_kid(self, step: int, value: float) -> None:
+        """One KID measurement at ``step`` (it replaces an earlier one of the same step)."""
+        if step in self.kid_steps:
+            index = self.kid_steps.index(step)
+            del self.kid_steps[index], self.kid_values[index]
+        self.kid_steps.append(int(step))
+        self.kid_values.append(float(value))
+        order = np.argsort(self.kid_steps)
+        self.kid_steps = [self.kid_steps[i] for i in order]
+        self.kid_values = [self.kid_values[i] for i in order]
+        self._mark_dirty()
+
+    def set_kid_history(self, points: list[tuple[int, float]]) -> None:
+        self.kid_steps, self.kid_values = [], []
+        for step, value in points:
+            self.add_kid(step, value)
+        self._mark_dirty()
+
     # --- drawing --------------------------------------------------------------------------------------
     def _show_smoothing(self) -> None:
         self.smoothing_label.setText(f"{self._smoothing:.3g}" if self._smoothing > 0 else "off")
@@ -205,6 +249,8 @@ class LossPlot(QWidget):
         self.raw_curve.setData(steps, self._log_raw[:count])
         self.smooth_curve.setData(steps, self._log_smoothed[:count])
         self.empty_text.setVisible(count == 0)
+        self.kid_curve.setData(self.kid_steps, self.kid_values)
+        self.plot_widget.getPlotItem().getAxis("right").setStyle(showValues=bool(self.kid_steps))
         # Long curves cost more to hand over; redraw less often rather than take the GUI thread.
         took_ms = (time.perf_counter() - started) * 1000
         interval = min(SLOWEST_REDRAW_INTERVAL_MS, max(REDRAW_INTERVAL_MS, int(took_ms / REDRAW_SHARE)))

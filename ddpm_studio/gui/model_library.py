@@ -75,7 +75,10 @@ def entry_tooltip(entry: ModelEntry) -> str:
     """Where the model is, or why it cannot be used; and why it has no preview, when that is so."""
     if entry.info is None:
         return entry.error or "This folder cannot be used."
-    return str(entry.path) + (f"\nNo preview: {entry.preview_problem}" if entry.preview_problem else "")
+    latest = {record["metric"]: record for record in model_store.evaluations(entry.info)}  # the newest of each
+    measured = "".join(f"\n{model_store.describe_evaluation(record)}" for record in latest.values())
+    return (str(entry.path) + (f"\nNo preview: {entry.preview_problem}" if entry.preview_problem else "")
+            + measured)
 
 
 class ModelPicker(QComboBox):

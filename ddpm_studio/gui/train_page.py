@@ -33,6 +33,7 @@ from ..core import run_plan
 from ..core.run_plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
 from ..core.training import CheckpointEvent, StepEvent, TrainingConfig, merge_step_events, threads_beside_a_window
 from .context import StudioContext
+from .evaluate_page import inception_weights_setting
 from .formatting import format_bytes
 from .jobs import JobController
 from .model_library import ModelPicker
@@ -314,7 +315,8 @@ class TrainPage(Page):
         self.run_path = plan.out_dir
         self.monitor.reset(new_model=not plan.resume)
         threads = threads_beside_a_window()  # one core is left to the window, so that it keeps drawing
-        self.run_job(lambda: plan.events(cpu_threads=threads), name=f"training {plan.out_dir.name}",
+        weights = inception_weights_setting(self.context.settings)  # for KID during training, chosen on Evaluate
+        self.run_job(lambda: plan.events(cpu_threads=threads, inception_weights=weights), name=f"training {plan.out_dir.name}",
                      status=plan.describe(), progress_types=(StepEvent, ScanProgress), merge=merge_step_events,
                      on_progress=self.monitor.show_progress, on_event=self._on_event, on_error=self.show_error,
                      on_done=self._on_done)

@@ -12,7 +12,10 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QSplitter, QVBox
 from ..core.data import ScanProgress, ScanResult
 from ..core.imaging import make_grid
 from ..core.model_store import ModelInfo
-from ..core.training import CheckpointEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent
+from ..core import model_store
+from ..core.training import (
+    CheckpointEvent, EvaluationEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent,
+)
 from .formatting import format_duration
 from .image_view import ImageView
 from .jobs import JobController
@@ -127,6 +130,10 @@ class TrainingMonitor(QWidget):
         elif isinstance(event, PreviewEvent):
             self.preview_view.set_image(make_grid(event.images, padding=1))
             self.preview_view.set_caption(f"Preview at step {event.step:,} (fixed seed)")
+        elif isinstance(event, EvaluationEvent):
+            self.loss_plot.add_kid(event.step, event.value)
+            self.status_label.setText(f"KID {event.value:.4g} ± {event.std:.2g} at step {event.step:,} "
+                                      f"({event.n:,} EMA samples; lower is better)")
         elif isinstance(event, CheckpointEvent):
             self.status_label.setText(f"Saved a checkpoint at step {event.step:,} in {event.path}")
         elif isinstance(event, FinishedEvent):
@@ -139,6 +146,7 @@ class TrainingMonitor(QWidget):
         """A saved model's curve, last step and loss, and last preview (or the sentence that says why there is none)."""
         self.error_label.hide()
         self.loss_plot.set_history(history)
+        self.loss_plot.set_kid_history(training_kid(info))
         self.step_value.setText(f"{info.step:,}")
         self.loss_value.setText(f"{info.last_loss:.4g}" if info.last_loss is not None else "–")
         self.preview_view.set_image(preview)
@@ -146,3 +154,10 @@ class TrainingMonitor(QWidget):
                                       else "No preview" if preview_problem else "Preview")
         self.preview_view.placeholder = preview_problem or PREVIEW_PLACEHOLDER
         self.preview_view.setToolTip(preview_problem)
+
+
+def training_kid(info: ModelInfo) -> list[tuple[int, float]]:
+    """(step, KID) of the measurements made during training, from the model's evaluation records."""
+    return [(int(record["model_step"]), float(record["value"])) for record in model_store.evaluations(info)
+            if record.get("metric") == "kid" and record.get("during_training")
+            and isinstance(record.get("model_step"), int) and isinstance(record.get("value"), (int, float))]
