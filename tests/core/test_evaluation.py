@@ -183,3 +183,29 @@ def test_kid_during_training_is_logged_and_recorded_beside_other_evaluations(dat
     assert [(r["metric"], r.get("model_step")) for r in records] == [("kid", 2), ("fid", None), ("kid", 4)]
     assert records[0]["during_training"] and records[2]["value"] == pytest.approx(evaluations[1].value)
     assert list((tmp_path / "cache").rglob("*.npz"))  # the dataset features are cached for the next run
+
+
+def test_the_library_inception_runs_through_the_adapter_with_stand_in_weights(tmp_path, monkeypatch):
+    """torch-fidelity's own network and TF1-compatible resize, imported beside this torch (the torchvision
+    placeholders included) and loaded from a file by path, as with the real weights; random weights stand in
+    for those, which this machine may lack. The numbers mean nothing; the shapes and the path are checked."""
+    from ddpm_studio.core.inception import InceptionFeatures, MetricsUnavailable, import_torch_fidelity
+
+    try:
+        import_torch_fidelity()
+    except MetricsUnavailable as error:
+        pytest.skip(str(error))
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as patch:  # build the bare network once, to write a weights file of its shape
+        patch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        bare = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    weights = tmp_path / "random-inception.pth"
+    torch.save(bare.state_dict(), weights)
+    extractor = InceptionFeatures(weights).eval()
+    assert torch.equal(extractor.network.fc.weight, bare.fc.weight)  # loaded from the file
+    images = load_dataset(Path(__file__).parents[2] / "resources", 24, 1).images  # grey, 24 px: both adapted
+    (pool, logits), = evaluation.extract_features(extractor, [images.repeat(2, 1, 1, 1)], CPU)
+    assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
+    assert torch.isfinite(pool).all() and torch.equal(pool[0], pool[1])
