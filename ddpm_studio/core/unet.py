@@ -2,8 +2,9 @@
 
 It follows the official TensorFlow model: residual blocks with the time embedding
 added after the first convolution, GroupNorm and Swish, single-head self-attention
-at chosen resolutions and in the middle, strided-conv downsampling, nearest +
-conv upsampling, and zero-initialised final convolutions in every residual path.
+at chosen resolutions and in the middle, strided-conv downsampling padded like
+TensorFlow's 'SAME' (right and bottom only), nearest + conv upsampling, and
+zero-initialised final convolutions in every residual path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SettingError
+
+# How the stride-2 downsampling convolution pads. "same" is the official code's TensorFlow 'SAME':
+# on even sizes 0 before and 1 after, so right and bottom only; the released weights need it.
+# "symmetric" pads 1 on every side: what DDPM Studio built before it knew better, kept so that
+# model folders saved then (whose model.json lacks the field) compute exactly what they did.
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
+LEGACY_DOWNSAMPLE_PADDING = "symmetric"
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -30,6 +39,7 @@ class UNetConfig:
     dropout: float = 0.1
     norm_groups: int = 32
     learned_variance: bool = False  # also output v, the learned range of sigma_t^2 (2C output channels)
+    downsample_padding: str = "same"
 
     def __post_init__(self):
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
@@ -52,6 +62,9 @@ class UNetConfig:
                 raise SettingError(f"{channels} channels cannot be split into {self.norm_groups} normalisation groups.")
         if not 0.0 <= self.dropout < 1.0:
             raise SettingError(f"Dropout must lie in [0, 1), not {self.dropout}.")
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise SettingError(f"Downsample padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                               f"not '{self.downsample_padding}'.")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -62,7 +75,8 @@ class UNetConfig:
         unknown = set(data) - known
         if unknown:
             raise SettingError(f"Unknown U-Net settings: {', '.join(sorted(unknown))}.")
-        return cls(**data)
+        # A description written before the padding became a setting means the padding of then.
+        return cls(**{"downsample_padding": LEGACY_DOWNSAMPLE_PADDING, **data})
 
 
 @dataclass(frozen=True)
@@ -183,11 +197,16 @@ class SelfAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    """A stride-2 3x3 convolution; ``padding`` is one of DOWNSAMPLE_PADDINGS."""
+
+    def __init__(self, channels: int, padding: str = "same"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.same = padding == "same"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.same else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            x = F.pad(x, (0, 1, 0, 1))  # 'SAME' on even sizes: nothing before, one row/column after
         return self.conv(x)
 
 
@@ -224,7 +243,7 @@ class UNet(nn.Module):
                 self.down.append(block)
                 skip_channels.append(channels)
             if level != len(config.channel_multipliers) - 1:
-                self.down.append(nn.ModuleList([Downsample(channels)]))
+                self.down.append(nn.ModuleList([Downsample(channels, config.downsample_padding)]))
                 skip_channels.append(channels)
                 resolution //= 2
 
