@@ -144,8 +144,8 @@ def read_json_object(path: Path) -> dict:
 def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -> UNetConfig:
     """The UNetConfig that computes what diffusers' UNet2DModel with ``config`` computes; ModelError otherwise."""
     if config.get("_class_name") != "UNet2DModel":
-        raise ModelError(f"{source} describes a {config.get('_class_name')!r}, not a UNet2DModel; "
-                         f"only the DDPM U-Net can be imported.")
+        raise ModelError(f"{source} has _class_name = {config.get('_class_name')!r}; only the DDPM U-Net "
+                         f"(UNet2DModel) can be imported.")
     unknown = sorted(k for k in config if not k.startswith("_") and k not in UNET_DEFAULTS)
     if unknown:
         raise ModelError(f"{source} has the setting {unknown[0]} = {config[unknown[0]]!r}, which DDPM Studio does not "
@@ -256,7 +256,8 @@ def scheduler_from_diffusers(config: dict | None, source: Path | str = SCHEDULER
     if config is None:
         return SchedulerSettings(ScheduleConfig(), "fixed_large", True)
     if config.get("_class_name") != "DDPMScheduler":
-        raise ModelError(f"{source} describes a {config.get('_class_name')!r}, not a DDPMScheduler.")
+        raise ModelError(f"{source} has _class_name = {config.get('_class_name')!r}; DDPM Studio imports the "
+                         f"schedule of a DDPMScheduler only.")
     known = set(SCHEDULER_DEFAULTS) | SCHEDULER_IGNORED
     unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
     if unknown:
@@ -288,8 +289,8 @@ def scheduler_from_diffusers(config: dict | None, source: Path | str = SCHEDULER
     if c["beta_schedule"] == "linear":
         start, end = c["beta_start"], c["beta_end"]
         if not all(isinstance(v, (int, float)) for v in (start, end)) or not 0 < start <= end < 1:
-            raise refuse("beta_end" if isinstance(start, (int, float)) and 0 < start < 1 else "beta_start",
-                         "linear betas need 0 < beta_start <= beta_end < 1")
+            raise ModelError(f"{source} has beta_start = {start!r} and beta_end = {end!r}; linear betas need "
+                             f"0 < beta_start <= beta_end < 1.")
         # This project states linear betas at T = 1000 and rescales them by 1000 / T; diffusers takes them as they are.
         scale = steps / 1000.0
         if end * scale >= 1:
@@ -497,14 +498,9 @@ def import_diffusers(
         except (SafetensorError, OSError, RuntimeError) as error:
             raise ModelError(f"{weights} is damaged ({str(error).splitlines()[0][:80]}).") from None
     else:
-        loaded = load_pickle_weights(weights)
-        modern = {modern_name(n): t for n, t in loaded.items()}
-        check_against_plan({n: (tuple(t.shape), dtype_code(t.dtype)) for n, t in modern.items()}, plans, weights,
-                           parts.config_path)
-        for index, (name_, plan) in enumerate(plans.items()):
-            tensors[name_] = assemble(name_, [modern.pop(s) for s in plan.sources], plan, weights)
-            yield ImportProgress("reading", index + 1, len(plans))
-        del loaded, modern
+        yield ImportProgress("reading", 0, 1)
+        tensors = convert_state_dict(load_pickle_weights(weights), unet, weights, parts.config_path.name)
+        yield ImportProgress("reading", 1, 1)
 
     yield ImportProgress("writing", 0, 1)
     info = ModelInfo(
@@ -526,6 +522,16 @@ def import_diffusers(
     write_model_folder(out, info, tensors)
     yield ImportProgress("writing", 1, 1)
     yield ImportFinished(out, model_store.read_model_info(out), size, time.monotonic() - started)
+
+
+def convert_state_dict(tensors: dict[str, torch.Tensor], config: UNetConfig, source: Path | str = "the weights",
+                       config_name: str = CONFIG_NAME) -> dict[str, torch.Tensor]:
+    """A diffusers UNet2DModel state dict (either spelling of attention names) as this U-Net's state dict."""
+    plans = tensor_plan(config)
+    modern = {modern_name(n): t for n, t in tensors.items()}
+    check_against_plan({n: (tuple(t.shape), dtype_code(t.dtype)) for n, t in modern.items()}, plans, Path(source),
+                       Path(config_name))
+    return {name: assemble(name, [modern.pop(s) for s in plan.sources], plan, source) for name, plan in plans.items()}
 
 
 def dtype_code(dtype: torch.dtype) -> str:

@@ -202,3 +202,51 @@ def test_dropout_only_in_training_mode():
     assert torch.equal(model(x, t), model(x, t))
     model.train()
     assert not torch.equal(model(x, t), model(x, t))
+
+
+# --- the downsampling padding ----------------------------------------------------------------------
+
+
+def test_folders_saved_without_the_padding_setting_keep_the_old_padding():
+    legacy = {k: v for k, v in preset_config("small").to_dict().items() if k != "downsample_padding"}
+    assert UNetConfig.from_dict(legacy).downsample_padding == "symmetric"
+    assert preset_config("small").downsample_padding == "same"  # new models get the paper's
+    with pytest.raises(ValueError, match="Downsample padding"):
+        UNetConfig(downsample_padding="reflect").validate()
+
+
+def test_same_padding_pads_right_and_bottom_only():
+    from ddpm_studio.core.unet import Downsample
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 8, 8)
+    same, symmetric = Downsample(4, "same"), Downsample(4, "symmetric")
+    symmetric.load_state_dict(same.state_dict())
+    weight, bias = same.conv.weight, same.conv.bias
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1))
+    assert torch.equal(same(x), torch.nn.functional.conv2d(padded, weight, bias, stride=2))
+    assert torch.equal(symmetric(x), torch.nn.functional.conv2d(x, weight, bias, stride=2, padding=1))
+    assert same(x).shape == symmetric(x).shape == (1, 4, 4, 4)
+
+
+def test_the_demo_model_samples_bit_for_bit_as_before():
+    """models/demo was saved before the padding became a setting: it must compute exactly what it did,
+    which is the network with every Downsample a plain Conv2d(3, stride 2, padding 1)."""
+    from ddpm_studio.core.model_store import load_model
+    from ddpm_studio.paths import BUNDLED_MODELS_DIR
+
+    model = load_model(BUNDLED_MODELS_DIR / "demo")
+    assert model.info.unet.downsample_padding == "symmetric"
+    import copy
+
+    before = copy.deepcopy(model.unet)
+    for block in before.down:
+        if type(block[0]).__name__ == "Downsample":
+            conv = block[0].conv
+            plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=2, padding=1)
+            plain.load_state_dict(conv.state_dict())
+            block[0] = plain  # the Downsample of before: its conv, nothing else
+    shape = (2, *model.image_shape)
+    now = model.diffusion.sample(model.unet, shape, "ddim", num_steps=5, generator=torch.Generator().manual_seed(3))
+    then = model.diffusion.sample(before, shape, "ddim", num_steps=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(now, then)
