@@ -1,5 +1,5 @@
-"""The ``ddpm-studio`` command: no subcommand opens the studio window; train, sample, evaluate, info, bench
-and demo-data run the same engine headless.
+"""The ``ddpm-studio`` command: no subcommand opens the studio window; train, sample, evaluate, info, bench,
+demo-data and import run the same engine headless.
 """
 
 from __future__ import annotations
@@ -61,11 +61,13 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--out", type=Path, help="model folder to write (default: the user models folder / NAME)")
     parser.add_argument("--name", help="model name when --out is not given (default: the data folder's name)")
     parser.add_argument("--resume", action="store_true", help="continue the model in --out where it stopped")
-    parser.add_argument("--preset", default=default.preset, choices=list(PRESETS),
-                        help=f"architecture preset (default: {default.preset})")
+    parser.add_argument("--init-from", type=Path, metavar="MODEL",
+                        help="start a new run from this model's EMA weights (a fine-tune: its architecture and "
+                             "schedule, a new optimizer, a folder of its own)")
+    parser.add_argument("--preset", choices=list(PRESETS), help=f"architecture preset (default: {default.preset})")
     parser.add_argument("--image-size", type=int, help="training resolution (default: the preset's)")
-    parser.add_argument("--channels", type=int, choices=SUPPORTED_CHANNELS, default=default.image_channels,
-                        help="3 for colour, 1 for grayscale")
+    parser.add_argument("--channels", type=int, choices=SUPPORTED_CHANNELS,
+                        help=f"3 for colour, 1 for grayscale (default {default.image_channels})")
     parser.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="Adam learning rate (default: the preset's)")
     parser.add_argument("--steps", type=int, help=f"total training steps (default {default.steps})")
@@ -126,6 +128,8 @@ def run_train(args) -> int:
     context = distributed_context(args.device)
     overrides = training_overrides(args)
     data = [args.data] if args.data else []
+    if args.resume and args.init_from:
+        fail("--init-from starts a new run; it cannot be combined with --resume.")
     if args.resume:
         if args.out is None:
             fail("--resume needs --out, the model folder to continue.")
@@ -133,7 +137,12 @@ def run_train(args) -> int:
     else:
         if args.data is None:
             fail("Give the folder of images to train on.")
-        config = TrainingConfig.for_preset(args.preset, image_channels=args.channels, **overrides)
+        if args.init_from:
+            config = fine_tune_config(args, overrides)
+        else:
+            default = TrainingConfig()
+            config = TrainingConfig.for_preset(args.preset or default.preset,
+                                               image_channels=args.channels or default.image_channels, **overrides)
         out_dir = args.out or model_store.default_user_models_dir() / (args.name or model_name_for([args.data]))
         plan = plan_new_run(config, out_dir, data)
     config, out_dir, data_paths = plan.config, plan.out_dir, plan.data_paths
@@ -218,6 +227,35 @@ def run_train(args) -> int:
     return 0
 
 
+def fine_tune_config(args, overrides: dict):
+    """The config of a run that starts from --init-from's weights; options that would change its network are refused."""
+    from dataclasses import replace
+
+    from .core import model_store
+    from .core.training import TrainingConfig, describe_architecture, same_architecture
+    from .core.unet import preset_config
+
+    source = model_store.read_model_info(resolve_model_path(str(args.init_from)))
+    unet = source.unet
+    if args.preset:
+        wanted = preset_config(args.preset, overrides.get("image_size", unet.image_size), args.channels or unet.image_channels)
+        if not same_architecture(replace(wanted, downsample_padding=unet.downsample_padding,
+                                         learned_variance=unet.learned_variance), unet):
+            fail(f"--init-from {args.init_from} has another architecture than preset {args.preset} "
+                 f"({describe_architecture(unet)}); leave out --preset to keep the model's.")
+    for option, value, own in (("--image-size", overrides.get("image_size"), unet.image_size),
+                               ("--channels", args.channels, unet.image_channels)):
+        if value is not None and value != own:
+            fail(f"{option} {value} differs from the {own} of --init-from {args.init_from}; a fine-tune keeps the "
+                 f"model's architecture.")
+    for option in ("schedule", "num_timesteps", "variance"):
+        if option in overrides and overrides[option] != getattr(TrainingConfig.for_fine_tune(source), option):
+            what = "variance" if option == "variance" else "schedule"
+            fail(f"--{option.replace('num_', '').replace('_', '-')} differs from the {what} of --init-from "
+                 f"{args.init_from}; a fine-tune keeps the model's {what}.")
+    return TrainingConfig.for_fine_tune(source, **overrides)
+
+
 class StopRequest:
     """Turns the first Ctrl-C (or SIGTERM) into a flag the trainer checks between steps; a second one
     interrupts, unless ``interrupt_on_repeat`` is off."""
@@ -299,14 +337,17 @@ def resolve_model_path(name: str) -> Path:
 def run_sample(args) -> int:
     from tqdm import tqdm
 
-    from .core.model_store import load_model
+    from .core.model_store import load_model, read_model_info
     from .core.devices import choose_device
     from .core.sampling import SamplingRequest, export_trajectory, run_sampling, save_samples
 
+    model_path = resolve_model_path(args.model)
+    defaults = read_model_info(model_path).sampling_defaults  # an imported model brings its scheduler's
     request = SamplingRequest(
-        model_path=resolve_model_path(args.model), num_images=args.num, seed=args.seed, sampler=args.sampler,
-        steps=50 if args.steps is None else args.steps, eta=args.eta, variance=args.variance or "fixed_large",
-        ddpm_steps=args.steps if args.sampler == "ddpm" else None, clip=not args.no_clip, device=args.device,
+        model_path=model_path, num_images=args.num, seed=args.seed, sampler=args.sampler,
+        steps=50 if args.steps is None else args.steps, eta=args.eta, variance=args.variance or defaults["variance"],
+        ddpm_steps=args.steps if args.sampler == "ddpm" else None,
+        clip=defaults["clip"] and not args.no_clip, device=args.device,
         keep_trajectory_of=[0] if args.trajectory else [],
     )
     request.validate()
@@ -514,10 +555,21 @@ def run_info(args) -> int:
     print(f"Architecture U-Net, {info.weights.parameter_count:,} parameters: "
           f"{unet.image_size}x{unet.image_size}x{unet.image_channels}, "
           f"base {unet.base_channels}, multipliers {list(unet.channel_multipliers)}, {unet.num_res_blocks} blocks/level, "
-          f"attention at {list(unet.attention_resolutions)}, dropout {unet.dropout}")
+          f"attention at {list(unet.attention_resolutions)}, dropout {unet.dropout}, "
+          f"downsampling padded {'like TensorFlow (the paper)' if unet.downsample_padding == 'same' else 'on every side'}")
     print(f"Weights      {model_store.EMA_FILE}, {', '.join(info.weights.dtypes)}")
     print(f"Schedule     {info.schedule.kind}, T = {info.schedule.num_timesteps}")
-    print(f"Trained      {info.step:,} steps" + (f" (preset {info.training.get('preset')})" if info.training else ""))
+    source = info.extra.get("source")
+    if source:
+        print(f"Imported     from the {source.get('format')} folder {source.get('path')} on {source.get('imported')}")
+        print(f"             {source.get('weights')}, {source.get('bytes', 0):,} bytes, sha256 {source.get('sha256')}")
+    if info.step or not source:
+        print(f"Trained      {info.step:,} steps" + (f" (preset {info.training.get('preset')})" if info.training else ""))
+    if info.training.get("init_from"):
+        print(f"Fine-tuned   from {info.training['init_from']}")
+    defaults = info.sampling_defaults
+    print(f"Sampling     {defaults['variance'].replace('_', ' ')} variance by default, "
+          f"x0_hat {'clipped to [-1, 1]' if defaults['clip'] else 'not clipped'}")
     if info.last_loss is not None:
         print(f"Last loss    {info.last_loss:.5f}" + (f" (mean of last 100: {history[-100:].mean():.5f})" if len(history) else ""))
     if info.dataset:
@@ -529,6 +581,48 @@ def run_info(args) -> int:
         print(f"Made by      {info.command}")
     for index, record in enumerate(model_store.evaluations(info)):
         print(f"{'Evaluations' if index == 0 else '':<12} {model_store.describe_evaluation(record)}")
+    return 0
+
+
+# --- import ---------------------------------------------------------------------------------------
+
+
+def add_import_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import", help="import a diffusers-format DDPM (e.g. the google/ddpm-* folders) as a model folder",
+        description="Import a diffusers-format DDPM from a local folder (config.json at the top or under unet/, "
+                    "diffusion_pytorch_model.safetensors or .bin, an optional scheduler_config.json). "
+                    "Nothing is downloaded.")
+    parser.add_argument("source", type=Path, help="the diffusers folder")
+    parser.add_argument("--name", help="model name (default: the source folder's name)")
+    parser.add_argument("--out", type=Path, help="model folder to write (default: the user models folder / NAME)")
+    parser.set_defaults(handler=run_import)
+
+
+def run_import(args) -> int:
+    from tqdm import tqdm
+
+    from .core.importer import ImportFinished, import_diffusers
+
+    command = shlex.join(["ddpm-studio", *sys.argv[1:]])
+    bar = None
+    result = None
+    for event in import_diffusers(args.source, args.out, args.name, command):
+        if isinstance(event, ImportFinished):
+            result = event
+        elif event.stage in ("hashing", "reading"):
+            if bar is None or bar.desc != event.stage.capitalize():
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=event.total, desc=event.stage.capitalize(), unit="B" if event.stage == "hashing" else "",
+                           unit_scale=event.stage == "hashing", dynamic_ncols=True)
+            bar.update(event.done - bar.n)
+    if bar is not None:
+        bar.close()
+    unet = result.info.unet
+    print(f"Imported {args.source} ({result.weights_bytes / 2**20:,.0f} MiB in {result.seconds:.1f} s) as {result.path}: "
+          f"{unet.image_size}x{unet.image_size}x{unet.image_channels}, sampling variance "
+          f"{result.info.sampling_defaults['variance'].replace('_', ' ')}.")
     return 0
 
 
@@ -624,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(subparsers)
     add_bench_parser(subparsers)
     add_demo_parser(subparsers)
+    add_import_parser(subparsers)
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     return parser
 

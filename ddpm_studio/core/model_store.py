@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from . import model_check
 from .atomic import TEMPORARY_NAME, atomic_write, write_bytes_atomic
-from .diffusion import GaussianDiffusion
+from .diffusion import VARIANCES, GaussianDiffusion
 from .errors import SettingError
 from .model_check import ModelError, WeightsHeader
 from .schedule import NoiseSchedule, ScheduleConfig
@@ -102,6 +102,14 @@ class ModelInfo:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """The variance and clipping the model samples with unless asked otherwise (an import records its own)."""
+        recorded = self.extra.get("sampling") if isinstance(self.extra.get("sampling"), dict) else {}
+        variance = recorded.get("variance") if recorded.get("variance") in VARIANCES else "fixed_large"
+        clip = recorded.get("clip") if isinstance(recorded.get("clip"), bool) else True
+        return {"variance": variance, "clip": clip}
 
     @property
     def can_resume(self) -> bool:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from .imaging import make_grid, save_png, to_uint8
 from .memory import MemoryCheck, check_training_memory
 from .model_store import ModelError, ModelInfo
 from .schedule import NoiseSchedule, ScheduleConfig
-from .unet import PRESETS, UNet, count_parameters, preset_config
+from .unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config
 
 # "fixed": L_simple, sigma_t^2 chosen when sampling; "learned": L_hybrid and the learned range of sigma_t^2.
 TRAINING_VARIANCES = ("fixed", "learned")
@@ -79,6 +79,8 @@ class TrainingConfig:
     compile: bool = False
     eval_every: int = 0  # steps between KID measurements of the EMA weights; 0: none
     eval_num: int = 1000  # EMA samples per KID measurement (DDIM, preview_steps steps)
+    unet: dict | None = None  # the architecture, when it is not the preset's (a fine-tune of an imported model)
+    init_from: str | None = None  # a model folder whose EMA weights start this new run (a fine-tune)
 
     def validate(self) -> None:
         """Raise ValueError, in one sentence, for an impossible setting."""
@@ -110,8 +112,17 @@ class TrainingConfig:
         ScheduleConfig(self.schedule, self.num_timesteps).validate()
 
     def unet_config(self):
-        config = preset_config(self.preset, self.image_size, self.image_channels)
+        if self.unet is not None:
+            config = UNetConfig.from_dict(self.unet)
+            if (config.image_size, config.image_channels) != (self.image_size, self.image_channels):
+                raise SettingError(f"This architecture works at {config.image_size}x{config.image_size}x"
+                                   f"{config.image_channels}, not {self.image_size}x{self.image_size}x"
+                                   f"{self.image_channels}.")
+        else:
+            config = preset_config(self.preset, self.image_size, self.image_channels)
         changes = {}
+        if self.unet is not None and config.learned_variance != (self.variance == "learned"):
+            changes["learned_variance"] = self.variance == "learned"  # the run's loss decides the output channels
         if self.dropout is not None:
             changes["dropout"] = self.dropout
         if self.variance == "learned":
@@ -141,6 +152,41 @@ class TrainingConfig:
         values = {"preset": preset, "image_size": base.config.image_size, **base.defaults}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def for_fine_tune(cls, source: ModelInfo, **overrides) -> TrainingConfig:
+        """A new run that starts from the EMA weights of the model ``source``: its architecture and schedule,
+        the training settings it was trained with (or those of the preset it matches), then ``overrides``."""
+        preset = source.training.get("preset") if source.training.get("preset") in PRESETS else matching_preset(source.unet)
+        names = {f.name for f in fields(cls)}
+        values = dict(PRESETS[preset].defaults) if preset else {}
+        kept = ("batch_size", "learning_rate", "warmup_steps", "grad_clip", "ema_decay", "ema_warmup", "random_flip",
+                "checkpoint_every", "checkpoint_minutes", "preview_every", "preview_count", "preview_steps",
+                "preview_seed", "log_every", "precision")
+        values.update({k: v for k, v in source.training.items() if k in kept and k in names})
+        values.update({
+            "preset": preset or "custom", "image_size": source.unet.image_size,
+            "image_channels": source.unet.image_channels, "unet": source.unet.to_dict(),
+            "schedule": source.schedule.kind, "num_timesteps": source.schedule.num_timesteps,
+            "variance": "learned" if source.unet.learned_variance else "fixed", "init_from": str(source.path),
+        })
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def matching_preset(unet: UNetConfig) -> str | None:
+    """The preset with this architecture (any dropout, either padding), if one has it."""
+    def shape(config: UNetConfig) -> UNetConfig:
+        return replace(config, dropout=0.0, downsample_padding="same")
+
+    return next((name for name, preset in PRESETS.items()
+                 if shape(replace(preset.config, image_size=unet.image_size, image_channels=unet.image_channels))
+                 == shape(unet)), None)
+
+
+def same_architecture(a: UNetConfig, b: UNetConfig) -> bool:
+    """Whether weights of one network compute the same function in the other (dropout aside)."""
+    return replace(a, dropout=0.0) == replace(b, dropout=0.0)
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -336,6 +382,19 @@ class TrainingState:
         if noise.numel() == self.noise_generator.get_state().numel():  # not when resumed on another device type
             self.noise_generator.set_state(noise)
 
+    def initialise_from(self, source: Path) -> None:
+        """Start from the EMA weights of the model in ``source`` (same architecture); the optimizer stays new."""
+        loaded = model_store.load_model(source)
+        if not same_architecture(loaded.info.unet, self.model.config):
+            raise ModelError(f"{source} has another architecture than this run ({describe_architecture(loaded.info.unet)}"
+                             f" against {describe_architecture(self.model.config)}); a fine-tune keeps the model's.")
+        if loaded.info.schedule != self.config.schedule_config():
+            raise ModelError(f"{source} was trained with another noise schedule ({loaded.info.schedule.kind}, "
+                             f"T = {loaded.info.schedule.num_timesteps}); a fine-tune keeps the model's.")
+        weights = loaded.unet.state_dict()
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+
     def update_ema(self) -> None:
         decay = ema_decay_at(self.config, self.step)
         ema_params = list(self.ema.parameters())
@@ -504,8 +563,12 @@ def train(
     checkpoint and ends with ``FinishedEvent(stopped=True)``. Under torchrun the ranks agree
     on it at the next loss read-back, so that all stop after the same step, together.
     """
-    config.validate()
     out_dir = Path(out_dir)
+    if resume:
+        # The folder's own architecture is the one its weights were trained with (a folder saved before
+        # the downsampling padding became a setting has the old padding, which no preset has now).
+        config = replace(config, unet=model_store.read_model_info(out_dir).unet.to_dict())
+    config.validate()
     unet_config = config.unet_config()
     if resume:  # before the network and the schedule are given memory
         model_store.check_resumable(out_dir, unet_config, config.schedule_config())
@@ -528,6 +591,8 @@ def train(
         state = TrainingState(config, run_device, context)
         if resume:
             state.load_state(out_dir)
+        elif config.init_from:
+            state.initialise_from(Path(config.init_from))
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
@@ -884,3 +949,8 @@ def weights_are_finite(state: TrainingState) -> bool:
     tensors = [p.detach() for p in state.model.parameters()] + list(state.ema.parameters())
     return bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())
 
+
+def describe_architecture(unet: UNetConfig) -> str:
+    return (f"{unet.image_size} px, {unet.image_channels} channels, base {unet.base_channels}, "
+            f"multipliers {list(unet.channel_multipliers)}, {unet.num_res_blocks} blocks per level, "
+            f"attention at {list(unet.attention_resolutions)}, {unet.downsample_padding} padding")
