@@ -610,12 +610,9 @@ def run_import(args) -> int:
     for event in import_diffusers(args.source, args.out, args.name, command):
         if isinstance(event, ImportFinished):
             result = event
-        elif event.stage in ("hashing", "reading"):
-            if bar is None or bar.desc != event.stage.capitalize():
-                if bar is not None:
-                    bar.close()
-                bar = tqdm(total=event.total, desc=event.stage.capitalize(), unit="B" if event.stage == "hashing" else "",
-                           unit_scale=event.stage == "hashing", dynamic_ncols=True)
+        elif event.stage == "reading":
+            if bar is None:
+                bar = tqdm(total=event.total, desc="Reading", unit="tensor", dynamic_ncols=True)
             bar.update(event.done - bar.n)
     if bar is not None:
         bar.close()

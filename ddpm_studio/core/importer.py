@@ -14,6 +14,7 @@ local folder.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from . import model_store
 from .model_store import ModelError, ModelInfo
@@ -72,7 +74,7 @@ FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float
 
 @dataclass
 class ImportProgress:
-    """``stage`` is "checking", "hashing", "reading" or "writing"; ``done`` of ``total`` units of it."""
+    """``stage`` is "checking", "reading" or "writing"; ``done`` of ``total`` units of it."""
 
     stage: str
     done: int
@@ -435,16 +437,12 @@ def check_against_plan(available: dict[str, tuple[tuple[int, ...], str]], plans:
             raise ModelError(f"{path}: {name} holds {dtype} numbers, not floating-point weights.")
 
 
-def sha256_of(path: Path, chunk: int = 16 * 2**20) -> Iterator[tuple[int, str | None]]:
-    """Yield (bytes hashed so far, None) while hashing, then (size, hex digest)."""
+def sha256_of(path: Path, chunk: int = 16 * 2**20) -> str:
     digest = hashlib.sha256()
-    done = 0
     with open(path, "rb") as stream:
         while block := stream.read(chunk):
             digest.update(block)
-            done += len(block)
-            yield done, None
-    yield done, digest.hexdigest()
+    return digest.hexdigest()
 
 
 # --- the import -------------------------------------------------------------------------------------------------
@@ -482,10 +480,11 @@ def import_diffusers(
     yield ImportProgress("checking", 1, 1)
 
     size = weights.stat().st_size
-    digest = None
-    for done, digest in sha256_of(weights):
-        if digest is None:
-            yield ImportProgress("hashing", done, size)
+    # The file's fingerprint for the record, computed in a second thread while the tensors are read
+    # (hashlib releases the GIL), so that it costs no time of its own on two cores or more.
+    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-import-hash")
+    digest_future = hashing.submit(sha256_of, weights)
+    hashing.shutdown(wait=False)
 
     tensors: dict[str, torch.Tensor] = {}
     if safetensors:
@@ -503,6 +502,7 @@ def import_diffusers(
         yield ImportProgress("reading", 1, 1)
 
     yield ImportProgress("writing", 0, 1)
+    digest = digest_future.result()
     info = ModelInfo(
         path=out, unet=unet, schedule=scheduler.schedule, created=now_iso(), command=command,
         extra={
@@ -542,7 +542,7 @@ def assemble(name: str, pieces: list[torch.Tensor], plan: TensorPlan, source: Pa
     """One tensor of this U-Net from its diffusers pieces, as float32, checked for NaN and infinity."""
     tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
     tensor = tensor.to(torch.float32).reshape(plan.shape).contiguous()
-    if not torch.isfinite(tensor).all():
+    if not model_store.all_finite(tensor):
         raise ModelError(f"{source} holds non-finite weights ({plan.sources[0]}).")
     return tensor
 
@@ -552,7 +552,11 @@ def write_model_folder(out: Path, info: ModelInfo, tensors: dict[str, torch.Tens
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".importing", dir=out.parent))
     try:
-        model_store.save_safetensors_atomic(staging / model_store.EMA_FILE, tensors, {"step": "0"})
+        # Not flushed to disk before the move (unlike a checkpoint): the source stays, so a crash loses nothing
+        # that a second import cannot make again, and the flush would double the import's time.
+        model_store.atomic_write(staging / model_store.EMA_FILE,
+                                 lambda temporary: save_file(tensors, str(temporary), metadata={"step": "0"}),
+                                 durable=False)
         tensors.clear()  # the safetensors bytes and these tensors need not both stay in memory
         info.path = staging
         model_store.write_json_atomic(staging / model_store.CONFIG_FILE, model_store.json_safe(info.to_json()))
