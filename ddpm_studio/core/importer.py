@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import model_store
+from .atomic import atomic_write
 from .model_store import ModelError, ModelInfo
 from .schedule import ScheduleConfig
 from .training import now_iso
@@ -554,7 +555,7 @@ def write_model_folder(out: Path, info: ModelInfo, tensors: dict[str, torch.Tens
     try:
         # Not flushed to disk before the move (unlike a checkpoint): the source stays, so a crash loses nothing
         # that a second import cannot make again, and the flush would double the import's time.
-        model_store.atomic_write(staging / model_store.EMA_FILE,
+        atomic_write(staging / model_store.EMA_FILE,
                                  lambda temporary: save_file(tensors, str(temporary), metadata={"step": "0"}),
                                  durable=False)
         tensors.clear()  # the safetensors bytes and these tensors need not both stay in memory
