@@ -570,6 +570,23 @@ def write_model_folder(out: Path, info: ModelInfo, tensors: dict[str, torch.Tens
         raise
 
 
+def destination_for(source: Path | str, models_dir: Path | None = None) -> tuple[Path, bool]:
+    """Where an import of ``source`` goes in ``models_dir`` (default: the user models folder), and whether
+    that folder already holds an import of this very source (then it need not be imported again)."""
+    source = Path(source).resolve()
+    folder = Path(models_dir) if models_dir is not None else model_store.default_user_models_dir()
+    candidate, number = folder / source.name, 2
+    while candidate.exists():
+        try:
+            recorded = model_store.read_model_info(candidate).extra.get("source") or {}
+        except ModelError:
+            recorded = {}
+        if recorded.get("path") == str(source):
+            return candidate, True
+        candidate, number = folder / f"{source.name}-{number}", number + 1
+    return candidate, False
+
+
 def import_folder(source: Path | str, out_dir: Path | str | None = None, name: str | None = None,
                   command: str | None = None) -> ImportFinished:
     """Run an import to its end without progress reports."""

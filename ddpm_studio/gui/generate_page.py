@@ -78,6 +78,8 @@ class GeneratePage(Page):
         self.count_spin = QSpinBox()
         self.count_spin.setRange(1, 256)
         self.count_spin.setValue(16)
+        self.count_spin.valueChanged.connect(self._update_enabled)  # the CPU forecast depends on it
+        self.sampling.steps_spin.valueChanged.connect(self._update_enabled)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setToolTip("The same seed, model and sampler give the same images")
@@ -229,6 +231,7 @@ class GeneratePage(Page):
     def _update_enabled(self) -> None:
         running = self.jobs.is_running()
         self.sampling.update_enabled(can_run=self.model_chooser.current_path() is not None)
+        self.sampling.show_cost(self.count_spin.value())
         for widget in (self.count_spin, self.seed_spin, self.random_seed_button):
             widget.setEnabled(not running)
         has_result = self.result is not None

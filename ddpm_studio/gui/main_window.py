@@ -9,12 +9,14 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from ..core.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
+from ..core.importer import ImportFinished, ImportProgress, destination_for, import_diffusers, is_diffusers_folder
 from ..core.model_store import ModelError
 from .context import StudioContext
 from .dataset_page import DatasetPage
 from .garbage import GuiThreadGarbageCollector
 from .evaluate_page import EvaluatePage
 from .generate_page import GeneratePage
+from .jobs import JobController
 from .model_library import ModelLibrary
 from .noising_page import NoisingPage
 from .page import paths_from_mime
@@ -40,6 +42,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("DDPM Studio")
         self.settings = settings or QSettings("DDPM Studio", "DDPM Studio")
         self.library = library or ModelLibrary()
+        self.imports = JobController(self, "import", with_controls=False)  # diffusers folders, off the GUI thread
         self.context = StudioContext(self.settings, self.library, self.show_message)
 
         self.tabs = QTabWidget()
@@ -105,12 +108,17 @@ class MainWindow(QMainWindow):
 
     def choose_model(self) -> None:
         start = self.settings.value("last_model_dir", str(Path.home()))
-        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder", start)
+        folder = QFileDialog.getExistingDirectory(
+            self, "Choose a model folder (DDPM Studio's, or a diffusers one such as google/ddpm-church-256)", start)
         if folder:
             self.settings.setValue("last_model_dir", folder)
             self.open_model(Path(folder))
 
     def open_model(self, path: Path) -> bool:
+        """Open a model folder; a diffusers-format folder is imported first, in the background."""
+        if is_diffusers_folder(path):
+            self.import_model(path)
+            return True
         try:
             info = self.library.open(path)
         except ModelError as error:
@@ -119,6 +127,36 @@ class MainWindow(QMainWindow):
         self.generate_page.select_model(info.path)
         self.show_message(f"Opened model {info.name}.")
         return True
+
+    def import_model(self, source: Path) -> None:
+        """Import a diffusers-format folder into the user models folder in a worker thread, then open it."""
+        try:
+            out, imported_before = destination_for(source)
+        except OSError as error:
+            QMessageBox.warning(self, "Cannot import model", f"{source}: {error.strerror or error}.")
+            return
+        if imported_before:
+            self.open_model(out)
+            self.show_message(f"{source.name} was imported before; opened {out.name}.")
+            return
+
+        def progress(event: ImportProgress) -> None:
+            if event.stage == "reading" and event.total:
+                self.show_message(f"Importing {source.name}: reading its weights, {100 * event.done // event.total}%…", 0)
+
+        def finished(event) -> None:
+            if isinstance(event, ImportFinished):
+                self.library.refresh()
+                self.open_model(event.path)
+                self.show_message(f"Imported {source.name} as {event.path.name} in {event.seconds:.1f} s.")
+
+        def failed(message: str) -> None:
+            self.show_message("")
+            QMessageBox.warning(self, "Cannot import model", message)
+
+        self.show_message(f"Importing {source.name}…", 0)
+        self.imports.run(lambda: import_diffusers(source, out), name=f"import {source.name}",
+                         progress_types=(ImportProgress,), on_progress=progress, on_event=finished, on_error=failed)
 
     def choose_image(self) -> None:
         start = self.settings.value("last_image_dir", str(Path.home()))
@@ -156,7 +194,7 @@ class MainWindow(QMainWindow):
         if page is self.noising_page and len(paths) == 1 and paths[0].is_file():
             self.noising_page.handle_drop(paths)
             return
-        if len(paths) == 1 and (paths[0] / "model.json").is_file():
+        if len(paths) == 1 and ((paths[0] / "model.json").is_file() or is_diffusers_folder(paths[0])):
             self.open_model(paths[0])
             self.tabs.setCurrentWidget(self.generate_page)
             return

@@ -343,6 +343,7 @@ class NoisingPage(Page):
     def _update_enabled(self) -> None:
         running = self.jobs.is_running()
         self.sampling.update_enabled(can_run=self.model_view is not None and self.current_t() > 0)
+        self.sampling.show_cost(1, start_t=max(self.current_t() - 1, 0))
         for widget in (self.open_button, self.seed_spin):
             widget.setEnabled(not running)
 

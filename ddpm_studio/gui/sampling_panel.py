@@ -10,19 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
+from ..core.devices import choose_device
 from ..core.diffusion import SampleStep
 from ..core.sampling import SamplingRequest, SamplingResult, run_sampling
+from ..core.sampling_cost import SamplingCost, cpu_sampling_cost
 from .context import StudioContext
 from .jobs import JobController
 from .model_chooser import ModelChooser
-from .style import ACTION_BUTTON_HEIGHT, SETTINGS_PANEL_WIDTH, make_bold
+from .style import ACTION_BUTTON_HEIGHT, SETTINGS_PANEL_WIDTH, WARNING_TEXT_STYLE, make_bold
 from .workers import JobRunner
 
 SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
 VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
 MAX_SEED = 2**31 - 1
+COSTED_SIZE = 128  # models at least this large get a time forecast on the CPU (a 256 px call takes seconds there)
 
 
 def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -> QVBoxLayout:
@@ -66,6 +69,13 @@ class SamplingControls:
         self.run_button = QPushButton(run_text)
         self.run_button.setMinimumHeight(ACTION_BUTTON_HEIGHT)
         make_bold(self.run_button)
+        self.cost_label = QLabel()  # a forecast when a large model would be slow on the CPU
+        self.cost_label.setWordWrap(True)
+        self.cost_label.setStyleSheet(WARNING_TEXT_STYLE)
+        self.cost_label.hide()
+        self.estimates = JobController(jobs.page, "sampling estimate", with_controls=False)
+        self._costed: set = set()  # architectures whose forecast is cheap now (counted and measured once)
+        self.model_chooser.picker.modelChanged.connect(self._model_changed)
 
     # --- layout ------------------------------------------------------------------------------------
     def sampler_form(self) -> QFormLayout:
@@ -83,6 +93,7 @@ class SamplingControls:
         buttons.addWidget(self.jobs.stop_button, 1)
         layout = QVBoxLayout()
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.cost_label)
         layout.addLayout(buttons)
         layout.addWidget(self.jobs.progress_bar)
         layout.addWidget(self.jobs.status_label)
@@ -108,6 +119,35 @@ class SamplingControls:
         self.run_button.setEnabled(not running and can_run)
         self.model_chooser.setEnabled(not running)
         self.sampler_box.setEnabled(not running)
+
+    def show_cost(self, images: int, start_t: int | None = None) -> None:
+        """Forecast, in the background, how long a run takes when a large model would sample on the CPU."""
+        info = self.model_chooser.current_info()
+        if info is None or info.unet.image_size < COSTED_SIZE or choose_device("auto").type != "cpu":
+            self.cost_label.hide()
+            return
+        steps = start_t + 1 if start_t is not None else info.schedule.num_timesteps
+        calls = min(self.steps_spin.value(), steps) if self.sampler() == "ddim" else steps
+        config = info.unet
+        if config in self._costed:  # only arithmetic left: no thread needed
+            self._show_cost_result(cpu_sampling_cost(config, images, calls))
+            return
+        self._costed.add(config)
+
+        def estimate():
+            yield cpu_sampling_cost(config, images, calls)
+
+        self.estimates.run(estimate, on_event=self._show_cost_result)
+
+    def _model_changed(self, _path) -> None:
+        """A model brings its own sampling variance (an imported model's scheduler chose it)."""
+        info = self.model_chooser.current_info()
+        if info is not None and self.variance_box is not None:
+            self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(info.sampling_defaults["variance"])))
+
+    def _show_cost_result(self, cost: SamplingCost) -> None:
+        self.cost_label.setText(cost.describe())
+        self.cost_label.setVisible(cost.slow)
 
     def restore_settings(self) -> None:
         settings, prefix = self.context.settings, self.prefix
@@ -154,6 +194,9 @@ class SamplingControls:
                 self.jobs.finish_progress()
                 on_result(value)
 
+        info = self.model_chooser.current_info()
+        if info is not None:
+            request.clip = info.sampling_defaults["clip"]  # the model's own (an import's scheduler chose it)
         self.model_chooser.clear_error()
         return self.jobs.run(
             lambda: run_sampling(request), name=name, status=status, progress_format="%v of %m steps",
