@@ -148,6 +148,7 @@ class MainWindow(QMainWindow):
             if isinstance(event, ImportFinished):
                 self.library.refresh()
                 self.open_model(event.path)
+                self.tabs.setCurrentWidget(self.generate_page)
                 self.show_message(f"Imported {source.name} as {event.path.name} in {event.seconds:.1f} s.")
 
         def failed(message: str) -> None:

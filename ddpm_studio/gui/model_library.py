@@ -68,6 +68,8 @@ def describe_entry(entry: ModelEntry) -> str:
     if info is None:
         return f"{entry.path.name} (unusable)"
     unet = info.unet
+    if info.step == 0 and info.extra.get("source"):
+        return f"{info.name} — {unet.image_size}px, imported"
     return f"{info.name} — {unet.image_size}px, {info.step:,} steps"
 
 

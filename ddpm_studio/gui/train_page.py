@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QFrame,
     QGroupBox,
     QHBoxLayout,
@@ -32,6 +33,7 @@ from ..core.model_store import ModelError
 from ..core import run_plan
 from ..core.run_plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
 from ..core.training import CheckpointEvent, StepEvent, TrainingConfig, merge_step_events, threads_beside_a_window
+from ..core.unet import PRESETS
 from .context import StudioContext
 from .evaluate_page import inception_weights_setting
 from .formatting import format_bytes
@@ -92,6 +94,17 @@ class TrainPage(Page):
         self.dataset_label = QLabel()
         self.dataset_label.setWordWrap(True)
         self.form = TrainingForm()
+        # A fine-tune: the run starts from a model's EMA weights, with its architecture and schedule.
+        self.init_check = QCheckBox("Start from")
+        self.init_check.setToolTip("Fine-tune: start from the chosen model's weights (its architecture and noise "
+                                   "schedule, a new optimizer, a folder of its own). Small datasets give noise "
+                                   "or copies from scratch; starting from a trained model helps.")
+        self.init_picker = ModelPicker(self.context.library)
+        self.init_picker.setToolTip(self.init_check.toolTip())
+        init_row = QHBoxLayout()
+        init_row.addWidget(self.init_check)
+        init_row.addWidget(self.init_picker, 1)
+        self.form.rows.insertRow(0, "Weights", init_row)
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip(f"The model folder's name, in {model_store.default_user_models_dir()}")
         self.name_edit.textEdited.connect(self._name_was_edited)
@@ -149,14 +162,29 @@ class TrainPage(Page):
         layout.addStretch(1)
 
         self.form.changed.connect(self._settings_changed)
+        self.init_check.toggled.connect(self._settings_changed)
+        self.init_picker.modelChanged.connect(lambda _path: self._settings_changed())
         self.name_edit.textChanged.connect(self._update_enabled)
         self.context.library.changed.connect(self._update_enabled)  # a model folder may have taken the name
         return panel
 
     # --- settings ---------------------------------------------------------------------------------
+    def fine_tune_source(self) -> Path | None:
+        """The model whose weights a new run starts from, when Start from is ticked."""
+        return self.init_picker.current_path() if self.init_check.isChecked() else None
+
     def config(self) -> TrainingConfig:
-        """The training settings as shown."""
-        return self.form.config()
+        """The training settings as shown; a fine-tune takes its architecture and schedule from its model
+        (ModelError when that model cannot be read)."""
+        source = self.fine_tune_source()
+        if source is None:
+            return self.form.config()
+        shown = self.form.config()
+        return TrainingConfig.for_fine_tune(
+            model_store.read_model_info(source),
+            **{key: getattr(shown, key) for key in ("batch_size", "learning_rate", "steps", "ema_decay", "precision",
+                                                    "preview_every", "preview_count", "checkpoint_every")},
+        )
 
     def save_settings(self) -> None:
         self.form.save(self.context.settings)
@@ -239,6 +267,7 @@ class TrainPage(Page):
         training = self.is_training()
         for widget in (self.form, self.name_edit, self.resume_picker):
             widget.setEnabled(not training)
+        self._show_fine_tune(training)
         if self.dataset is None:
             self.dataset_label.setText("<b>No dataset yet.</b> Load images on the <b>1 · Dataset</b> page first.")
         else:
@@ -264,6 +293,33 @@ class TrainPage(Page):
             self.resume_hint.setText("Models you train appear here once saved, to continue them later.")
         elif chosen != self._loaded_model:
             self.resume_hint.setText("Choose a model to see its loss curve; Resume trains it on up to Steps.")
+
+    def _show_fine_tune(self, training: bool) -> None:
+        """A fine-tune keeps its model's architecture and schedule: show them, and lock their widgets."""
+        source = self.fine_tune_source()
+        self.init_picker.setEnabled(not training and self.init_check.isChecked())
+        form = self.form
+        for widget in (form.preset_combo, form.resolution_combo, form.channels_combo, form.schedule_combo,
+                       form.timesteps_spin):
+            widget.setEnabled(not training and source is None)
+        if source is None:
+            if form.preset() in PRESETS:
+                form.preset_description.setText(PRESETS[form.preset()].description)
+            return
+        form.preset_description.setText(f"Fine-tune of {source.name}: its architecture, resolution and noise schedule.")
+        try:
+            info = model_store.read_model_info(source)
+        except UserError:
+            return
+        widgets = (form.resolution_combo, form.channels_combo, form.schedule_combo, form.timesteps_spin)
+        for widget in widgets:
+            widget.blockSignals(True)
+        form.select_size(info.unet.image_size)
+        form.select_channels(info.unet.image_channels)
+        form.schedule_combo.setCurrentText(info.schedule.kind)
+        form.timesteps_spin.setValue(info.schedule.num_timesteps)
+        for widget in widgets:
+            widget.blockSignals(False)
 
     def _start_blocker(self) -> str | None:
         """Why Start cannot run now, in a sentence; None when it can."""

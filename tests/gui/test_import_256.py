@@ -85,3 +85,36 @@ def test_noising_and_denoise_from_t_at_256px(qtbot, window, imported, tmp_path):
     qtbot.waitUntil(lambda: page.runner is None, timeout=120_000)
     assert page.result is not None and tuple(page.result.images.shape) == (1, 3, 256, 256)
     assert page.result.metadata["start_t"] == "10"
+
+
+def test_the_train_page_fine_tunes_from_a_model(qtbot, window, tiny_model, demo_folder, user_models_dir):
+    """Start from: a new run from the chosen model's EMA weights, with its architecture, in a folder of its own."""
+    from ddpm_studio.core import model_store
+    from ddpm_studio.core.data import load_dataset
+
+    window.library.open(tiny_model)
+    result = load_dataset([demo_folder], 32)  # another resolution than the model's: rescanned at 16 px
+    result.sources = [demo_folder]
+    window.dataset_page.show_result(result)
+    page = window.train_page
+    window.tabs.setCurrentWidget(page)
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("small"))
+    page.init_check.setChecked(True)
+    assert page.init_picker.select(tiny_model)
+    assert not page.form.preset_combo.isEnabled() and not page.form.resolution_combo.isEnabled()
+    assert "Fine-tune of tiny" in page.form.preset_description.text()
+    source = model_store.read_model_info(tiny_model)
+    config = page.config()
+    assert config.init_from == str(tiny_model) and config.unet_config() == source.unet
+    assert config.num_timesteps == source.schedule.num_timesteps
+    page.form.steps_spin.setValue(2)
+    page.form.batch_spin.setValue(4)
+    page.form.preview_count_spin.setValue(0)
+    page.name_edit.setText("tiny-tuned")
+    assert page.start_button.isEnabled(), page.start_hint.text()
+    page.start_training()
+    qtbot.waitUntil(lambda: not page.is_training() and not page.estimates.is_running(), timeout=120_000)
+    tuned = model_store.read_model_info(user_models_dir / "tiny-tuned")
+    assert tuned.step == 2 and tuned.training["init_from"] == str(tiny_model) and tuned.unet == source.unet
+    page.init_check.setChecked(False)
+    assert page.form.preset_combo.isEnabled() and page.config().init_from is None
