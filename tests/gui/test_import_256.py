@@ -103,6 +103,7 @@ def test_the_train_page_fine_tunes_from_a_model(qtbot, window, tiny_model, demo_
     assert page.init_picker.select(tiny_model)
     assert not page.form.preset_combo.isEnabled() and not page.form.resolution_combo.isEnabled()
     assert "Fine-tune of tiny" in page.form.preset_description.text()
+    assert page.form.resolution_combo.currentData() == 16  # the model's, shown though disabled
     source = model_store.read_model_info(tiny_model)
     config = page.config()
     assert config.init_from == str(tiny_model) and config.unet_config() == source.unet
