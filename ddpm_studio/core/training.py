@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import model_store
+from . import model_check, model_store
 from .data import (
     DatasetError,
     ScanResult,
@@ -88,9 +88,12 @@ class TrainingConfig:
             value, kind = getattr(self, setting.name), setting.type
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             fits = {"bool": isinstance(value, bool), "str": isinstance(value, str),
-                    "int": number and isinstance(value, int)}.get(kind, number or (value is None and "None" in kind))
+                    "int": number and isinstance(value, int), "str | None": value is None or isinstance(value, str),
+                    "dict | None": value is None or isinstance(value, dict),
+                    }.get(kind, number or (value is None and "None" in kind))
             if not fits:
-                words = {"bool": "true or false", "str": "text", "int": "a whole number"}.get(kind, "a number")
+                words = {"bool": "true or false", "str": "text", "int": "a whole number", "str | None": "text",
+                         "dict | None": "a table of settings"}.get(kind, "a number")
                 raise SettingError(f"The training setting {setting.name} must be {words}, not {value!r}.")
         positive = ("batch_size", "steps", "num_timesteps", "checkpoint_every", "preview_every", "preview_steps")
         for name in positive:
@@ -113,7 +116,11 @@ class TrainingConfig:
 
     def unet_config(self):
         if self.unet is not None:
-            config = UNetConfig.from_dict(self.unet)
+            try:
+                config = UNetConfig.from_dict(self.unet)
+                model_check.check_unet_config(config)
+            except TypeError:
+                raise SettingError(f"The training setting unet is not a U-Net architecture ({self.unet!r:.80}).") from None
             if (config.image_size, config.image_channels) != (self.image_size, self.image_channels):
                 raise SettingError(f"This architecture works at {config.image_size}x{config.image_size}x"
                                    f"{config.image_channels}, not {self.image_size}x{self.image_size}x"
