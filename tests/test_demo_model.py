@@ -6,7 +6,7 @@ import torch
 
 from ddpm_studio.core import model_store
 from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.image_stats import colour_histogram, flat_fraction, histogram_distance, to_channels_last, total_variation
+from image_stats import colour_histogram, flat_fraction, histogram_distance, to_channels_last, total_variation
 from ddpm_studio.core.sampling import SamplingRequest, sample_images
 from ddpm_studio.paths import BUNDLED_MODELS_DIR
 

@@ -70,15 +70,6 @@ def save_png(path: Path | str, image: Image.Image | np.ndarray | torch.Tensor, m
     return Path(path)
 
 
-def read_picture(path: Path | str) -> np.ndarray | None:
-    """A PNG or other picture as an (H, W, 3) uint8 array; None when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError:
-        return None
-
-
 def upscale_nearest(image: Image.Image, scale: int) -> Image.Image:
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
 

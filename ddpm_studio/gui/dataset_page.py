@@ -396,8 +396,3 @@ class DatasetPage(Page):
             item.setToolTip(1, skipped_file.reason)
             items.append(item)
         self.skipped_list.addTopLevelItems(items)
-
-    def skipped_rows(self) -> list[tuple[str, str]]:
-        """The skipped list as shown: (file name, reason) per row."""
-        return [(self.skipped_list.topLevelItem(row).text(0), self.skipped_list.topLevelItem(row).text(1))
-                for row in range(self.skipped_list.topLevelItemCount())]

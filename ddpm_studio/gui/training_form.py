@@ -35,6 +35,15 @@ def select_data(combo: QComboBox, value) -> None:
         combo.setCurrentIndex(index)
 
 
+def spin_box(minimum: int, maximum: int, single_step: int = 1, tooltip: str = "") -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(minimum, maximum)
+    spin.setSingleStep(single_step)
+    if tooltip:
+        spin.setToolTip(tooltip)
+    return spin
+
+
 class TrainingForm(QWidget):
     """``changed()`` whenever a setting changes; ``config()`` reads the form, ``fill(config)`` shows one."""
 
@@ -56,15 +65,12 @@ class TrainingForm(QWidget):
         self.channels_combo = QComboBox()
         for label, channels in CHANNEL_CHOICES:
             self.channels_combo.addItem(label, channels)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 4096)
+        self.batch_spin = spin_box(1, 4096)
         self.learning_rate_spin = LogStepSpinBox(1e-7, 0.5)
         self.learning_rate_spin.setToolTip("Adam's learning rate; the arrows halve or double it.")
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 100_000_000)
-        self.steps_spin.setSingleStep(1000)
+        self.steps_spin = spin_box(1, 100_000_000, 1000, "Total optimisation steps; a resumed run continues up to "
+                                   "this number.")
         self.steps_spin.setGroupSeparatorShown(True)
-        self.steps_spin.setToolTip("Total optimisation steps; a resumed run continues up to this number.")
         self.ema_spin = LogStepSpinBox(0.0, 0.999999, complement=True)
         self.ema_spin.setToolTip("Decay of the weights' moving average used for sampling (the paper: 0.9999).")
 
@@ -88,26 +94,17 @@ class TrainingForm(QWidget):
         self.precision_combo.setToolTip("auto: bfloat16 autocast where the device computes it natively, else float32.")
         self.schedule_combo = QComboBox()
         self.schedule_combo.addItems(list(SCHEDULE_KINDS))
-        self.timesteps_spin = QSpinBox()
-        self.timesteps_spin.setRange(2, 100_000)
-        self.timesteps_spin.setToolTip("T, the number of diffusion steps (the paper: 1000).")
-        self.preview_every_spin = QSpinBox()
-        self.preview_every_spin.setRange(1, 10_000_000)
-        self.preview_every_spin.setSingleStep(100)
-        self.preview_count_spin = QSpinBox()
-        self.preview_count_spin.setRange(0, 64)
-        self.preview_count_spin.setToolTip("Images in each preview grid, sampled at a fixed seed (0: no previews).")
-        self.checkpoint_every_spin = QSpinBox()
-        self.checkpoint_every_spin.setRange(1, 10_000_000)
-        self.checkpoint_every_spin.setSingleStep(500)
-        self.checkpoint_every_spin.setToolTip("Steps between checkpoints (one is also saved every 10 minutes, and on Stop).")
-        self.eval_every_spin = QSpinBox()
-        self.eval_every_spin.setRange(0, 10_000_000)
-        self.eval_every_spin.setSingleStep(1000)
+        self.timesteps_spin = spin_box(2, 100_000, tooltip="T, the number of diffusion steps (the paper: 1000).")
+        self.preview_every_spin = spin_box(1, 10_000_000, 100)
+        self.preview_count_spin = spin_box(0, 64, tooltip="Images in each preview grid, sampled at a fixed seed "
+                                           "(0: no previews).")
+        self.checkpoint_every_spin = spin_box(1, 10_000_000, 500, "Steps between checkpoints (one is also saved "
+                                              "every 10 minutes, and on Stop).")
+        self.eval_every_spin = spin_box(0, 10_000_000, 1000, "Steps between KID measurements of the EMA weights "
+                                        "(1,000 DDIM samples against the dataset; needs the eval extra and the "
+                                        "Inception weights). It costs about as much as sampling 1,000 images: "
+                                        "`ddpm-studio bench` tells how much.")
         self.eval_every_spin.setSpecialValueText("off")
-        self.eval_every_spin.setToolTip("Steps between KID measurements of the EMA weights (1,000 DDIM samples against "
-                                        "the dataset; needs the eval extra and the Inception weights). It costs about "
-                                        "as much as sampling 1,000 images: `ddpm-studio bench` tells how much.")
         self.advanced_rows = QFormLayout(self.advanced_box)
         self.advanced_rows.setContentsMargins(0, 0, 0, 0)
         for label, widget in (("Precision", self.precision_combo), ("Noise schedule", self.schedule_combo),

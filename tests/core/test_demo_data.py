@@ -21,7 +21,7 @@ from ddpm_studio.core.demo_data import (
     make_demo_images,
     write_demo_dataset,
 )
-from ddpm_studio.core.image_stats import (
+from image_stats import (
     colour_histogram,
     flat_fraction,
     histogram_distance,

@@ -16,6 +16,12 @@ from ddpm_studio.gui.dataset_page import sample_indices
 SCAN_TIMEOUT_MS = 30_000
 
 
+def skipped_rows(page) -> list[tuple[str, str]]:
+    """The skipped list as shown: (file name, reason) per row."""
+    items = [page.skipped_list.topLevelItem(row) for row in range(page.skipped_list.topLevelItemCount())]
+    return [(item.text(0), item.text(1)) for item in items]
+
+
 def write_png(path: Path, size: int = 24, seed: int = 0) -> Path:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
@@ -55,7 +61,7 @@ def test_dropping_a_folder_scans_it_and_lists_the_skipped_files(window, qtbot, m
     assert [path.name for path in result.files] == ["good_0.png", "good_1.png", "good_2.png"]
     assert result.sources == [mixed_folder]
     assert page.thumbnails.count() == 3
-    reasons = dict(page.skipped_rows())
+    reasons = dict(skipped_rows(page))
     assert set(reasons) == {"broken.png", "notes.jpg"}
     assert reasons["broken.png"].startswith("damaged")
     assert reasons["notes.jpg"].startswith("not an image")

@@ -1,4 +1,4 @@
-"""Simple statistics of image batches, to tell generated samples, the demo data and pure noise apart.
+"""Simple statistics of image batches, to tell generated samples, the demo data and pure noise apart (test helpers).
 
 Every function takes uint8 images laid out as (N, H, W, 3), values 0..255. Batches in the
 (N, 3, H, W) layout of PyTorch convert with ``to_channels_last``; model samples in [-1, 1]
