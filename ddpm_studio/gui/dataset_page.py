@@ -1,6 +1,6 @@
 """The Dataset page: drop or choose a folder of images, scan it in the background, see what is usable and what was skipped.
 
-The scan is core's ``scan_images`` iterator run by a ``JobWorker``. When it ends the page
+The scan is core's ``scan_images`` iterator, run through the page's job controller. When it ends the page
 shows how many images are usable, their original sizes, a grid of thumbnails (a sample of a
 large folder) and every skipped file with its reason, then hands the result to the Train page.
 """
