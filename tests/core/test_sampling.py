@@ -226,3 +226,13 @@ def test_export_trajectory(loaded, tmp_path, kind):
                 np.testing.assert_array_equal(last[2:34, 2:34], expected)
     with pytest.raises(ValueError):
         export_trajectory(result, 0, tmp_path / "other", kind)  # image 0 was not recorded
+
+
+def test_256px_frames_of_a_full_ddpm_run_stay_within_the_timeline_budget():
+    """16 images at 256 px over 1000 steps would take 6 GB of frames; the budget keeps a stride of them."""
+    from ddpm_studio.core.sampling import DEFAULT_TRAJECTORY_BUDGET, DETAIL_STEPS, frames_to_keep
+
+    bytes_per_frame = 2 * 16 * 3 * 256 * 256  # x_t and x0_hat, uint8
+    kept = frames_to_keep(1000, bytes_per_frame, DEFAULT_TRAJECTORY_BUDGET)
+    assert len(kept) * bytes_per_frame <= DEFAULT_TRAJECTORY_BUDGET
+    assert set(range(1000 - DETAIL_STEPS, 1000)) <= kept and 0 in kept  # where the image forms, and the start
