@@ -1,15 +1,15 @@
-"""The training memory estimate: parameters exact, activations growing with batch and resolution, and the
-whole against the memory a real training step takes on the CPU."""
+"""The training memory estimate: parameters exact, activations growing with batch and resolution,
+views counted as nothing, bf16 not halving everything, and the whole against a measured peak."""
 
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
 from ddpm_studio.core.devices import device_memory_bytes
-from ddpm_studio.core.memory import BYTES_PER_PARAMETER, estimate_training_memory
+from ddpm_studio.core.memory import (
+    BYTES_PER_PARAMETER, estimate_training_memory, measure_training_peak, saved_tensor_bytes,
+)
 from ddpm_studio.core.unet import UNet, preset_config
 
 
@@ -20,10 +20,14 @@ def test_the_estimate_counts_the_parameters_exactly_and_scales_with_the_batch():
     eight = estimate_training_memory(config, 8)
     assert one.parameters == parameters
     assert one.parameter_bytes == parameters * BYTES_PER_PARAMETER
-    assert eight.activation_bytes == 8 * one.activation_bytes > 0
-    assert estimate_training_memory(config, 8, bf16=True).activation_bytes == eight.activation_bytes // 2
+    sixteen = estimate_training_memory(config, 16)
+    per_image = (sixteen.activation_bytes - eight.activation_bytes) / 8
+    assert per_image > 0 and abs((eight.activation_bytes - one.activation_bytes) / 7 - per_image) <= 1
+    # Under bf16 autocast the GroupNorms and the softmax stay float32: less is kept, but not half.
+    bf16 = estimate_training_memory(config, 16, bf16=True).activation_bytes
+    assert 0.5 * sixteen.activation_bytes < bf16 < 0.95 * sixteen.activation_bytes
     assert estimate_training_memory(config, 8, dataset_images=10).dataset_bytes == 10 * 3 * 16 * 16
-    # Every layer's output at least: more than the input image and its first feature map.
+    # Every level keeps its input at least: more than the input image and its first feature map.
     assert one.activation_bytes > 4 * 16 * 16 * (3 + config.base_channels)
 
 
@@ -33,54 +37,33 @@ def test_a_larger_image_needs_more_activations():
     assert large.activation_bytes > 2 * small.activation_bytes
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and sysconf")
+def test_views_and_tensors_kept_twice_count_once():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.linear(x)  # keeps x (the weight is the model's, not counted)
+            flat = h.view(-1)  # a view: no new memory
+            return (flat * flat).sum() + (h.t() * 2).sum()  # keeps h's storage, through a view, twice
+
+    x = torch.randn(4, 8)
+    assert saved_tensor_bytes(Model(), (x,)) == 2 * x.nbytes  # x and h, 128 bytes each
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU peak is read from /proc")
+def test_the_estimate_is_within_a_third_of_the_measured_cpu_peak():
+    """Calibration: real training steps of `small` at 32x32, batch 16, in a fresh process. Counting
+    every operation's output (views included) overshot this peak by half; the saved tensors, with
+    the backward allowance, came within 2 % (86.7 MiB estimated, 85.2 MiB measured)."""
+    config = preset_config("small", 32)
+    measured = measure_training_peak(config, 16)
+    estimate = estimate_training_memory(config, 16).total_bytes
+    assert measured is not None and measured > 2**25
+    assert 1 / 1.35 < estimate / measured < 1.35, f"estimate {estimate / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB"
+
+
 def test_the_device_memory_is_known_on_linux():
     total = device_memory_bytes(torch.device("cpu"))
     assert total is not None and 2**28 < total < 2**50
-
-
-# A fresh process runs one training step (forward, backward, Adam) after a warm-up step at batch 1, and
-# reports how far its peak resident memory (Linux's VmHWM, reset just before) rose, beside the estimate of what the step adds to the
-# weights and the EMA copy that already exist.
-MEASURE_ONE_STEP = textwrap.dedent("""
-    import copy, sys, torch
-    from ddpm_studio.core.diffusion import GaussianDiffusion
-    from ddpm_studio.core.memory import estimate_training_memory
-    from ddpm_studio.core.schedule import NoiseSchedule
-    from ddpm_studio.core.unet import UNet, preset_config
-
-    torch.set_num_threads(1)
-    size, batch = int(sys.argv[1]), int(sys.argv[2])
-    config = preset_config("tiny", size)
-    model = UNet(config)
-    ema = copy.deepcopy(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    diffusion = GaussianDiffusion(NoiseSchedule.linear(1000))
-    x0 = torch.rand(batch, config.image_channels, size, size) * 2 - 1
-    diffusion.training_loss(model, x0[:1]).backward()  # kernels and their workspaces, not what we measure
-    model.zero_grad(set_to_none=True)
-
-    def peak_resident_bytes():
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # the peak starts again from what is resident now
-    before = peak_resident_bytes()
-    loss = diffusion.training_loss(model, x0)
-    loss.backward()
-    optimizer.step()
-    measured = peak_resident_bytes() - before
-    estimate = estimate_training_memory(config, batch)
-    print(measured, estimate.total_bytes - 8 * estimate.parameters)  # weights and EMA (float32) exist already
-""")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak from /proc")
-def test_the_estimate_bounds_the_measured_peak_of_a_training_step_within_a_factor_of_2_5():
-    out = subprocess.run([sys.executable, "-c", MEASURE_ONE_STEP, "16", "64"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    measured, estimated = map(int, out.split())
-    assert measured > 16 * 2**20  # the step really allocated (its activations are tens of MiB)
-    # An upper bound (every operation's output is counted; autograd frees some before the peak) and close to it.
-    assert measured <= estimated <= 2.5 * measured, (measured, estimated)
