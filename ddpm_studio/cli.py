@@ -660,6 +660,40 @@ def run_bench(args) -> int:
     return 0
 
 
+# --- doctor ---------------------------------------------------------------------------------------
+
+
+def add_doctor_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="check this machine: versions, devices, bf16, NCCL, the GPU paths' correctness, speed",
+        description="Check this machine in a few minutes: what it has, whether bf16, channels_last, torch.compile "
+                    "and NCCL compute what they should (same seeds, stated tolerances), and how fast training and "
+                    "sampling run. Checks that cannot run here are reported as skipped.")
+    parser.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON to this file")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a first look in seconds")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(handler=run_doctor)
+
+
+def run_doctor(args) -> int:
+    import json
+
+    from .core.atomic import write_bytes_atomic
+    from .core.doctor import FAILED, DoctorReport, DoctorSettings, run_doctor as doctor
+
+    check_device(args.device)
+    if args.json_path is not None and args.json_path.is_dir():
+        fail(f"--json {args.json_path} is a folder; give a file name.")
+    report = DoctorReport()
+    for line in doctor(DoctorSettings(device=args.device, quick=args.quick), report):
+        print(line, flush=True)
+    if args.json_path is not None:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(args.json_path, (json.dumps(report.to_json(), indent=2) + "\n").encode())
+        print(f"Wrote {args.json_path}")
+    return 1 if any(check.status == FAILED for check in report.checks) else 0
+
+
 # --- demo-data -------------------------------------------------------------------------------------
 
 
@@ -714,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(subparsers)
     add_info_parser(subparsers)
     add_bench_parser(subparsers)
+    add_doctor_parser(subparsers)
     add_demo_parser(subparsers)
     add_import_parser(subparsers)
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
