@@ -646,6 +646,9 @@ def add_bench_parser(subparsers) -> None:
     parser.add_argument("--eval-num", type=int, default=1000, help="also cost one train --eval-num N KID measurement "
                         "(default 1000; 0: skip)")
     parser.add_argument("--inception-weights", type=Path, help="the FID Inception weights file (default: torch's cache)")
+    parser.add_argument("--bf16-vs-fp32", action="store_true",
+                        help="instead: bf16 autocast against float32 (speed-up, loss curves, samples of --model)")
+    parser.add_argument("--model", help="with --bf16-vs-fp32: the trained model to sample (default: the demo model)")
     parser.set_defaults(handler=run_bench)
 
 
@@ -655,7 +658,13 @@ def run_bench(args) -> int:
     check_device(args.device)
     settings = BenchSettings(args.preset, args.image_size, args.batch_size, args.train_steps, args.sample_steps,
                              args.precision, args.compile, args.device, args.eval_num, args.inception_weights)
-    for line in run_benchmark(settings):
+    if args.bf16_vs_fp32:
+        from .core.bench import compare_bf16
+
+        lines = compare_bf16(settings, resolve_model_path(args.model) if args.model else None)
+    else:
+        lines = run_benchmark(settings)
+    for line in lines:
         print(line, flush=True)
     return 0
 

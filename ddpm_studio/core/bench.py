@@ -181,3 +181,98 @@ def kid_cost(settings: BenchSettings, device: torch.device, ddim50_images_per_se
     yield (f"KID in train  one --eval-num {n} measurement: sampling {sampling:.1f} s (DDIM 50) + {features_text} + "
            f"KID {kid:.1f} s = {total:.1f} s, the time of {in_steps:,.0f} training steps; --eval-every "
            f"{math.ceil(10 * in_steps):,} or more keeps it under 10% of training time")
+
+
+# --- bf16 against fp32 ---------------------------------------------------------------------------
+
+
+def compare_bf16(settings: BenchSettings, model_path=None) -> Iterator[str]:
+    """bf16 autocast against float32 on this device: the speed-up of training and of the model's
+    forward pass, training loss curves from the same start on the same batches and noise, and
+    samples of a trained model from the same seed (a statistic of the images, not only a timing)."""
+    import copy
+
+    import numpy as np
+
+    from .data import to_model_range
+    from .demo_data import make_demo_images
+    from .devices import has_native_bf16
+    from .model_store import load_model
+    from ..paths import BUNDLED_MODELS_DIR
+    from .sampling import SamplingRequest, sample_images
+
+    config = TrainingConfig.for_preset(settings.preset, image_size=settings.image_size, batch_size=settings.batch_size)
+    device = choose_device(settings.device)
+    unet_config = config.unet_config()
+    yield f"device        {describe_device(device)}, bf16 {'native' if has_native_bf16(device) else 'emulated'}"
+    yield (f"model         {settings.preset} at {unet_config.image_size}x{unet_config.image_size}, batch "
+           f"{settings.batch_size}, {settings.train_steps} training steps each, {torch.get_num_threads()} threads")
+
+    torch.manual_seed(config.seed)
+    models = {"fp32": UNet(unet_config).to(device)}
+    models["bf16"] = copy.deepcopy(models["fp32"])
+    optimizers = {name: torch.optim.Adam(model.parameters(), lr=config.learning_rate) for name, model in models.items()}
+    diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(device))
+    images = torch.from_numpy(make_demo_images(256, size=unet_config.image_size, seed=1)).permute(0, 3, 1, 2)
+    data = to_model_range(images.contiguous()).to(device)
+    batches = torch.Generator().manual_seed(0)
+    losses = {name: [] for name in models}
+    seconds = {name: [] for name in models}
+    for step in range(settings.train_steps + 2):
+        x0 = data[torch.randint(len(data), (settings.batch_size,), generator=batches).to(device)]
+        for name, model in models.items():  # interleaved, so that a busy machine slows both alike
+            noise = torch.Generator(device=device).manual_seed(1000 + step)
+            synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+                loss = diffusion.training_loss(model, x0, generator=noise)
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizers[name].step()
+            synchronize(device)
+            if step >= 2:  # the first steps load kernels
+                seconds[name].append(time.perf_counter() - start)
+                losses[name].append(float(loss.detach()))
+    fp32_step, bf16_step = (float(np.median(seconds[name])) for name in ("fp32", "bf16"))
+    yield f"train step    fp32 {fp32_step:.3f} s, bf16 {bf16_step:.3f} s (median): {fp32_step / bf16_step:.2f}x"
+
+    forward = {}
+    t = torch.full((settings.batch_size,), diffusion.num_timesteps // 2, device=device, dtype=torch.long)
+    with torch.inference_mode():
+        for name in ("fp32", "bf16", "fp32", "bf16"):
+            model = models["fp32"].eval()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+                model(x0, t)
+                synchronize(device)
+                start = time.perf_counter()
+                for _ in range(settings.sample_steps):
+                    model(x0, t)
+                synchronize(device)
+            forward[name] = (time.perf_counter() - start) / settings.sample_steps
+    yield (f"eval forward  fp32 {forward['fp32']:.3f} s, bf16 {forward['bf16']:.3f} s per call: "
+           f"{forward['fp32'] / forward['bf16']:.2f}x")
+
+    fp32_losses, bf16_losses = np.asarray(losses["fp32"]), np.asarray(losses["bf16"])
+    differences = bf16_losses - fp32_losses
+    half = len(differences) // 2
+    spread = float(fp32_losses[half:].std(ddof=1) / np.sqrt(len(fp32_losses) - half)) if half > 1 else float("nan")
+    yield (f"loss curves   mean of the last {len(differences) - half} steps: fp32 {fp32_losses[half:].mean():.4f}, "
+           f"bf16 {bf16_losses[half:].mean():.4f}; the per-step loss's own standard error {spread:.4f}; "
+           f"largest per-step difference {np.abs(differences).max():.4f}")
+
+    model_path = model_path or BUNDLED_MODELS_DIR / "demo"
+    loaded = load_model(model_path, device)
+    samples = {}
+    for precision in ("fp32", "bf16"):
+        request = SamplingRequest(num_images=16, seed=0, sampler="ddim", steps=50, device=str(device),
+                                  precision=precision, keep_trajectory_of=[])
+        start = time.perf_counter()
+        samples[precision] = sample_images(request, loaded).images.float()
+        samples[f"{precision} seconds"] = time.perf_counter() - start
+    difference = (samples["bf16"] - samples["fp32"]).abs()
+    channel_means = [samples[p].mean(dim=(0, 2, 3)) for p in ("fp32", "bf16")]
+    yield (f"samples       {loaded.info.name}, DDIM 50, 16 images, seed 0: fp32 {samples['fp32 seconds']:.1f} s, "
+           f"bf16 {samples['bf16 seconds']:.1f} s; mean |bf16 - fp32| {difference.mean():.2f} of 255, "
+           f"{float((difference > 16).float().mean()):.1%} of values differ by more than 16, channel means "
+           f"{', '.join(f'{a:.1f}/{b:.1f}' for a, b in zip(*channel_means))} (fp32/bf16)")
