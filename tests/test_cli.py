@@ -302,13 +302,14 @@ def test_bad_input_is_one_line_on_stderr_and_status_2(folders, case, capsys):
 
 
 def test_a_run_that_cannot_fit_is_refused_unless_forced(folders, monkeypatch, capsys):
-    """A fake, small memory limit: the tiny U-Net at 16 px needs about 1.5 MB per image, so batch 64 does not fit in 40 MB."""
-    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    """A fake, small memory limit: the tiny U-Net at 16 px needs about 0.7 MB per image in float32 (0.4 MB in bf16),
+    so batch 64 does not fit in 12 MB."""
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "12M")
     out = folders["images"].parent / "too-big"
     argv = ["train", str(folders["images"]), "--preset", "tiny", "--image-size", "16", "--steps", "2", "--timesteps",
             "50", "--preview-count", "0", "--batch-size", "64", "--out", str(out)]
     assert cli.main(argv) == 2
-    line = assert_one_error_line(capsys.readouterr().err, "at batch size 64, but the CPU has 40 MiB available")
+    line = assert_one_error_line(capsys.readouterr().err, "at batch size 64, but the CPU has 12 MiB available")
     assert "the largest batch size that fits is " in line and "--force" in line
     assert not out.exists()
 

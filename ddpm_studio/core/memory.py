@@ -218,9 +218,16 @@ def check_training_memory(
     available = available_memory_bytes(device)
     largest = None
     if available is not None:
+        def fits(batch: int) -> bool:
+            return estimate_training_memory(config, batch, bf16, dataset_images).total_bytes <= FIT_SHARE * available
+
         per_image = max(1, estimate.activation_bytes // max(1, batch_size))
         room = FIT_SHARE * available - estimate.parameter_bytes - estimate.dataset_bytes
-        largest = max(0, int(room // per_image))
+        largest = max(0, int(room // per_image))  # close; the activations also hold a part per pass
+        while largest > 0 and not fits(largest):
+            largest -= 1
+        while fits(largest + 1):
+            largest += 1
     return MemoryCheck(estimate, batch_size, available, largest, "the GPU" if device.type == "cuda" else "the CPU")
 
 
