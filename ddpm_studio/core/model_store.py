@@ -318,6 +318,12 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     return LoadedModel(info, unet, GaussianDiffusion(schedule))
 
 
+def inconsistent_settings(info: ModelInfo) -> ModelError:
+    """The sentence for a model.json whose training settings and architecture disagree."""
+    return ModelError(f"{info.path / CONFIG_FILE} is inconsistent: its training settings describe another "
+                      "network or schedule than its unet and schedule entries.")
+
+
 def check_resumable(folder: Path, unet: UNetConfig, schedule: ScheduleConfig) -> None:
     """Check a model folder before resuming gives memory to its run, raising ModelError in one sentence.
 
@@ -327,8 +333,7 @@ def check_resumable(folder: Path, unet: UNetConfig, schedule: ScheduleConfig) ->
     """
     info = read_model_info(folder)
     if unet != info.unet or schedule != info.schedule:
-        raise ModelError(f"{info.path / CONFIG_FILE} is inconsistent: its training settings describe another "
-                         "network or schedule than its unet and schedule entries.")
+        raise inconsistent_settings(info)
     header = model_check.read_safetensors_header(info.path / STATE_FILE)
     for prefix in ("model.", "ema."):
         model_check.check_weights_fit(unet, header, CONFIG_FILE, prefix)

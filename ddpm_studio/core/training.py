@@ -574,7 +574,10 @@ def train(
     if resume:
         # The folder's own architecture is the one its weights were trained with (a folder saved before
         # the downsampling padding became a setting has the old padding, which no preset has now).
-        config = replace(config, unet=model_store.read_model_info(out_dir).unet.to_dict())
+        info = model_store.read_model_info(out_dir)
+        if (config.image_size, config.image_channels) != (info.unet.image_size, info.unet.image_channels):
+            raise model_store.inconsistent_settings(info)
+        config = replace(config, unet=info.unet.to_dict())
     config.validate()
     unet_config = config.unet_config()
     if resume:  # before the network and the schedule are given memory

@@ -75,17 +75,17 @@ def test_the_bounds_admit_real_schedules(schedule):
 
 
 def test_a_setting_added_later_is_bounded_by_its_kind():
-    """A U-Net setting with no bound of its own (as a padding added for imported models would be) still is."""
+    """A U-Net setting added later with no bound of its own still is, by its default's kind."""
     import dataclasses
 
     @dataclasses.dataclass(frozen=True)
     class LaterConfig(UNetConfig):
-        downsample_padding: int = 1
+        later_width: int = 1
         scale_shift_norm: bool = False
 
     model_check.check_unet_config(LaterConfig(16, 3, 8, (1, 2), 1, (8,), 0.0, 4))
-    for changes, fragment in [({"downsample_padding": 10**6}, "unet.downsample_padding is 1,000,000"),
-                              ({"downsample_padding": -1}, "unet.downsample_padding must be at least 0"),
+    for changes, fragment in [({"later_width": 10**6}, "unet.later_width is 1,000,000"),
+                              ({"later_width": -1}, "unet.later_width must be at least 0"),
                               ({"scale_shift_norm": "no"}, "unet.scale_shift_norm must be true or false")]:
         with pytest.raises(model_check.SettingError) as error:
             model_check.check_unet_config(LaterConfig(16, 3, 8, (1, 2), 1, (8,), 0.0, 4, **changes))
