@@ -90,6 +90,17 @@ def add_train_parser(subparsers) -> None:
                         help=f"default {default.precision}: bf16 where the GPU or CPU has it natively, else fp32")
     parser.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    parser.add_argument("--accumulate", type=int, metavar="N",
+                        help="reach the batch in N micro-batches per step (gradient accumulation; default 1)")
+    parser.add_argument("--micro-batch", type=micro_batch_value, metavar="M|auto",
+                        help="largest micro-batch in images per process; auto: the largest the memory estimate fits on the device")
+    parser.add_argument("--checkpoint-activations", action="store_true",
+                        help="recompute the residual blocks' activations in the backward pass: less memory, more compute")
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR",
+                        help="also log loss, learning rate, images/s and previews to TensorBoard in DIR "
+                             "(needs the 'tensorboard' extra)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode the images into memory instead of the dataset cache (see 'ddpm-studio cache')")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--force", action="store_true",
                         help="start even when the memory estimate exceeds what the device has available")
@@ -100,15 +111,26 @@ def add_train_parser(subparsers) -> None:
     parser.set_defaults(handler=run_train)
 
 
+def micro_batch_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images or auto, not '{text}'") from None
+
+
 def training_overrides(args) -> dict:
     names = ("image_size", "batch_size", "learning_rate", "steps", "warmup_steps", "ema_decay", "dropout", "variance", "schedule",
              "num_timesteps", "checkpoint_every", "preview_every", "preview_count", "log_every", "seed", "precision",
-             "eval_every", "eval_num")
+             "eval_every", "eval_num", "accumulate", "micro_batch")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_flip:
         overrides["random_flip"] = False
     if args.compile:
         overrides["compile"] = True
+    if args.checkpoint_activations:
+        overrides["checkpoint_activations"] = True
     return overrides
 
 
@@ -117,6 +139,7 @@ def run_train(args) -> int:
 
     from .core import model_store
     from .core.data import ScanProgress, ScanResult
+    from .core.dataset_cache import CacheMessage
     from .core.evaluation import EvaluationProgress
     from .core.run_plan import model_name_for, plan_new_run, plan_resume
     from .core.training import (
@@ -149,22 +172,34 @@ def run_train(args) -> int:
     memory = check_memory(config, args.device, context)
     if not memory.fits:
         if not args.force:
-            fail(f"{memory.explain()} Lower --batch-size, or add --force to try anyway.")
+            fail(f"{memory.explain()} Lower --batch-size, split it (--accumulate N, --micro-batch auto), "
+                 "or add --force to try anyway.")
         if context.is_main:
             print(f"ddpm-studio: warning: {memory.explain()} Going on (--force).", file=sys.stderr)
 
     main_process = context.is_main
+    tensorboard = None
+    if args.tensorboard and main_process:
+        from .core.tensorboard_log import TensorBoardLog
+
+        tensorboard = TensorBoardLog(args.tensorboard)  # a missing package is reported before any work starts
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
     # Under torchrun a Ctrl-C reaches every process twice (the terminal's, then torchrun's own):
     # the trainer stops all ranks together, so a repeat must not interrupt one of them alone.
     stop = StopRequest(interrupt_on_repeat=not context.enabled)
+    plan.use_cache = not args.no_cache
     events = plan.events(command=command, device=args.device, stop_requested=lambda: stop.requested,
                          inception_weights=args.inception_weights, feature_extractor=args.feature_extractor)
     bar = None
     recent_loss = None
     try:
         for event in events:
-            if isinstance(event, ScanProgress):
+            if tensorboard is not None:
+                tensorboard.record(event)
+            if isinstance(event, CacheMessage):
+                if main_process:
+                    print(event.text, flush=True)
+            elif isinstance(event, ScanProgress):
                 if main_process and event.done == event.total:
                     print(f"Read {event.total} files.", flush=True)
             elif isinstance(event, ScanResult):
@@ -224,6 +259,8 @@ def run_train(args) -> int:
     finally:
         stop.uninstall()
         events.close()
+        if tensorboard is not None:
+            tensorboard.close()
     return 0
 
 
@@ -703,6 +740,37 @@ def run_doctor(args) -> int:
     return 1 if any(check.status == FAILED for check in report.checks) else 0
 
 
+# --- cache ------------------------------------------------------------------------------------------
+
+
+def add_cache_parser(subparsers) -> None:
+    parser = subparsers.add_parser("cache", help="list or clear the decoded-dataset cache",
+                                   description="Training decodes an image folder once into the cache; later runs map it. "
+                                               "Set DDPM_STUDIO_CACHE to move the cache folder.")
+    parser.add_argument("action", choices=("list", "clear"), help="list: show the entries; clear: remove them all")
+    parser.set_defaults(handler=run_cache)
+
+
+def run_cache(args) -> int:
+    from .core.dataset_cache import cache_dir, clear_cache, list_cache_entries
+    from .core.memory import format_bytes
+
+    if args.action == "clear":
+        count, size = clear_cache()
+        print(f"Removed {count} cached dataset{'s' if count != 1 else ''} ({format_bytes(size)}) from {cache_dir()}.")
+        return 0
+    entries = list_cache_entries()
+    print(f"Dataset cache: {cache_dir()}")
+    for entry in entries:
+        print(f"  {entry.path.name}  {format_bytes(entry.size_bytes):>9}  {entry.description}")
+    if not entries:
+        print("  (empty)")
+    else:
+        print(f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'}, {format_bytes(sum(e.size_bytes for e in entries))}.")
+    return 0
+
+
+
 # --- demo-data -------------------------------------------------------------------------------------
 
 
@@ -760,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_parser(subparsers)
     add_demo_parser(subparsers)
     add_import_parser(subparsers)
+    add_cache_parser(subparsers)
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     return parser
 

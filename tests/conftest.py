@@ -3,6 +3,12 @@
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The dataset cache of every test and of the commands they start lives in a temporary folder, never
+# in the user's cache (tests that look at the cache set their own folder per test).
+if "DDPM_STUDIO_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["DDPM_STUDIO_CACHE"] = tempfile.mkdtemp(prefix="ddpm-studio-test-cache-")
 
 from pathlib import Path  # noqa: E402
 
@@ -18,6 +24,14 @@ def user_models_dir(tmp_path_factory, monkeypatch) -> Path:
     """Models saved "by default" go to a temporary user folder, never the real home."""
     folder = tmp_path_factory.mktemp("user-models")
     monkeypatch.setenv("DDPM_STUDIO_MODELS", str(folder))
+    return folder
+
+
+@pytest.fixture
+def cache_folder(tmp_path_factory, monkeypatch) -> Path:
+    """An empty dataset cache folder of this test's own."""
+    folder = tmp_path_factory.mktemp("dataset-cache")
+    monkeypatch.setenv("DDPM_STUDIO_CACHE", str(folder))
     return folder
 
 

@@ -12,10 +12,13 @@ Each process runs ``ddpm_studio.cli.main`` on the arguments after DUMP_DIR, exac
   DUMP_DIR/rank<R>.started.safetensors; at the end they go into rank<R>.safetensors too;
 - with STOP_RANK=R and STOP_AFTER_STEP=N in the environment, rank R alone gets a SIGINT as it
   reports step N, as a stray signal or a Ctrl-C that reached one process would.
+- each rank records in DUMP_DIR/rank<R>.cache.json whether it decoded the images or opened
+  them from the dataset cache, and which cache entry.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -30,12 +33,22 @@ def main() -> int:
     dump_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
     from ddpm_studio import cli
+    from ddpm_studio.core import dataset_cache as cache
     from ddpm_studio.core import training
 
     rank = int(os.environ.get("RANK", "0"))
     stop_rank = int(os.environ.get("STOP_RANK", "-1"))
     stop_after = int(os.environ.get("STOP_AFTER_STEP", "-1"))
     real_train = training.train
+    real_open = training.open_cached_dataset
+
+    def recording_open(*args, **kwargs):
+        for event in real_open(*args, **kwargs):
+            if isinstance(event, cache.CachedScanResult):
+                dump_dir.mkdir(parents=True, exist_ok=True)
+                record = {"decoded": event.decoded, "entry": str(event.entry), "builder": kwargs.get("builder")}
+                (dump_dir / f"rank{rank}.cache.json").write_text(json.dumps(record))
+            yield event
 
     def streams(state) -> dict:
         return {f"streams.{name}": value for name, value in state.own_streams().items()}
@@ -63,7 +76,8 @@ def main() -> int:
                     os.kill(os.getpid(), signal.SIGINT)
                 yield event
 
-    training.train = recording_train  # train_from_folder, which the CLI calls, looks it up at call time
+    training.train = recording_train  # train_from_folder, which the CLI calls, looks these up at call time
+    training.open_cached_dataset = recording_open
     return cli.main(argv)
 
 

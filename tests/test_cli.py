@@ -38,7 +38,7 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def env(workspace) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "DDPM_STUDIO_MODELS": str(workspace / "user-models")}
+            "DDPM_STUDIO_MODELS": str(workspace / "user-models"), "DDPM_STUDIO_CACHE": str(workspace / "cache")}
 
 
 def run_all(commands: list[list[str]], env: dict, cwd: Path) -> list[subprocess.CompletedProcess]:
@@ -141,6 +141,8 @@ def test_the_interrupted_model_resumes_where_it_stopped(trained):
     resumed = trained["resumed"]
     assert_ok(resumed)
     assert f"from step {trained['state_step']} to {trained['target']}" in resumed.stdout
+    assert "Opened 40 decoded images from the cache" in resumed.stdout  # decoded once, by the first run
+    assert "Cached 40 decoded images" in trained["interrupted"].stdout
     assert f"Finished {trained['target']} steps" in resumed.stdout
     info = model_store.read_model_info(trained["out"])
     assert info.step == trained["target"]
@@ -278,6 +280,12 @@ BAD_INPUT = {
                                           "already holds other files"),
     "demo data of zero images": (lambda f: ["demo-data", f["images"].parent / "d0", "--count", "0"], "at least 1 image"),
     "demo data too small": (lambda f: ["demo-data", f["images"].parent / "d1", "--size", "4"], "at least 8 pixels"),
+    "accumulate 0": (lambda f: TRAIN + [f["images"], "--accumulate", "0", "--out", f["images"].parent / "m11"],
+                     "Accumulation must be at least 1"),
+    "accumulate and micro-batch": (lambda f: TRAIN + [f["images"], "--accumulate", "2", "--micro-batch", "4",
+                                                      "--out", f["images"].parent / "m12"], "not both"),
+    "accumulate more than the batch": (lambda f: TRAIN + [f["images"], "--batch-size", "4", "--accumulate", "8",
+                                                          "--out", f["images"].parent / "m13"], "cannot be split"),
 }
 if not torch.cuda.is_available():
     BAD_INPUT["sample on CUDA without a GPU"] = (
@@ -366,3 +374,21 @@ def test_a_programming_error_is_reported_as_a_bug_not_as_a_user_error(monkeypatc
     monkeypatch.setattr(cli, "run_info", broken)
     with pytest.raises(ValueError, match="not enough values"):
         cli.main(["info", "anything"])
+
+
+# --- the dataset cache ----------------------------------------------------------------------------------
+
+
+def test_cache_list_and_clear(folders, cache_folder, capsys):
+    from ddpm_studio.core.dataset_cache import open_cached_dataset
+
+    assert cli.main(["cache", "list"]) == 0
+    assert "(empty)" in capsys.readouterr().out
+    list(open_cached_dataset([folders["images"]], 16))
+    assert cli.main(["cache", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert f"Dataset cache: {cache_folder}" in listing
+    assert f"12 images at 16x16x3 from {folders['images']}, 0 skipped" in listing and "1 entry" in listing
+    assert cli.main(["cache", "clear"]) == 0
+    assert "Removed 1 cached dataset" in capsys.readouterr().out
+    assert not list((cache_folder / "datasets").iterdir())

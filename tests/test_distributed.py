@@ -1,9 +1,11 @@
-"""Training under torchrun: two CPU processes (gloo) through the ``train`` command. Both must end
-with identical weights, and only rank 0 may write the model folder. A resume gives each rank its
-own random streams back, and a stop that reaches one rank stops both, with rank 0's checkpoint."""
+"""Training under torchrun: two CPU processes (gloo) through the ``train`` command, accumulating
+two micro-batches a step. Both must end with identical weights, only rank 0 may write the model
+folder, and both train from the one dataset cache entry that rank 0 decoded. A resume gives each
+rank its own random streams back, and a stop that reaches one rank stops both, with rank 0's checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +40,7 @@ def run(tmp_path_factory) -> dict:
     out, dumps = root / "model", root / "dumps"
     result = torchrun(root, dumps, "train", str(data), "--out", str(out), "--preset", "tiny", "--image-size", "16",
                       "--steps", str(STEPS), "--timesteps", "50", "--batch-size", "8", "--checkpoint-every", "4",
-                      "--preview-every", "3", "--preview-count", "2", "--device", "cpu")
+                      "--preview-every", "3", "--preview-count", "2", "--device", "cpu", "--accumulate", "2")
     return dict(result=result, out=out, dumps=dumps, root=root)
 
 
@@ -46,7 +48,7 @@ def torchrun(root: Path, dumps: Path, *arguments: str, **environment: str) -> su
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(TESTS_DIR / "distributed_check.py"), str(dumps), *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DDPM_STUDIO_MODELS": str(root / "user"),
-           **environment}
+           "DDPM_STUDIO_CACHE": str(root / "user" / "cache"), **environment}
     # The timeout guards against a hang (a collective that one rank never joins), not against slowness.
     return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=300)
 
@@ -97,6 +99,16 @@ def test_only_rank_0_writes_the_model_folder(run):
     assert len(list((out / model_store.PREVIEW_DIR).glob("step_*.png"))) == 2  # steps 3 and 6
     assert not list(out.rglob("*.tmp"))
     model_store.load_model(out)
+
+
+def test_rank_0_decodes_into_the_cache_and_rank_1_waits_for_it(run):
+    records = [json.loads((run["dumps"] / f"rank{rank}.cache.json").read_text()) for rank in (0, 1)]
+    assert records[0]["builder"] is True and records[1]["builder"] is False
+    assert records[0]["decoded"] is True and records[1]["decoded"] is False  # it opened rank 0's entry; it decoded nothing itself
+    assert records[0]["entry"] == records[1]["entry"]
+    entries = list((run["root"] / "user" / "cache" / "datasets").iterdir())
+    assert [str(entry) for entry in entries] == [records[0]["entry"]]  # one entry, no leftovers
+    assert "Cached 24 decoded images" in run["result"].stdout or "Opened 24 decoded images" in run["result"].stdout
 
 
 def test_an_explicit_cuda_device_means_each_process_own_gpu():

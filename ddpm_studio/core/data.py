@@ -13,13 +13,16 @@ Decoding rules, the same for every file:
 - The shorter side is resized to the training size (Lanczos), then the centre square
   is kept. A file whose shorter side is below ``minimum_side(image_size)`` is skipped.
 - Embedded colour profiles are ignored; CMYK is converted with Pillow's plain formula.
+
+A change to any of these rules must raise ``DECODING_RULES_VERSION``: the decoded-dataset
+cache (``dataset_cache.py``) keys its files by it, so caches decoded by older rules are rebuilt.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,9 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import SettingError, UserError
+
+DECODING_RULES_VERSION = 1
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # Only the decoders of the formats above are tried. Pillow would otherwise also open
@@ -165,8 +171,8 @@ def _as_path_list(paths: Path | str | Sequence[Path | str]) -> list[Path]:
     return [Path(path) for path in paths]
 
 
-def _has_image_extension(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def _has_image_extension(path: str | Path) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _is_hidden(name: str) -> bool:
@@ -175,9 +181,9 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _image_files_in_folder(folder: Path, skipped: list[SkippedFile]) -> list[Path]:
+def _image_files_in_folder(folder: Path, skipped: list[SkippedFile]) -> list[str]:
     """Every file with an image extension under ``folder``, in a deterministic order, hidden ones left out."""
-    found: list[Path] = []
+    found: list[str] = []
 
     def report_unreadable_folder(error: OSError) -> None:
         skipped.append(SkippedFile(Path(error.filename or folder), f"unreadable: {error.strerror or error}"))
@@ -187,9 +193,8 @@ def _image_files_in_folder(folder: Path, skipped: list[SkippedFile]) -> list[Pat
         # ones keeps it out of them.
         subdirectories[:] = sorted(name for name in subdirectories if not _is_hidden(name))
         for name in sorted(file_names):
-            path = Path(directory) / name
-            if not _is_hidden(name) and _has_image_extension(path):
-                found.append(path)
+            if not _is_hidden(name) and _has_image_extension(name):
+                found.append(os.path.join(directory, name))
     return found
 
 
@@ -201,17 +206,24 @@ def find_image_files(paths: Path | str | Sequence[Path | str]) -> tuple[list[Pat
     taken as given, but one without an image extension is skipped as "not an image".
     A file reached twice is kept once.
     """
+    names, skipped = find_image_paths(paths)
+    return [Path(name) for name in names], skipped
+
+
+def find_image_paths(paths: Path | str | Sequence[Path | str]) -> tuple[list[str], list[SkippedFile]]:
+    """``find_image_files`` with the files as strings: the dataset cache's check of 100,000 files
+    would spend seconds making ``Path`` objects."""
     sources = _as_path_list(paths)
     if not sources:
         raise DatasetError("No files or folders were given.")
-    files: list[Path] = []
+    files: list[str] = []
     skipped: list[SkippedFile] = []
     for source in sources:
         if source.is_dir():
             files.extend(_image_files_in_folder(source, skipped))
         elif source.is_file():
             if _has_image_extension(source):
-                files.append(source)
+                files.append(str(source))
             else:
                 supported = ", ".join(sorted(IMAGE_EXTENSIONS))
                 skipped.append(SkippedFile(source, f"not an image: only {supported} files are read"))
@@ -224,9 +236,9 @@ def find_image_files(paths: Path | str | Sequence[Path | str]) -> tuple[list[Pat
     return (_without_repeats(files) if len(sources) > 1 else files), skipped
 
 
-def _without_repeats(files: list[Path]) -> list[Path]:
+def _without_repeats(files: list[str]) -> list[str]:
     seen: set[str] = set()
-    unique: list[Path] = []
+    unique: list[str] = []
     for path in files:
         key = os.path.normpath(os.path.abspath(path))
         if key not in seen:
@@ -385,6 +397,7 @@ def scan_images(
     image_size: int,
     channels: int = 3,
     workers: int | None = None,
+    allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
 ) -> Iterator[ScanProgress | ScanResult]:
     """Find and decode every image under ``paths``: a ``ScanProgress`` after each file, then one ``ScanResult``.
 
@@ -393,7 +406,8 @@ def scan_images(
     keeps the order of ``find_image_files`` whatever order they finish in. Closing the
     iterator cancels what has not started and waits only for the few files in flight.
     A ``ScanResult`` comes even when no image is usable; ``load_dataset`` turns that into
-    an error.
+    an error. ``allocate(shape)`` gives the uint8 array the images are decoded into (default:
+    memory; the dataset cache passes a memory-mapped file, so a scan never holds the dataset in RAM).
     """
     _check_settings(image_size, channels)
     sources = _as_path_list(paths)
@@ -402,7 +416,8 @@ def scan_images(
     workers = workers or default_workers()
     Image.init()  # register every decoder once, here, rather than from several of the pool's threads at once
     # Preallocated and filled in place: a dataset is decoded once and can be large.
-    images = np.empty((total, channels, image_size, image_size), dtype=np.uint8)
+    shape = (total, channels, image_size, image_size)
+    images = allocate(shape) if allocate is not None else np.empty(shape, dtype=np.uint8)
     source_sizes: list[tuple[int, int] | None] = [None] * total
     reasons: list[str | None] = [None] * total
 

@@ -211,18 +211,32 @@ class GaussianDiffusion:
         return mean, log_variance.exp(), x0_hat
 
     # --- training ----------------------------------------------------------------------
+    def draw_training_noise(
+        self, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timestep indices t (uniform over 1..T) and the noise eps ~ N(0, I) of a training batch ``x0``."""
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return t, noise
+
     def training_loss(
-        self, model: EpsModel, x0: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        model: EpsModel,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L_simple = E ||eps - eps_theta(x_t, t)||^2 with t uniform over 1..T (mean over pixels).
 
         For a model that outputs a learned variance it is L_hybrid = L_simple + lambda L_vlb,
         lambda = 0.001. L_vlb is estimated from the same t as T L_{t-1} in bits per dimension
         (improved-diffusion's scale), with the mean's gradient stopped so that L_vlb trains only
-        the variance.
+        the variance. ``t`` and ``noise`` are drawn here unless given (gradient accumulation draws
+        them for the whole batch, then trains on it piece by piece).
         """
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        if t is None or noise is None:
+            t, noise = self.draw_training_noise(x0, generator)
         x_t = self.q_sample(x0, t, noise)
         eps_hat, v = split_model_output(model(x_t, t).float(), x0.shape[1])
         loss_simple = torch.nn.functional.mse_loss(eps_hat, noise.float())

@@ -18,6 +18,7 @@ import torch
 
 from . import model_store
 from .data import ScanResult
+from .dataset_cache import CachedImages, CachedScanResult
 from .errors import SettingError, UserError
 from .training import TrainingConfig, train, train_from_folder
 
@@ -25,9 +26,9 @@ from .training import TrainingConfig, train, train_from_folder
 # architecture, the schedule, the batch size, the EMA decay, the seed...) is the model's own, so
 # that a resumed run continues the same optimisation instead of quietly starting a different one.
 RESUMABLE_SETTINGS = ("steps", "learning_rate", "precision", "checkpoint_every", "preview_every", "preview_count",
-                      "log_every", "eval_every", "eval_num")
-RESUMABLE_IN_WORDS = ("the steps, the learning rate, the precision, and how often it saves, previews, logs and "
-                      "measures KID")
+                      "log_every", "eval_every", "eval_num", "accumulate", "micro_batch", "checkpoint_activations")
+RESUMABLE_IN_WORDS = ("the steps, the learning rate, the precision, how often it saves, previews, logs and "
+                      "measures KID, and how it saves memory (micro-batches, activation checkpointing)")
 _NAME_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -86,9 +87,10 @@ class RunPlan:
     out_dir: Path
     resume: bool = False
     start_step: int = 0
-    images: torch.Tensor | None = None  # decoded at the run's resolution: trained on as they are
+    images: torch.Tensor | CachedImages | None = None  # decoded at the run's resolution: trained on as they are
     dataset_summary: dict | None = None
     data_paths: list[Path] = field(default_factory=list)  # otherwise: scanned first, at the run's resolution
+    use_cache: bool = True  # a scan goes through the decoded-dataset cache
 
     def events(self, command: str | None = None, device: str | None = None, cpu_threads: int | None = None,
                stop_requested: Callable[[], bool] | None = None, inception_weights: Path | None = None,
@@ -100,12 +102,19 @@ class RunPlan:
                        feature_extractor=feature_extractor)
         if self.images is not None:
             return train(self.config, self.images, self.out_dir, self.dataset_summary, **options)
-        return train_from_folder(self.data_paths, self.config, self.out_dir, **options)
+        return train_from_folder(self.data_paths, self.config, self.out_dir, use_cache=self.use_cache, **options)
 
     def describe(self) -> str:
         if self.resume:
             return f"Resuming {self.out_dir.name} from step {self.start_step:,}…"
         return f"Training {self.out_dir.name}…"
+
+
+def _images_of(scanned: ScanResult) -> torch.Tensor | CachedImages:
+    """What to train on: images mapped from the dataset cache are streamed from it."""
+    if isinstance(scanned, CachedScanResult) and scanned.mapping is not None:
+        return scanned.mapping
+    return scanned.images
 
 
 def _fits(scanned: ScanResult | None, image_size: int, channels: int) -> bool:
@@ -121,7 +130,7 @@ def plan_new_run(config: TrainingConfig, out_dir: Path, data_paths: Sequence[Pat
     out_dir = Path(out_dir)
     check_new_model_folder(out_dir)
     if _fits(scanned, config.image_size, config.image_channels):
-        return RunPlan(config, out_dir, images=scanned.images, dataset_summary=scanned.summary())
+        return RunPlan(config, out_dir, images=_images_of(scanned), dataset_summary=scanned.summary())
     paths = [Path(path) for path in (data_paths or (scanned.sources if scanned is not None else []))]
     if not paths:
         raise SettingError("Give the folder of images to train on.")
@@ -131,6 +140,8 @@ def plan_new_run(config: TrainingConfig, out_dir: Path, data_paths: Sequence[Pat
 def resumed_config(info: model_store.ModelInfo, changes: dict) -> TrainingConfig:
     """The model's own training settings with ``changes`` applied; SettingError for a change the rule forbids."""
     config = TrainingConfig.from_dict(info.training)
+    if changes.get("accumulate") is not None or changes.get("micro_batch") is not None:
+        config.accumulate, config.micro_batch = 1, None  # a new split of the batch replaces the old one
     for name, value in changes.items():
         if value is None:
             continue
@@ -139,7 +150,7 @@ def resumed_config(info: model_store.ModelInfo, changes: dict) -> TrainingConfig
         if name not in RESUMABLE_SETTINGS and not same:
             raise SettingError(f"The {setting_label(name)} cannot change when resuming {info.name} (it is {stored}, not "
                                f"{value}); only {RESUMABLE_IN_WORDS} can.")
-        setattr(config, name, type(stored)(value) if stored is not None else value)
+        setattr(config, name, type(stored)(value) if stored is not None and not isinstance(value, str) else value)
     config.validate()
     if config.steps <= info.step:
         raise SettingError(f"{info.name} has already trained {info.step:,} steps; ask for more than that to continue.")
@@ -160,7 +171,7 @@ def plan_resume(out_dir: Path, changes: dict, data_paths: Sequence[Path] = (),
     config = resumed_config(info, changes)
     plan = RunPlan(config, out_dir, resume=True, start_step=info.step)
     if _fits(scanned, info.unet.image_size, info.unet.image_channels):
-        plan.images = scanned.images
+        plan.images = _images_of(scanned)
         return plan
     plan.data_paths = [Path(path) for path in data_paths] or [Path(path) for path in info.dataset.get("paths", [])]
     missing = [path for path in plan.data_paths if not path.exists()]

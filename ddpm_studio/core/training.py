@@ -9,6 +9,7 @@ only rank 0 writes the model folder.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -24,18 +25,12 @@ import torch
 import torch.distributed as dist
 
 from . import model_check, model_store
-from .data import (
-    DatasetError,
-    ScanResult,
-    explain_no_usable_images,
-    flip_coins,
-    random_horizontal_flip,
-    scan_images,
-    to_model_range,
-)
+from .batches import BatchSource, StepImages
+from .data import DatasetError, ScanResult, explain_no_usable_images, random_horizontal_flip, scan_images, to_model_range
 from .devices import (
-    PRECISIONS, choose_device, describe_device, host_to_device, process_group_backend, use_bf16, use_channels_last,
+    PRECISIONS, choose_device, describe_device, process_group_backend, use_bf16, use_channels_last,
 )
+from .dataset_cache import CachedImages, CachedScanResult, open_cached_dataset
 from .diffusion import GaussianDiffusion
 from .errors import SettingError
 from .imaging import make_grid, save_png, to_uint8
@@ -81,19 +76,22 @@ class TrainingConfig:
     eval_num: int = 1000  # EMA samples per KID measurement (DDIM, preview_steps steps)
     unet: dict | None = None  # the architecture, when it is not the preset's (a fine-tune of an imported model)
     init_from: str | None = None  # a model folder whose EMA weights start this new run (a fine-tune)
+    accumulate: int = 1  # micro-batches per step: each process's share of the batch is split this many ways
+    micro_batch: int | str | None = None  # or the largest micro-batch size; "auto": what the memory estimate fits
+    checkpoint_activations: bool = False  # residual blocks recompute activations in the backward pass
 
     def validate(self) -> None:
         """Raise ValueError, in one sentence, for an impossible setting."""
         for setting in fields(self):  # settings read back from a model.json can be anything JSON holds
             value, kind = getattr(self, setting.name), setting.type
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            fits = {"bool": isinstance(value, bool), "str": isinstance(value, str),
-                    "int": number and isinstance(value, int), "str | None": value is None or isinstance(value, str),
-                    "dict | None": value is None or isinstance(value, dict),
-                    }.get(kind, number or (value is None and "None" in kind))
+            kinds = {"bool": isinstance(value, bool), "str": isinstance(value, str), "None": value is None,
+                     "int": number and isinstance(value, int), "dict": isinstance(value, dict)}
+            fits = any(kinds.get(part.strip(), number) for part in kind.split("|"))  # "float | None": either
             if not fits:
                 words = {"bool": "true or false", "str": "text", "int": "a whole number", "str | None": "text",
-                         "dict | None": "a table of settings"}.get(kind, "a number")
+                         "dict | None": "a table of settings",
+                         "int | str | None": "a number of images or auto"}.get(kind, "a number")
                 raise SettingError(f"The training setting {setting.name} must be {words}, not {value!r}.")
         positive = ("batch_size", "steps", "num_timesteps", "checkpoint_every", "preview_every", "preview_steps")
         for name in positive:
@@ -111,6 +109,16 @@ class TrainingConfig:
             raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
         if self.variance not in TRAINING_VARIANCES:
             raise SettingError(f"The variance must be one of {', '.join(TRAINING_VARIANCES)}, not '{self.variance}'.")
+        if not isinstance(self.accumulate, int) or self.accumulate < 1:
+            raise SettingError(f"Accumulation must be at least 1 micro-batch per step, not {self.accumulate}.")
+        if self.micro_batch is not None and self.micro_batch != "auto" and (
+            not isinstance(self.micro_batch, int) or self.micro_batch < 1
+        ):
+            raise SettingError(f"The micro-batch must be a number of images of at least 1, or auto, not '{self.micro_batch}'.")
+        if self.micro_batch is not None and self.accumulate > 1:
+            raise SettingError("Give either the number of micro-batches to accumulate or the micro-batch size, not both.")
+        if self.accumulate > self.batch_size:
+            raise SettingError(f"A batch of {self.batch_size} cannot be split into {self.accumulate} micro-batches.")
         self.unet_config()  # raises for a bad preset, size or channels
         ScheduleConfig(self.schedule, self.num_timesteps).validate()
 
@@ -336,7 +344,7 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
 class TrainingState:
     """The model, its EMA copy, the optimiser, the generators and the loss history of one run.
 
-    The data generator is the same on every rank (they split one global batch). The noise
+    Each step's images are the same draw on every rank (they split one global batch, batches.py). The noise
     generator (t and eps) and the global generators (dropout) are each rank's own: identical
     streams would make every rank draw the same noise and the same dropout masks.
     """
@@ -352,7 +360,7 @@ class TrainingState:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, fused=device.type == "cuda")
-        self.data_generator = torch.Generator().manual_seed(config.seed + 1)
+        # No generator for the data: each step's images are drawn from (seed, step) alone (batches.py).
         self.noise_generator = torch.Generator(device=device)
         self.seed_own_streams(0)
         self.step = 0
@@ -419,7 +427,6 @@ class TrainingState:
         tensors.update(self.own_streams())
         for rank, streams in self.other_ranks_streams.items():
             tensors.update({f"rank{rank}.{name}": value for name, value in streams.items()})
-        tensors["generator.data"] = self.data_generator.get_state()
         tensors["loss"] = torch.tensor(self.losses, dtype=torch.float32)
         metadata = {
             "step": str(self.step),
@@ -460,7 +467,6 @@ class TrainingState:
                 # How Adam runs (fused on a GPU) is this device's choice, not the saving device's.
                 saved.update({key: current[key] for key in ("fused", "foreach", "capturable") if key in current})
             self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
-            self.data_generator.set_state(tensors["generator.data"])
             self.restore_own_streams(tensors, step)
             losses = tensors["loss"].tolist()[:step]
         except (KeyError, ValueError, RuntimeError) as error:
@@ -545,7 +551,7 @@ def sample_preview(state: TrainingState, diffusion: GaussianDiffusion, use_bf16_
 
 def train(
     config: TrainingConfig,
-    images: torch.Tensor,
+    images: torch.Tensor | CachedImages,
     out_dir: Path | str,
     dataset_summary: dict | None = None,
     resume: bool = False,
@@ -563,7 +569,8 @@ def train(
     (cached per the recorded dataset folders) are computed before the ``StartedEvent``, with
     ``EvaluationProgress`` events, so missing Inception weights stop the run before its first step.
 
-    With ``resume`` the run continues from the folder's training state: weights, EMA,
+    ``images`` can be a tensor in memory or images mapped from the dataset cache, which are
+    streamed. With ``resume`` the run continues from the folder's training state: weights, EMA,
     optimizer, step, RNG states and loss history, up to ``config.steps`` in total.
     ``cpu_threads`` sets the intra-op threads of a run on the CPU (see ``threads_beside_a_window``).
     ``stop_requested`` is asked after every step; once it returns True the run saves a
@@ -583,9 +590,10 @@ def train(
     if resume:  # before the network and the schedule are given memory
         model_store.check_resumable(out_dir, unet_config, config.schedule_config())
     expected_shape = (unet_config.image_channels, unet_config.image_size, unet_config.image_size)
-    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected_shape:
+    rows = images.tensor if isinstance(images, CachedImages) else images
+    if rows.dtype != torch.uint8 or rows.ndim != 4 or tuple(rows.shape[1:]) != expected_shape:
         raise ValueError(f"Training images must be uint8 of shape (N, {', '.join(map(str, expected_shape))}).")
-    if len(images) == 0:
+    if len(rows) == 0:
         raise SettingError("There are no images to train on.")
 
     context = distributed_context(device)
@@ -599,6 +607,7 @@ def train(
 
     try:
         state = TrainingState(config, run_device, context)
+        state.model.set_activation_checkpointing(config.checkpoint_activations)
         if resume:
             state.load_state(out_dir)
         elif config.init_from:
@@ -634,37 +643,38 @@ def train(
     evaluator = None
     if config.eval_every and writer is not None:
         recorded = [Path(p) for p in (writer.info.dataset or {}).get("paths", [])]
-        evaluator = yield from prepare_evaluator(config, recorded, images, run_device, inception_weights,
+        evaluator = yield from prepare_evaluator(config, recorded, rows, run_device, inception_weights,
                                                  feature_extractor)
 
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(config.schedule_config()).to(run_device))
     if run_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed: cuDNN may pick its algorithms once
     network: torch.nn.Module = state.model
-    # The dataset is decoded once; it lives on the GPU when it takes under a quarter of free memory.
-    # Otherwise it stays in ordinary memory and each batch is pinned on its way (pinning it all
-    # would double the host memory and buy nothing, since indexing it makes an unpinned copy).
-    data = images
+    per_rank = config.batch_size // context.world_size
     try:
         if context.enabled:
             network = torch.nn.parallel.DistributedDataParallel(
                 state.model, device_ids=[run_device.index] if run_device.type == "cuda" else None
             )
-        if run_device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(run_device)
-            if images.numel() < free // 4:
-                data = images.to(run_device)
+        # The dataset lives on the GPU when it takes under a quarter of free memory; otherwise a
+        # thread gathers each batch from memory or the cache file and pins it on its way (batches.py).
+        batches = BatchSource(
+            images, seed=config.seed, batch_size=config.batch_size, rank=context.rank, world_size=context.world_size,
+            device=run_device, first_step=state.step + 1, last_step=config.steps,
+        )
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
         network = None
     if network is None:
-        state = data = None
+        state = None
         release_cached_memory(run_device)
         yield FailedEvent(0, out_of_memory_reason(config, run_device, "while building the model") + ".", out_dir)
         return
+    ddp = network if context.enabled else None
     if config.compile:
         network = torch.compile(network)
+    micro_batches = micro_batch_count(config, per_rank, run_device)
     channels_last = use_channels_last(run_device)
 
     yield StartedEvent(
@@ -727,17 +737,15 @@ def train(
         network.train()
         while state.step < config.steps and not stopping:
             step = state.step + 1
-            x0 = training_batch(data, config, state.data_generator, context, run_device)
+            x0 = model_input(batches.next(), config)
             if channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
 
             learning_rate = learning_rate_at(config, step)
             for group in state.optimizer.param_groups:
                 group["lr"] = learning_rate
-            with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = diffusion.training_loss(network, x0, generator=state.noise_generator)
             state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulate_gradients(network, ddp, diffusion, x0, micro_batches, state.noise_generator, bf16)
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
             state.optimizer.step()
             state.step = step
@@ -784,6 +792,7 @@ def train(
             raise
         failure = out_of_memory_reason(config, run_device, f"step {state.step + 1}")
     finally:
+        batches.close()
         # Reached when the consumer stops iterating too: save what was trained, unless it is broken.
         if failure is None and writer is not None and state.step > (writer.info.step or 0):
             try:
@@ -804,8 +813,8 @@ def train(
 
 def out_of_memory_reason(config: TrainingConfig, device: torch.device, when: str) -> str:
     where = "GPU" if device.type == "cuda" else "CPU"
-    return (f"Out of {where} memory at batch size {config.batch_size} ({when}); "
-            "lower the batch size or choose a smaller preset")
+    return (f"Out of {where} memory at batch size {config.batch_size} ({when}); lower the batch size, split it into "
+            "micro-batches (--accumulate, --micro-batch auto), checkpoint activations, or choose a smaller preset")
 
 
 def release_cached_memory(device: torch.device) -> None:
@@ -827,6 +836,52 @@ def gather_random_streams(state: TrainingState, context: DistributedContext,
             for rank, buffer in enumerate(gathered) if rank != 0}
 
 
+def micro_batch_count(config: TrainingConfig, per_rank: int, device: torch.device) -> int:
+    """How many micro-batches each process splits its ``per_rank`` images into, from the accumulation settings.
+
+    ``micro_batch="auto"`` takes the largest micro-batch that the memory estimate fits in what
+    ``device`` has available (free GPU memory, or RAM); at least one image.
+    """
+    if config.micro_batch is None:
+        if config.accumulate > per_rank:
+            raise SettingError(f"Each process's {per_rank} images cannot be split into {config.accumulate} micro-batches.")
+        return config.accumulate
+    size = config.micro_batch
+    if size == "auto":
+        check = check_training_memory(config.unet_config(), per_rank, use_bf16(config.precision, device), device)
+        size = per_rank if check.largest_batch is None else max(1, check.largest_batch)
+    return math.ceil(per_rank / min(size, per_rank))
+
+
+def accumulate_gradients(
+    network: torch.nn.Module,
+    ddp: torch.nn.parallel.DistributedDataParallel | None,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    micro_batches: int,
+    generator: torch.Generator,
+    bf16: bool,
+) -> torch.Tensor:
+    """Backpropagate L_simple of the batch ``x0`` in ``micro_batches`` pieces; returns the batch's loss, detached.
+
+    t and the noise are drawn for the whole batch first and each piece's loss is weighted by its
+    share of the batch, so the gradients add up to the whole batch's, however it is split. Under
+    DDP every piece but the last runs under ``no_sync()``: gradients are all-reduced once a step.
+    """
+    t, noise = diffusion.draw_training_noise(x0, generator)
+    pieces = list(zip(x0.tensor_split(micro_batches), t.tensor_split(micro_batches), noise.tensor_split(micro_batches)))
+    total = torch.zeros((), device=x0.device)
+    for index, (x0_piece, t_piece, noise_piece) in enumerate(pieces):
+        last = index == len(pieces) - 1
+        with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = diffusion.training_loss(network, x0_piece, t=t_piece, noise=noise_piece)
+            weighted = loss * (len(x0_piece) / len(x0))
+            weighted.backward()
+        total += weighted.detach()
+    return total
+
+
 def train_from_folder(
     paths: list[Path],
     config: TrainingConfig,
@@ -838,14 +893,25 @@ def train_from_folder(
     stop_requested: Callable[[], bool] | None = None,
     inception_weights: Path | None = None,
     feature_extractor: str | None = None,
+    use_cache: bool = True,
 ) -> Iterator:
-    """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events,
-    the ``ScanResult`` (so callers can report skipped files), then the training events."""
+    """Scan image folders at the config's resolution, then train: yields ``ScanProgress`` events (and
+    ``CacheMessage`` sentences), the ``ScanResult`` (so callers can report skipped files), then the
+    training events.
+
+    With ``use_cache`` the images are decoded once into the dataset cache and streamed from it;
+    under torchrun local rank 0 decodes and the other processes wait for its cache entry.
+    """
     config.validate()
     if resume:
         model_store.check_resumable(Path(out_dir), config.unet_config(), config.schedule_config())
     result = None
-    for event in scan_images(paths, config.image_size, config.image_channels):
+    if use_cache:
+        builder = distributed_context(device).local_rank == 0
+        scan = open_cached_dataset(paths, config.image_size, config.image_channels, builder=builder)
+    else:
+        scan = scan_images(paths, config.image_size, config.image_channels)
+    for event in scan:
         if isinstance(event, ScanResult):
             result = event
         else:
@@ -853,7 +919,8 @@ def train_from_folder(
     if result is None or len(result.images) == 0:
         raise DatasetError(explain_no_usable_images(result))
     yield result
-    yield from train(config, result.images, out_dir, result.summary(), resume=resume, command=command, device=device,
+    images = result.mapping if isinstance(result, CachedScanResult) else result.images
+    yield from train(config, images, out_dir, result.summary(), resume=resume, command=command, device=device,
                      cpu_threads=cpu_threads, stop_requested=stop_requested, inception_weights=inception_weights,
                      feature_extractor=feature_extractor)
 
@@ -878,8 +945,10 @@ def check_memory(config: TrainingConfig, device: str | None = None,
     """Whether a run of ``config`` fits in the memory its device has available now, and which batch would."""
     context = context or DistributedContext()
     run_device = choose_device(device, context.local_rank)
-    return check_training_memory(config.unet_config(), config.batch_size // context.world_size,
-                                 use_bf16(config.precision, run_device), run_device)
+    per_rank = config.batch_size // context.world_size
+    # Activations are held for one micro-batch at a time.
+    micro_batch = math.ceil(per_rank / micro_batch_count(config, per_rank, run_device))
+    return check_training_memory(config.unet_config(), micro_batch, use_bf16(config.precision, run_device), run_device)
 
 
 @dataclass
@@ -936,22 +1005,14 @@ def prepare_evaluator(config: TrainingConfig, paths: list[Path], images: torch.T
     return TrainingEvaluator(extractor, reference, device, name)
 
 
-def training_batch(data: torch.Tensor, config: TrainingConfig, generator: torch.Generator,
-                   context: DistributedContext, device: torch.device) -> torch.Tensor:
-    """This rank's share of the next batch, in model range: images drawn at random, each mirrored with
-    probability 1/2 when ``config.random_flip``.
+def model_input(batch: StepImages, config: TrainingConfig) -> torch.Tensor:
+    """This rank's images of a step in model range, each mirrored when its coin says so and ``config.random_flip``.
 
-    Every rank draws the indices and coins of the whole batch from the same generator and takes its
-    own slice, so that the ranks see different images and stay in step. The coins are drawn even
-    without flipping, so that turning flips off does not change which images are drawn.
+    The coins are drawn even without flipping (``batches.draw_step``), so that turning flips off
+    does not change which images are drawn.
     """
-    indices = torch.randint(len(data), (config.batch_size,), generator=generator)
-    coins = flip_coins(config.batch_size, generator)
-    per_rank = config.batch_size // context.world_size
-    local = slice(context.rank * per_rank, (context.rank + 1) * per_rank)
-    # Asynchronous copies: the host never waits for the GPU between loss read-backs.
-    x0 = to_model_range(host_to_device(data[host_to_device(indices[local], data.device)], device))
-    return random_horizontal_flip(x0, coins=host_to_device(coins[local], device)) if config.random_flip else x0
+    x0 = to_model_range(batch.images)
+    return random_horizontal_flip(x0, coins=batch.flips) if config.random_flip else x0
 
 
 def weights_are_finite(state: TrainingState) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import SettingError
 
@@ -171,8 +172,16 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.checkpoint_activations = False
 
     def forward(self, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            # Keep only the block's inputs; recompute the rest in the backward pass (dropout
+            # draws the same mask again: checkpoint restores the RNG state).
+            return checkpoint(self._forward, x, time_embedding, use_reentrant=False)
+        return self._forward(x, time_embedding)
+
+    def _forward(self, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.time_projection(F.silu(time_embedding))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
@@ -271,6 +280,12 @@ class UNet(nn.Module):
         self.output_norm = group_norm(channels, groups)
         output_channels = config.image_channels * (2 if config.learned_variance else 1)
         self.output_conv = zero_init(nn.Conv2d(channels, output_channels, 3, padding=1))
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Trade compute for memory in training: residual blocks recompute their activations in the backward pass."""
+        for module in self.modules():
+            if isinstance(module, ResidualBlock):
+                module.checkpoint_activations = enabled
 
     def _run(self, block: nn.ModuleList, h: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         for layer in block:

@@ -1,6 +1,7 @@
 """The Dataset page: drop or choose a folder of images, scan it in the background, see what is usable and what was skipped.
 
-The scan is core's ``scan_images`` iterator, run through the page's job controller. When it ends the page
+The scan is core's ``open_cached_dataset`` iterator, run through the page's job controller: a
+folder is decoded once into the dataset cache, and later scans of the same files open it. When it ends the page
 shows how many images are usable, their original sizes, a grid of thumbnails (a sample of a
 large folder) and every skipped file with its reason, then hands the result to the Train page.
 """
@@ -28,7 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from ..core import model_store
-from ..core.data import IMAGE_EXTENSIONS, ScanProgress, ScanResult, describe_sources, explain_no_usable_images, scan_images
+from ..core.data import IMAGE_EXTENSIONS, ScanProgress, ScanResult, describe_sources, explain_no_usable_images
+from ..core.dataset_cache import CacheMessage, open_cached_dataset
 from ..core.demo_data import DEFAULT_DEMO_COUNT, DemoProgress, is_complete_demo_dataset, write_demo_dataset
 from ..core.imaging import to_hwc
 from .context import StudioContext
@@ -278,7 +280,7 @@ class DatasetPage(Page):
         def demo_then_scan():
             if not is_complete_demo_dataset(folder):
                 yield from write_demo_dataset(folder, count)
-            yield from scan_images([folder], size, channels)
+            yield from open_cached_dataset([folder], size, channels)
 
         self._start_scan([folder], demo_then_scan)
 
@@ -288,7 +290,7 @@ class DatasetPage(Page):
         if not paths:
             return
         size, channels = self.image_size(), self.channels()
-        self._start_scan(paths, lambda: scan_images(paths, size, channels))
+        self._start_scan(paths, lambda: open_cached_dataset(paths, size, channels))
 
     def stop_scan(self) -> None:
         self.jobs.stop()
@@ -317,6 +319,8 @@ class DatasetPage(Page):
     def _on_event(self, event) -> None:
         if isinstance(event, ScanResult):
             self.show_result(event)
+        elif isinstance(event, CacheMessage):
+            self.context.show_message(event.text)
 
     def _on_done(self, stopped: bool) -> None:
         self._show_idle()

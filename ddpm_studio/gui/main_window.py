@@ -8,6 +8,7 @@ from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
+from ..core.dataset_cache import cache_dir, clear_cache, list_cache_entries
 from ..core.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
 from ..core.importer import ImportFinished, ImportProgress, destination_for, import_diffusers, is_diffusers_folder
 from ..core.model_store import ModelError
@@ -92,6 +93,11 @@ class MainWindow(QMainWindow):
         for action in (open_dataset, open_model, open_image):
             file_menu.addAction(action)
         file_menu.addSeparator()
+        self.clear_cache_action = QAction("Clear dataset &cache…", self)
+        self.clear_cache_action.setToolTip("Remove the decoded images that let a folder train without decoding again.")
+        self.clear_cache_action.triggered.connect(self.clear_dataset_cache)
+        file_menu.addAction(self.clear_cache_action)
+        file_menu.addSeparator()
         file_menu.addAction(quit_action)
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About DDPM Studio", self)
@@ -167,6 +173,26 @@ class MainWindow(QMainWindow):
             self.settings.setValue("last_image_dir", str(Path(file).parent))
             self.tabs.setCurrentWidget(self.noising_page)
             self.noising_page.load_image(Path(file))
+
+    def clear_dataset_cache(self) -> None:
+        """Ask, then remove every decoded dataset from the cache folder."""
+        entries = list_cache_entries()
+        if not entries:
+            QMessageBox.information(self, "Dataset cache", f"The dataset cache is empty ({cache_dir()}).")
+            return
+        size = sum(entry.size_bytes for entry in entries)
+        if self.train_page.is_training():
+            QMessageBox.information(self, "Dataset cache", "Stop training before clearing the dataset cache.")
+            return
+        answer = QMessageBox.question(
+            self, "Clear the dataset cache?",
+            f"Remove {len(entries)} decoded dataset{'s' if len(entries) != 1 else ''} "
+            f"({size / 2**20:,.0f} MiB) from {cache_dir()}? Folders are decoded again when next used.",
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            count, freed = clear_cache()
+            self.show_message(f"Cleared the dataset cache: {count} dataset{'s' if count != 1 else ''}, "
+                              f"{freed / 2**20:,.0f} MiB.")
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About DDPM Studio",

@@ -7,6 +7,7 @@ trainer's cleanup saves a checkpoint into the model folder, which a later Resume
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -232,7 +233,7 @@ class TrainPage(Page):
             self.memory_label.setText(f"Memory: cannot estimate ({error})")
             self.memory_label.setStyleSheet(WARNING_TEXT_STYLE)
             return
-        batch_size = config.batch_size
+        batch_size = math.ceil(config.batch_size / config.accumulate)  # activations: one micro-batch at a time
         bf16 = use_bf16(config.precision, choose_device("auto"))
         dataset_images = len(self.dataset.files) if self.dataset is not None else 0
 

@@ -6,8 +6,12 @@ which widget shows which setting, what a preset suggests, and how the settings a
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+)
 
 from ..core.devices import PRECISIONS
 from ..core.schedule import SCHEDULE_KINDS
@@ -22,8 +26,10 @@ DEFAULT_PRESET = "small"
 FIRST_RUN = {"steps": 5000, "preview_every": 250, "checkpoint_every": 500}
 REMEMBERED_SETTINGS = ("batch_size", "learning_rate", "steps", "ema_decay", "precision", "schedule", "num_timesteps",
                        "preview_every", "preview_count", "checkpoint_every", "eval_every")
+# How a step saves memory: shown (and kept by a resumed run), not remembered between sessions.
+MEMORY_SAVING_SETTINGS = ("accumulate", "micro_batch", "checkpoint_activations")
 # The TrainingConfig fields the form shows (the rest come from the preset).
-FORM_FIELDS = ("preset", "image_size", "image_channels", *REMEMBERED_SETTINGS)
+FORM_FIELDS = ("preset", "image_size", "image_channels", *REMEMBERED_SETTINGS, *MEMORY_SAVING_SETTINGS)
 
 
 def select_data(combo: QComboBox, value) -> None:
@@ -105,12 +111,25 @@ class TrainingForm(QWidget):
                                         "Inception weights). It costs about as much as sampling 1,000 images: "
                                         "`ddpm-studio bench` tells how much.")
         self.eval_every_spin.setSpecialValueText("off")
+        self.accumulate_spin = spin_box(1, 1024, tooltip="Reach the batch size in this many micro-batches per step "
+                                        "(gradient accumulation): the same training, in less memory.")
+        self.auto_micro_batch_check = QCheckBox("As large as fits")
+        self.auto_micro_batch_check.setToolTip("When training starts, take the largest micro-batch that the memory "
+                                               "estimate fits in what the device has available.")
+        self.auto_micro_batch_check.toggled.connect(lambda auto: self.accumulate_spin.setEnabled(not auto))
+        self.checkpoint_check = QCheckBox("Recompute in the backward pass")
+        self.checkpoint_check.setToolTip("Activation checkpointing: residual blocks keep only their inputs and "
+                                         "recompute the rest for the gradients. Less memory, more compute.")
+        micro_batches = QHBoxLayout()
+        micro_batches.addWidget(self.accumulate_spin)
+        micro_batches.addWidget(self.auto_micro_batch_check, 1)
         self.advanced_rows = QFormLayout(self.advanced_box)
         self.advanced_rows.setContentsMargins(0, 0, 0, 0)
         for label, widget in (("Precision", self.precision_combo), ("Noise schedule", self.schedule_combo),
                               ("Timesteps T", self.timesteps_spin), ("Preview every", self.preview_every_spin),
                               ("Preview images", self.preview_count_spin), ("Checkpoint every", self.checkpoint_every_spin),
-                              ("KID every", self.eval_every_spin)):
+                              ("KID every", self.eval_every_spin), ("Micro-batches", micro_batches),
+                              ("Activations", self.checkpoint_check)):
             self.advanced_rows.addRow(label, widget)
         self.advanced_box.hide()
         self.advanced_button.toggled.connect(self._toggle_advanced)
@@ -127,13 +146,15 @@ class TrainingForm(QWidget):
         for spin in self.value_widgets():
             if isinstance(spin, (QSpinBox, LogStepSpinBox)):
                 spin.valueChanged.connect(self.changed)
+            elif isinstance(spin, QCheckBox):
+                spin.toggled.connect(self.changed)
 
     def value_widgets(self) -> list[QWidget]:
         """Every widget that shows a setting."""
         return [self.preset_combo, self.resolution_combo, self.channels_combo, self.precision_combo,
                 self.schedule_combo, self.batch_spin, self.learning_rate_spin, self.steps_spin, self.ema_spin,
                 self.timesteps_spin, self.preview_every_spin, self.preview_count_spin, self.checkpoint_every_spin,
-                self.eval_every_spin]
+                self.eval_every_spin, self.accumulate_spin, self.auto_micro_batch_check, self.checkpoint_check]
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced_box.setVisible(shown)
@@ -160,6 +181,9 @@ class TrainingForm(QWidget):
             preview_count=self.preview_count_spin.value(),
             checkpoint_every=self.checkpoint_every_spin.value(),
             eval_every=self.eval_every_spin.value(),
+            accumulate=1 if self.auto_micro_batch_check.isChecked() else self.accumulate_spin.value(),
+            micro_batch="auto" if self.auto_micro_batch_check.isChecked() else None,
+            checkpoint_activations=self.checkpoint_check.isChecked(),
         )
 
     def shown_settings(self) -> dict:
@@ -187,6 +211,13 @@ class TrainingForm(QWidget):
         self.preview_count_spin.setValue(config.preview_count)
         self.checkpoint_every_spin.setValue(config.checkpoint_every)
         self.eval_every_spin.setValue(config.eval_every)
+        # A run split by --micro-batch M shows as its number of micro-batches at its batch size.
+        auto = config.micro_batch == "auto"
+        split = config.accumulate if config.micro_batch in (None, "auto") else math.ceil(config.batch_size / config.micro_batch)
+        self.accumulate_spin.setValue(1 if auto else split)
+        self.accumulate_spin.setEnabled(not auto)
+        self.auto_micro_batch_check.setChecked(auto)
+        self.checkpoint_check.setChecked(config.checkpoint_activations)
         for widget in widgets:
             widget.blockSignals(False)
         self.changed.emit()

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from ddpm_studio.core.batches import BatchSource
 from ddpm_studio.core.data import to_model_range
 from ddpm_studio.core.training import (
     DistributedContext,
@@ -16,7 +17,7 @@ from ddpm_studio.core.training import (
     TrainingState,
     ema_decay_at,
     learning_rate_at,
-    training_batch,
+    model_input,
 )
 
 
@@ -62,7 +63,13 @@ def asymmetric_images(count: int = 8, size: int = 8) -> torch.Tensor:
 
 
 def draw(config: TrainingConfig, images: torch.Tensor, seed: int, context=DistributedContext()) -> torch.Tensor:
-    return training_batch(images, config, torch.Generator().manual_seed(seed), context, torch.device("cpu"))
+    """This rank's model input at the first step of a run seeded with ``seed``, as the trainer makes it."""
+    source = BatchSource(images, seed=seed, batch_size=config.batch_size, rank=context.rank,
+                         world_size=context.world_size, device=torch.device("cpu"), first_step=1, last_step=1)
+    try:
+        return model_input(source.next(), config)
+    finally:
+        source.close()
 
 
 def test_the_trainer_mirrors_about_half_of_the_images_it_draws_and_none_without_flips():
@@ -74,7 +81,7 @@ def test_the_trainer_mirrors_about_half_of_the_images_it_draws_and_none_without_
     is_mirrored = [any(torch.equal(x, m) for m in mirrored) for x in batch]
     assert all(a != b for a, b in zip(is_original, is_mirrored))  # each is an image of the set, mirrored or not
     assert 160 < sum(is_mirrored) < 240  # 400 fair coins
-    assert torch.equal(batch, draw(config, images, seed=0))  # the data generator decides
+    assert torch.equal(batch, draw(config, images, seed=0))  # the seed (and the step) decide
 
     plain = draw(TrainingConfig(batch_size=400, random_flip=False), images, seed=0)
     assert all(any(torch.equal(x, o) for o in originals) for x in plain)

@@ -244,3 +244,33 @@ def test_the_learning_rate_and_ema_step_by_factors(window):
     page.form.ema_spin.stepBy(1)
     assert page.form.ema_spin.value() == pytest.approx(0.999)
     assert page.form.ema_spin.text() == "0.999"
+
+
+def test_the_advanced_section_splits_the_batch_and_checkpoints_activations(loaded, qtbot):
+    from ddpm_studio.core.training import TrainingConfig
+
+    page = loaded.train_page
+    form = page.form
+    configure(page, steps=3)
+    form.advanced_button.setChecked(True)
+    form.accumulate_spin.setValue(2)
+    form.checkpoint_check.setChecked(True)
+    config = page.config()
+    assert (config.accumulate, config.micro_batch, config.checkpoint_activations) == (2, None, True)
+    form.auto_micro_batch_check.setChecked(True)
+    assert not form.accumulate_spin.isEnabled()
+    assert (page.config().accumulate, page.config().micro_batch) == (1, "auto")
+    form.auto_micro_batch_check.setChecked(False)
+    wait_idle(qtbot, page)
+
+    page.start_training()
+    wait_idle(qtbot, page)
+    assert "Finished 3 steps" in page.status_label.text(), page.error_label.text()
+    training = model_store.read_model_info(page.run_path).training
+    assert (training["accumulate"], training["micro_batch"], training["checkpoint_activations"]) == (2, None, True)
+
+    form.fill(TrainingConfig.from_dict({**training, "accumulate": 1, "micro_batch": 2}))  # --micro-batch 2 of 4
+    assert form.accumulate_spin.value() == 2 and not form.auto_micro_batch_check.isChecked()
+    form.fill(TrainingConfig.from_dict({**training, "accumulate": 1, "micro_batch": "auto"}))
+    assert form.auto_micro_batch_check.isChecked() and not form.accumulate_spin.isEnabled()
+    wait_idle(qtbot, page)
