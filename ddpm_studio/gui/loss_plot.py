@@ -11,7 +11,7 @@ as the curve grows so that redrawing never takes more than a tenth of the GUI th
 from __future__ import annotations
 
 import math
-import time
+from time import perf_counter
 
 import numpy as np
 import pyqtgraph as pg
@@ -242,7 +242,7 @@ class LossPlot(QWidget):
 
     def redraw(self) -> None:
         """Draw the current data now (the timer calls this; tests and screenshots may too)."""
-        started = time.perf_counter()
+        started = perf_counter()
         self._dirty = False
         count = self._count
         steps = self._steps[:count]
@@ -252,7 +252,7 @@ class LossPlot(QWidget):
         self.kid_curve.setData(self.kid_steps, self.kid_values)
         self.plot_widget.getPlotItem().getAxis("right").setStyle(showValues=bool(self.kid_steps))
         # Long curves cost more to hand over; redraw less often rather than take the GUI thread.
-        took_ms = (time.perf_counter() - started) * 1000
+        took_ms = (perf_counter() - started) * 1000
         interval = min(SLOWEST_REDRAW_INTERVAL_MS, max(REDRAW_INTERVAL_MS, int(took_ms / REDRAW_SHARE)))
         self.redraw_timer.setInterval(interval)
 
