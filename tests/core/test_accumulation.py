@@ -11,6 +11,7 @@ from ddpm_studio.core import model_store
 from ddpm_studio.core.diffusion import GaussianDiffusion
 from ddpm_studio.core.memory import FIT_SHARE, check_training_memory, estimate_training_memory
 from ddpm_studio.core.schedule import NoiseSchedule, ScheduleConfig
+from ddpm_studio.core.demo_data import make_demo_images
 from ddpm_studio.core.training import (
     FinishedEvent,
     TrainingConfig,
@@ -21,7 +22,10 @@ from ddpm_studio.core.training import (
 )
 from ddpm_studio.core.unet import UNet, preset_config
 
-from conftest import tiny_images
+
+def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Demo-dataset images as uint8 (N, 3, size, size)."""
+    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
 
 
 def tiny_diffusion() -> GaussianDiffusion:

@@ -8,14 +8,19 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpm_studio import cli
+from ddpm_studio.core.demo_data import make_demo_images
 from ddpm_studio.core.imaging import make_grid
 from ddpm_studio.core.tensorboard_log import EXTRA_SENTENCE, MissingExtra, TensorBoardLog
 from ddpm_studio.core.training import PreviewEvent, StepEvent, TrainingConfig, train
 
-from conftest import tiny_images
+
+def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Demo-dataset images as uint8 (N, 3, size, size)."""
+    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
 
 
 def test_event_files_hold_the_scalars_and_preview_grids(tmp_path):
