@@ -1,7 +1,8 @@
 """TensorBoard logging of a training run, for watching a headless run on a remote server.
 
 A ``TensorBoardLog`` is fed the training events the CLI already receives: each step's loss,
-learning rate and images/s become scalars, each preview grid an image. It needs the optional
+learning rate and images/s become scalars, each preview grid an image, each KID measured during
+training (``--eval-every``) a scalar with its standard deviation. It needs the optional
 ``tensorboard`` package (``pip install "ddpm-studio[tensorboard]"``); without it, opening the
 log raises ``MissingExtra`` with one sentence saying so.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .imaging import make_grid
-from .training import FailedEvent, FinishedEvent, PreviewEvent, StepEvent, TrainingEvent
+from .training import EvaluationEvent, FailedEvent, FinishedEvent, PreviewEvent, StepEvent, TrainingEvent
 
 EXTRA_SENTENCE = ("TensorBoard logging needs the optional 'tensorboard' package; "
                   "install it with: pip install \"ddpm-studio[tensorboard]\".")
@@ -45,6 +46,9 @@ class TensorBoardLog:
         elif isinstance(event, PreviewEvent):
             grid = make_grid(event.images, padding=1)
             self.writer.add_image("preview", grid, event.step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        elif isinstance(event, EvaluationEvent):
+            self.writer.add_scalar(f"eval/{event.metric}", event.value, event.step)
+            self.writer.add_scalar(f"eval/{event.metric}_std", event.std, event.step)
         elif isinstance(event, (FinishedEvent, FailedEvent)):
             self.writer.flush()
 

@@ -15,7 +15,7 @@ from ddpm_studio import cli
 from ddpm_studio.core.demo_data import make_demo_images
 from ddpm_studio.core.imaging import make_grid
 from ddpm_studio.core.tensorboard_log import EXTRA_SENTENCE, MissingExtra, TensorBoardLog
-from ddpm_studio.core.training import PreviewEvent, StepEvent, TrainingConfig, train
+from ddpm_studio.core.training import EvaluationEvent, PreviewEvent, StepEvent, TrainingConfig, train
 
 
 def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -32,6 +32,7 @@ def test_event_files_hold_the_scalars_and_preview_grids(tmp_path):
     for event in train(config, tiny_images(), tmp_path / "model"):
         log.record(event)
         events.append(event)
+    log.record(EvaluationEvent(4, "kid", 0.25, 0.01, 100))  # what --eval-every yields (it needs Inception weights)
     log.close()
 
     reader = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
@@ -44,6 +45,9 @@ def test_event_files_hold_the_scalars_and_preview_grids(tmp_path):
     assert rates == pytest.approx({step: config.learning_rate * min(1, step / 2) for step in (1, 2, 3, 4)})
     assert [point.step for point in reader.Scalars("train/images_per_second")] == [2, 4]
     assert all(point.value > 0 for point in reader.Scalars("train/images_per_second"))
+
+    assert [(point.step, point.value) for point in reader.Scalars("eval/kid")] == [(4, 0.25)]
+    assert reader.Scalars("eval/kid_std")[0].value == pytest.approx(0.01)
 
     previews = {event.step: event.images for event in events if isinstance(event, PreviewEvent)}
     logged_images = reader.Images("preview")
