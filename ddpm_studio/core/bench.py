@@ -237,21 +237,22 @@ def compare_bf16(settings: BenchSettings, model_path=None) -> Iterator[str]:
     fp32_step, bf16_step = (float(np.median(seconds[name])) for name in ("fp32", "bf16"))
     yield f"train step    fp32 {fp32_step:.3f} s, bf16 {bf16_step:.3f} s (median): {fp32_step / bf16_step:.2f}x"
 
-    forward = {}
+    forward: dict[str, list[float]] = {"fp32": [], "bf16": []}
     t = torch.full((settings.batch_size,), diffusion.num_timesteps // 2, device=device, dtype=torch.long)
+    model = models["fp32"].eval()
     with torch.inference_mode():
-        for name in ("fp32", "bf16", "fp32", "bf16"):
-            model = models["fp32"].eval()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
-                model(x0, t)
-                synchronize(device)
-                start = time.perf_counter()
-                for _ in range(settings.sample_steps):
+        for call in range(settings.sample_steps + 1):
+            for name in forward:  # interleaved, like the training steps
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+                    synchronize(device)
+                    start = time.perf_counter()
                     model(x0, t)
-                synchronize(device)
-            forward[name] = (time.perf_counter() - start) / settings.sample_steps
-    yield (f"eval forward  fp32 {forward['fp32']:.3f} s, bf16 {forward['bf16']:.3f} s per call: "
-           f"{forward['fp32'] / forward['bf16']:.2f}x")
+                    synchronize(device)
+                if call:  # the first call of each loads kernels
+                    forward[name].append(time.perf_counter() - start)
+    fp32_forward, bf16_forward = (float(np.median(forward[name])) for name in ("fp32", "bf16"))
+    yield (f"eval forward  fp32 {fp32_forward:.3f} s, bf16 {bf16_forward:.3f} s per call (median): "
+           f"{fp32_forward / bf16_forward:.2f}x")
 
     fp32_losses, bf16_losses = np.asarray(losses["fp32"]), np.asarray(losses["bf16"])
     differences = bf16_losses - fp32_losses
