@@ -68,13 +68,13 @@ def test_the_failed_step_frees_its_tensors_before_the_failure_is_reported(tmp_pa
     held: list[weakref.ref] = []
     real_loss = GaussianDiffusion.training_loss
 
-    def loss_then_out_of_memory(self, model, x0, generator=None):
+    def loss_then_out_of_memory(self, model, x0, *args, **kwargs):
         if len(held) == 2:
             activations = torch.ones(1 << 20)  # what the failed forward pass had built
             held.append(weakref.ref(activations))
             raise torch.OutOfMemoryError("CUDA out of memory.")
         held.append(None)
-        return real_loss(self, model, x0, generator)
+        return real_loss(self, model, x0, *args, **kwargs)
 
     monkeypatch.setattr(GaussianDiffusion, "training_loss", loss_then_out_of_memory)
     for event in train(tiny_config(), tiny_images(), tmp_path / "run"):
