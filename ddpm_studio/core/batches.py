@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .dataset_cache import CachedImages
+from .devices import host_to_device
 
 PREFETCH_BATCHES = 2
 GPU_RESIDENT_SHARE = 4  # the dataset lives on the GPU when it takes under 1/4 of the free memory
@@ -98,8 +99,9 @@ class BatchSource:
         self.next_step += 1
         if self.resident:
             indices, flips = self._draw_local(step)
-            return StepImages(step, self.rows[torch.from_numpy(indices).to(self.device)],
-                              torch.from_numpy(flips).to(self.device))
+            # Through pinned memory, so that the host does not wait for the GPU at every step.
+            return StepImages(step, self.rows[host_to_device(torch.from_numpy(indices), self.device)],
+                              host_to_device(torch.from_numpy(flips), self.device))
         if not self._thread.is_alive() and not self._stop.is_set() and self._thread.ident is None:
             self._thread.start()
         item = self._queue.get()
