@@ -210,6 +210,7 @@ class EvaluatePage(Page):
         info = self.model_chooser.current_info()
         if info is not None:
             self.sampling.set_max_steps(info.schedule.num_timesteps)
+            self.sampling.offer_learned_variance(info.unet.learned_variance)
         self.show_history()
         self._update_enabled()
 
@@ -223,7 +224,7 @@ class EvaluatePage(Page):
         return EvaluationRequest(
             model_path=self.model_chooser.current_path(), data_paths=[Path(data)] if data else [],
             metrics=self.chosen_metrics(), num_samples=self.count_spin.value(), sampler=self.sampling.sampler(),
-            steps=self.sampling.steps_spin.value() if self.sampling.sampler() == "ddim" else None,
+            steps=self.sampling.steps_spin.value() if self.sampling.sampler() == "ddim" else self.sampling.ddpm_steps(),
             variance=self.sampling.variance(), seed=self.seed_spin.value(), feature_extractor=self.feature_extractor,
             inception_weights=Path(weights) if weights else None,
         )

@@ -209,6 +209,7 @@ class GeneratePage(Page):
         info = self.model_chooser.current_info()
         if info is not None:
             self.sampling.set_max_steps(info.schedule.num_timesteps)
+            self.sampling.offer_learned_variance(info.unet.learned_variance)
         self._update_enabled()
 
     def _on_preview_kind(self) -> None:
@@ -226,6 +227,7 @@ class GeneratePage(Page):
             sampler=self.sampler(),
             steps=self.steps_spin.value(),
             variance=self.sampling.variance(),
+            ddpm_steps=self.sampling.ddpm_steps(),
         )
 
     def _update_enabled(self) -> None:

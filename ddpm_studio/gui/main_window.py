@@ -1,4 +1,4 @@
-"""The studio window: five pages (Dataset, Train, Generate, Noising, Evaluate), menus, drops and the status bar."""
+"""The studio window: six pages (Dataset, Train, Generate, Noising, Evaluate, Likelihood), menus, drops and the status bar."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .dataset_page import DatasetPage
 from .garbage import GuiThreadGarbageCollector
 from .evaluate_page import EvaluatePage
 from .generate_page import GeneratePage
+from .likelihood_page import LikelihoodPage
 from .jobs import JobController
 from .model_library import ModelLibrary
 from .noising_page import NoisingPage
@@ -52,13 +53,16 @@ class MainWindow(QMainWindow):
         self.generate_page = GeneratePage(self.context)
         self.noising_page = NoisingPage(self.context)
         self.evaluate_page = EvaluatePage(self.context)
+        self.likelihood_page = LikelihoodPage(self.context)
         self.tabs.addTab(self.dataset_page, "1 · Dataset")
         self.tabs.addTab(self.train_page, "2 · Train")
         self.tabs.addTab(self.generate_page, "3 · Generate")
         self.tabs.addTab(self.noising_page, "4 · Noising")
         self.tabs.addTab(self.evaluate_page, "5 · Evaluate")
+        self.tabs.addTab(self.likelihood_page, "6 · Likelihood")
         self.setCentralWidget(self.tabs)
-        self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page, self.evaluate_page]
+        self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page, self.evaluate_page,
+                      self.likelihood_page]
 
         self.dataset_page.datasetReady.connect(self.train_page.set_dataset)
         self.dataset_page.nextRequested.connect(lambda: self.tabs.setCurrentWidget(self.train_page))

@@ -79,6 +79,8 @@ def entry_tooltip(entry: ModelEntry) -> str:
         return entry.error or "This folder cannot be used."
     latest = {record["metric"]: record for record in model_store.evaluations(entry.info)}  # the newest of each
     measured = "".join(f"\n{model_store.describe_evaluation(record)}" for record in latest.values())
+    if entry.info.unet.learned_variance:
+        measured = "\nLearned variance (L_hybrid)" + measured
     return (str(entry.path) + (f"\nNo preview: {entry.preview_problem}" if entry.preview_problem else "")
             + measured)
 

@@ -24,6 +24,7 @@ from .workers import JobRunner
 
 SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
 VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
+LEARNED_VARIANCE = ("Learned (the model's σ_t²)", "learned")  # offered only for a model that learned it
 MAX_SEED = 2**31 - 1
 COSTED_SIZE = 128  # models at least this large get a time forecast on the CPU (a 256 px call takes seconds there)
 
@@ -44,7 +45,7 @@ def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -
 
 
 class SamplingControls:
-    """The model chooser, the sampler, DDIM's steps, optionally the variance, and the run button."""
+    """The model chooser, the sampler, DDIM's steps, optionally the variance and DDPM's steps, and the run button."""
 
     def __init__(self, context: StudioContext, jobs: JobController, settings_prefix: str, run_text: str,
                  steps_tooltip: str, with_variance: bool):
@@ -60,7 +61,13 @@ class SamplingControls:
         self.steps_spin.setValue(50)
         self.steps_spin.setToolTip(steps_tooltip)
         self.variance_box: QComboBox | None = None
+        self.ddpm_steps_spin: QSpinBox | None = None
         if with_variance:
+            self.ddpm_steps_spin = QSpinBox()
+            self.ddpm_steps_spin.setRange(1, 1000)
+            self.ddpm_steps_spin.setValue(1000)
+            self.ddpm_steps_spin.setToolTip("Ancestral steps: T is every step (the paper's Algorithm 2); fewer respace "
+                                            "the process onto that many timesteps, where a learned variance pays off")
             self.variance_box = QComboBox()
             for label, name in VARIANCES:
                 self.variance_box.addItem(label, name)
@@ -83,6 +90,7 @@ class SamplingControls:
         form.addRow("Sampler", self.sampler_box)
         form.addRow("DDIM steps", self.steps_spin)
         if self.variance_box is not None:
+            form.addRow("DDPM steps", self.ddpm_steps_spin)
             form.addRow("Variance", self.variance_box)
         return form
 
@@ -106,8 +114,30 @@ class SamplingControls:
     def variance(self) -> str:
         return self.variance_box.currentData() if self.variance_box is not None else "fixed_large"
 
+    def ddpm_steps(self) -> int | None:
+        """DDPM's respaced step count, None for every step."""
+        if self.ddpm_steps_spin is None or self.ddpm_steps_spin.value() >= self.ddpm_steps_spin.maximum():
+            return None
+        return self.ddpm_steps_spin.value()
+
     def set_max_steps(self, num_timesteps: int) -> None:
         self.steps_spin.setMaximum(num_timesteps)
+        if self.ddpm_steps_spin is not None:
+            every_step = self.ddpm_steps_spin.value() >= self.ddpm_steps_spin.maximum()
+            self.ddpm_steps_spin.setMaximum(num_timesteps)
+            if every_step:
+                self.ddpm_steps_spin.setValue(num_timesteps)
+
+    def offer_learned_variance(self, learned: bool) -> None:
+        """Offer "learned" for a model that learned its variance (and choose it); take it away for others."""
+        if self.variance_box is None:
+            return
+        index = self.variance_box.findData(LEARNED_VARIANCE[1])
+        if learned and index < 0:
+            self.variance_box.addItem(*LEARNED_VARIANCE)
+            self.variance_box.setCurrentIndex(self.variance_box.count() - 1)
+        elif not learned and index >= 0:
+            self.variance_box.removeItem(index)
 
     def update_enabled(self, can_run: bool) -> None:
         """Enable the widgets for the job's state; ``can_run``: whether the page has what a run needs."""
@@ -116,6 +146,7 @@ class SamplingControls:
         self.steps_spin.setEnabled(is_ddim and not running)
         if self.variance_box is not None:
             self.variance_box.setEnabled(not is_ddim and not running)
+            self.ddpm_steps_spin.setEnabled(not is_ddim and not running)
         self.run_button.setEnabled(not running and can_run)
         self.model_chooser.setEnabled(not running)
         self.sampler_box.setEnabled(not running)
@@ -156,6 +187,7 @@ class SamplingControls:
         if self.variance_box is not None:
             variance = settings.value(f"{prefix}/variance", "fixed_large")
             self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(variance)))
+            self.ddpm_steps_spin.setValue(int(settings.value(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.maximum())))
         model = settings.value(f"{prefix}/model", "")
         if model and Path(model).is_dir():
             self.model_chooser.picker.select(model)
@@ -166,6 +198,7 @@ class SamplingControls:
         settings.setValue(f"{prefix}/ddim_steps", self.steps_spin.value())
         if self.variance_box is not None:
             settings.setValue(f"{prefix}/variance", self.variance())
+            settings.setValue(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.value())
         path = self.model_chooser.current_path()
         settings.setValue(f"{prefix}/model", str(path) if path else "")
 

@@ -25,7 +25,8 @@ DEFAULT_PRESET = "small"
 # A first run on a CPU: long enough to learn the demo shapes, with previews and checkpoints along the way.
 FIRST_RUN = {"steps": 5000, "preview_every": 250, "checkpoint_every": 500}
 REMEMBERED_SETTINGS = ("batch_size", "learning_rate", "steps", "ema_decay", "precision", "schedule", "num_timesteps",
-                       "preview_every", "preview_count", "checkpoint_every", "eval_every")
+                       "preview_every", "preview_count", "checkpoint_every", "eval_every", "variance")
+VARIANCE_CHOICES = (("Fixed (L_simple)", "fixed"), ("Learned (L_hybrid, Nichol & Dhariwal)", "learned"))
 # How a step saves memory: shown (and kept by a resumed run), not remembered between sessions.
 MEMORY_SAVING_SETTINGS = ("accumulate", "micro_batch", "checkpoint_activations")
 # The TrainingConfig fields the form shows (the rest come from the preset).
@@ -101,6 +102,12 @@ class TrainingForm(QWidget):
         self.schedule_combo = QComboBox()
         self.schedule_combo.addItems(list(SCHEDULE_KINDS))
         self.timesteps_spin = spin_box(2, 100_000, tooltip="T, the number of diffusion steps (the paper: 1000).")
+        self.variance_combo = QComboBox()
+        for label, name in VARIANCE_CHOICES:
+            self.variance_combo.addItem(label, name)
+        self.variance_combo.setToolTip("Fixed: the paper's L_simple, σ_t² chosen when sampling. Learned: the network also "
+                                       "outputs σ_t² between β̃_t and β_t, trained with L_simple + 0.001 L_vlb; it samples "
+                                       "well in fewer respaced DDPM steps and gives a tighter likelihood bound.")
         self.preview_every_spin = spin_box(1, 10_000_000, 100)
         self.preview_count_spin = spin_box(0, 64, tooltip="Images in each preview grid, sampled at a fixed seed "
                                            "(0: no previews).")
@@ -126,7 +133,8 @@ class TrainingForm(QWidget):
         self.advanced_rows = QFormLayout(self.advanced_box)
         self.advanced_rows.setContentsMargins(0, 0, 0, 0)
         for label, widget in (("Precision", self.precision_combo), ("Noise schedule", self.schedule_combo),
-                              ("Timesteps T", self.timesteps_spin), ("Preview every", self.preview_every_spin),
+                              ("Timesteps T", self.timesteps_spin), ("Variance σ_t²", self.variance_combo),
+                              ("Preview every", self.preview_every_spin),
                               ("Preview images", self.preview_count_spin), ("Checkpoint every", self.checkpoint_every_spin),
                               ("KID every", self.eval_every_spin), ("Micro-batches", micro_batches),
                               ("Activations", self.checkpoint_check)):
@@ -140,7 +148,8 @@ class TrainingForm(QWidget):
         layout.addWidget(self.advanced_button)
         layout.addWidget(self.advanced_box)
 
-        for combo in (self.resolution_combo, self.channels_combo, self.precision_combo, self.schedule_combo):
+        for combo in (self.resolution_combo, self.channels_combo, self.precision_combo, self.schedule_combo,
+                      self.variance_combo):
             combo.currentIndexChanged.connect(self.changed)
         self.preset_combo.currentIndexChanged.connect(self._preset_changed)
         for spin in self.value_widgets():
@@ -152,9 +161,9 @@ class TrainingForm(QWidget):
     def value_widgets(self) -> list[QWidget]:
         """Every widget that shows a setting."""
         return [self.preset_combo, self.resolution_combo, self.channels_combo, self.precision_combo,
-                self.schedule_combo, self.batch_spin, self.learning_rate_spin, self.steps_spin, self.ema_spin,
-                self.timesteps_spin, self.preview_every_spin, self.preview_count_spin, self.checkpoint_every_spin,
-                self.eval_every_spin, self.accumulate_spin, self.auto_micro_batch_check, self.checkpoint_check]
+                self.schedule_combo, self.variance_combo, self.batch_spin, self.learning_rate_spin, self.steps_spin,
+                self.ema_spin, self.timesteps_spin, self.preview_every_spin, self.preview_count_spin,
+                self.checkpoint_every_spin, self.eval_every_spin, self.accumulate_spin, self.auto_micro_batch_check, self.checkpoint_check]
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced_box.setVisible(shown)
@@ -202,6 +211,7 @@ class TrainingForm(QWidget):
         select_data(self.channels_combo, config.image_channels)
         select_data(self.precision_combo, config.precision)
         select_data(self.schedule_combo, config.schedule)
+        select_data(self.variance_combo, config.variance)
         self.batch_spin.setValue(config.batch_size)
         self.learning_rate_spin.setValue(config.learning_rate)
         self.steps_spin.setValue(config.steps)
