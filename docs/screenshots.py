@@ -1,10 +1,12 @@
 """Make the README's screenshots from the real window, in realistic states, with the shipped demo model.
 
-    QT_QPA_PLATFORM=offscreen python docs/screenshots.py [OUT_DIR]
+    QT_QPA_PLATFORM=offscreen python docs/screenshots.py [OUT_DIR [PAGE ...]]
 
 It writes dataset.png (after scanning 300 demo images), train.png (the small preset mid-run on
-them), generate.png (16 DDPM samples from the demo model, one on the timeline part-way) and
-noising.png (the sample picture at t = 300, denoised from there by the demo model). Settings and
+them), generate.png (16 DDPM samples from the demo model, one on the timeline part-way),
+noising.png (the sample picture at t = 300, denoised from there by the demo model) and
+evaluate.png (the demo model's likelihood bound on 8 held-out demo images, every timestep).
+PAGE names limit it to some of them (dataset, train, generate, noising, evaluate). Settings and
 new models go to a temporary folder, so nothing of the user's is touched.
 """
 
@@ -37,13 +39,13 @@ def settle(app, seconds: float = 0.5) -> None:
 
 def main() -> int:
     out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+    pages = set(sys.argv[2:]) or {"dataset", "train", "generate", "noising", "evaluate"}
     scratch = Path(tempfile.mkdtemp(prefix="ddpm-shots-"))
     os.environ["DDPM_STUDIO_MODELS"] = str(scratch / "models")
 
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from ddpm_studio.core.demo_data import create_demo_dataset
     from ddpm_studio.gui.main_window import MainWindow
 
     app = QApplication([])
@@ -51,6 +53,24 @@ def main() -> int:
     window.resize(1400, 900)
     window.show()
     settle(app)
+
+    if {"dataset", "train"} & pages:
+        shoot_dataset_and_train(app, window, scratch, out_dir)
+    if "generate" in pages:
+        shoot_generate(app, window, out_dir)
+    if "noising" in pages:
+        shoot_noising(app, window, out_dir)
+    if "evaluate" in pages:
+        shoot_evaluate(app, window, scratch, out_dir)
+
+    window.confirm_close = False
+    window.close()
+    print(f"Screenshots written to {out_dir}")
+    return 0
+
+
+def shoot_dataset_and_train(app, window, scratch: Path, out_dir: Path) -> None:
+    from ddpm_studio.core.demo_data import create_demo_dataset
 
     data = scratch / "shapes"
     create_demo_dataset(data, count=300, seed=3)
@@ -75,6 +95,8 @@ def main() -> int:
     train.stop_training()
     wait_until(app, lambda: not train.is_training())
 
+
+def shoot_generate(app, window, out_dir: Path) -> None:
     generate = window.generate_page
     window.tabs.setCurrentWidget(generate)
     generate.select_model(Path(__file__).resolve().parents[1] / "models" / "demo")
@@ -89,6 +111,8 @@ def main() -> int:
     settle(app)
     window.grab().save(str(out_dir / "generate.png"))
 
+
+def shoot_noising(app, window, out_dir: Path) -> None:
     noising = window.noising_page
     window.tabs.setCurrentWidget(noising)
     settle(app)
@@ -100,10 +124,27 @@ def main() -> int:
     settle(app)
     window.grab().save(str(out_dir / "noising.png"))
 
-    window.confirm_close = False
-    window.close()
-    print(f"Screenshots written to {out_dir}")
-    return 0
+
+def shoot_evaluate(app, window, scratch: Path, out_dir: Path) -> None:
+    import shutil
+
+    from ddpm_studio.core.demo_data import create_demo_dataset
+
+    model = scratch / "demo"  # a copy: evaluating records the result in the model's model.json
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "demo", model)
+    held_out = scratch / "held-out"
+    create_demo_dataset(held_out, count=8, seed=11)  # a seed the demo model never trained on
+    evaluate = window.evaluation_page
+    window.tabs.setCurrentWidget(evaluate)
+    window.library.open(model)
+    evaluate.model_chooser.select(model)
+    evaluate.data_edit.setText(str(held_out))
+    evaluate.count_spin.setValue(8)
+    evaluate.timesteps_combo.setCurrentIndex(evaluate.timesteps_combo.findData("all"))
+    evaluate.evaluate()
+    wait_until(app, lambda: evaluate.runner is None, timeout_s=3600)
+    settle(app, 1.0)
+    window.grab().save(str(out_dir / "evaluate.png"))
 
 
 if __name__ == "__main__":
