@@ -5,8 +5,8 @@
 It writes dataset.png (after scanning 300 demo images), train.png (the small preset mid-run on
 them), generate.png (16 DDPM samples from the demo model, one on the timeline part-way),
 noising.png (the sample picture at t = 300, denoised from there by the demo model) and
-evaluate.png (the demo model's likelihood bound on 8 held-out demo images, every timestep).
-PAGE names limit it to some of them (dataset, train, generate, noising, evaluate). Settings and
+likelihood.png (the demo model's likelihood bound on 8 held-out demo images, every timestep).
+PAGE names limit it to some of them (dataset, train, generate, noising, likelihood). Settings and
 new models go to a temporary folder, so nothing of the user's is touched.
 """
 
@@ -39,7 +39,7 @@ def settle(app, seconds: float = 0.5) -> None:
 
 def main() -> int:
     out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
-    pages = set(sys.argv[2:]) or {"dataset", "train", "generate", "noising", "evaluate"}
+    pages = set(sys.argv[2:]) or {"dataset", "train", "generate", "noising", "likelihood"}
     scratch = Path(tempfile.mkdtemp(prefix="ddpm-shots-"))
     os.environ["DDPM_STUDIO_MODELS"] = str(scratch / "models")
 
@@ -60,8 +60,8 @@ def main() -> int:
         shoot_generate(app, window, out_dir)
     if "noising" in pages:
         shoot_noising(app, window, out_dir)
-    if "evaluate" in pages:
-        shoot_evaluate(app, window, scratch, out_dir)
+    if "likelihood" in pages:
+        shoot_likelihood(app, window, scratch, out_dir)
 
     window.confirm_close = False
     window.close()
@@ -125,7 +125,7 @@ def shoot_noising(app, window, out_dir: Path) -> None:
     window.grab().save(str(out_dir / "noising.png"))
 
 
-def shoot_evaluate(app, window, scratch: Path, out_dir: Path) -> None:
+def shoot_likelihood(app, window, scratch: Path, out_dir: Path) -> None:
     import shutil
 
     from ddpm_studio.core.demo_data import create_demo_dataset
@@ -134,7 +134,7 @@ def shoot_evaluate(app, window, scratch: Path, out_dir: Path) -> None:
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "demo", model)
     held_out = scratch / "held-out"
     create_demo_dataset(held_out, count=8, seed=11)  # a seed the demo model never trained on
-    evaluate = window.evaluation_page
+    evaluate = window.likelihood_page
     window.tabs.setCurrentWidget(evaluate)
     window.library.open(model)
     evaluate.model_chooser.select(model)
@@ -144,7 +144,7 @@ def shoot_evaluate(app, window, scratch: Path, out_dir: Path) -> None:
     evaluate.evaluate()
     wait_until(app, lambda: evaluate.runner is None, timeout_s=3600)
     settle(app, 1.0)
-    window.grab().save(str(out_dir / "evaluate.png"))
+    window.grab().save(str(out_dir / "likelihood.png"))
 
 
 if __name__ == "__main__":
