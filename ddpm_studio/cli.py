@@ -392,8 +392,6 @@ def run_sample(args) -> int:
     if args.out.exists() and not args.out.is_dir():
         fail(f"--out {args.out} is a file; give a folder for the images.")
     model = load_model(request.model_path, choose_device(request.device))  # a bad model fails before any progress bar
-    if args.variance is None and model.info.unet.learned_variance:
-        request.variance = "learned"
     result = None
     with tqdm(desc=f"Sampling ({request.sampler})", unit="step") as bar:
         for event in run_sampling(request, model):

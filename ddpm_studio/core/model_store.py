@@ -107,7 +107,9 @@ class ModelInfo:
     def sampling_defaults(self) -> dict:
         """The variance and clipping the model samples with unless asked otherwise (an import records its own)."""
         recorded = self.extra.get("sampling") if isinstance(self.extra.get("sampling"), dict) else {}
-        variance = recorded.get("variance") if recorded.get("variance") in VARIANCES else "fixed_large"
+        own = "learned" if self.unet.learned_variance else "fixed_large"  # a model that learned it samples with it
+        usable = recorded.get("variance") in VARIANCES and (recorded["variance"] != "learned" or self.unet.learned_variance)
+        variance = recorded["variance"] if usable else own
         clip = recorded.get("clip") if isinstance(recorded.get("clip"), bool) else True
         return {"variance": variance, "clip": clip}
 

@@ -129,13 +129,12 @@ class SamplingControls:
                 self.ddpm_steps_spin.setValue(num_timesteps)
 
     def offer_learned_variance(self, learned: bool) -> None:
-        """Offer "learned" for a model that learned its variance (and choose it); take it away for others."""
+        """Offer "learned" only for a model that learned its variance (its sampling defaults then choose it)."""
         if self.variance_box is None:
             return
         index = self.variance_box.findData(LEARNED_VARIANCE[1])
         if learned and index < 0:
             self.variance_box.addItem(*LEARNED_VARIANCE)
-            self.variance_box.setCurrentIndex(self.variance_box.count() - 1)
         elif not learned and index >= 0:
             self.variance_box.removeItem(index)
 

@@ -193,6 +193,7 @@ class TrainingForm(QWidget):
             accumulate=1 if self.auto_micro_batch_check.isChecked() else self.accumulate_spin.value(),
             micro_batch="auto" if self.auto_micro_batch_check.isChecked() else None,
             checkpoint_activations=self.checkpoint_check.isChecked(),
+            variance=str(self.variance_combo.currentData()),
         )
 
     def shown_settings(self) -> dict:
