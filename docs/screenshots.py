@@ -5,7 +5,7 @@
 It writes dataset.png (after scanning 300 demo images), train.png (the small preset mid-run on
 them), generate.png (16 DDPM samples from the demo model, one on the timeline part-way),
 noising.png (the sample picture at t = 300, denoised from there by the demo model) and
-likelihood.png (the demo model's likelihood bound on 8 held-out demo images, every timestep).
+likelihood.png (the demo model's likelihood bound on 4 held-out demo images, every timestep).
 PAGE names limit it to some of them (dataset, train, generate, noising, likelihood). Settings and
 new models go to a temporary folder, so nothing of the user's is touched.
 """
@@ -133,13 +133,13 @@ def shoot_likelihood(app, window, scratch: Path, out_dir: Path) -> None:
     model = scratch / "demo"  # a copy: evaluating records the result in the model's model.json
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "demo", model)
     held_out = scratch / "held-out"
-    create_demo_dataset(held_out, count=8, seed=11)  # a seed the demo model never trained on
+    create_demo_dataset(held_out, count=4, seed=11)  # a seed the demo model never trained on
     evaluate = window.likelihood_page
     window.tabs.setCurrentWidget(evaluate)
     window.library.open(model)
     evaluate.model_chooser.select(model)
     evaluate.data_edit.setText(str(held_out))
-    evaluate.count_spin.setValue(8)
+    evaluate.count_spin.setValue(4)
     evaluate.timesteps_combo.setCurrentIndex(evaluate.timesteps_combo.findData("all"))
     evaluate.evaluate()
     wait_until(app, lambda: evaluate.runner is None, timeout_s=3600)
