@@ -16,7 +16,13 @@ from ddpm_studio.core.likelihood import LikelihoodRequest, LikelihoodResult, eva
 from ddpm_studio.core.schedule import NoiseSchedule
 from ddpm_studio.core.training import FinishedEvent, StepEvent, TrainingConfig, train
 from ddpm_studio.core.unet import UNet, UNetConfig
-from conftest import tiny_images
+from ddpm_studio.core.demo_data import make_demo_images
+
+
+def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Demo-dataset images as uint8 (N, 3, size, size). (Not imported from conftest: with tests/gui collected
+    too, the name ``conftest`` may be tests/gui's.)"""
+    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
 
 T = 50
 

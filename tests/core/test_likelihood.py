@@ -17,7 +17,13 @@ from ddpm_studio.core.likelihood import (
     evaluate_likelihood,
     timestep_columns,
 )
-from conftest import tiny_images
+from ddpm_studio.core.demo_data import make_demo_images
+
+
+def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Demo-dataset images as uint8 (N, 3, size, size). (Not imported from conftest: with tests/gui collected
+    too, the name ``conftest`` may be tests/gui's.)"""
+    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
 
 
 def run(model, images, **options) -> tuple[list[LikelihoodProgress], LikelihoodResult]:
