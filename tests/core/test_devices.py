@@ -1,5 +1,7 @@
 """The one place that decides where and how a run computes: device, process-group backend, bf16."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,14 +42,29 @@ def test_native_bf16_on_the_cpu_means_avx512_bf16_or_amx(capabilities, native):
     assert cpu_has_native_bf16(capabilities) is native
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_auto_precision_picks_bf16_on_the_cpu_only_where_it_is_native(monkeypatch, native):
-    monkeypatch.setattr(devices, "cpu_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
+@pytest.mark.parametrize("capabilities, vendor, chosen", [
+    ({"avx512_bf16": False, "amx_bf16": False}, "AuthenticAMD", False),  # no bf16 hardware: emulated, slow
+    ({"avx512_bf16": True, "amx_bf16": False}, "AuthenticAMD", True),  # Zen 4: measured faster
+    ({"avx512_bf16": True, "amx_bf16": False}, "GenuineIntel", False),  # Xeon without AMX: measured 0.71x
+    ({"avx512_bf16": True, "amx_bf16": True}, "GenuineIntel", True),  # Sapphire Rapids and later
+])
+def test_auto_precision_picks_bf16_on_the_cpu_only_where_it_is_native_and_faster(monkeypatch, capabilities, vendor,
+                                                                                  chosen):
+    monkeypatch.setattr(devices, "cpu_capabilities", lambda: capabilities)
+    monkeypatch.setattr(devices, "cpu_vendor", lambda: vendor)
     cpu = torch.device("cpu")
-    assert use_bf16("auto", cpu) is native
+    assert use_bf16("auto", cpu) is chosen
     assert use_bf16("bf16", cpu) is True and use_bf16("fp32", cpu) is False
     with pytest.raises(ValueError, match="Precision"):
         use_bf16("fp16", cpu)
+
+
+def test_the_cpu_vendor_is_read_from_the_machine():
+    vendor = devices.cpu_vendor()
+    assert isinstance(vendor, str)
+    if Path("/proc/cpuinfo").is_file() and "vendor_id" in Path("/proc/cpuinfo").read_text(errors="replace"):
+        assert vendor in Path("/proc/cpuinfo").read_text(errors="replace")
+        assert vendor
 
 
 def test_auto_precision_asks_the_run_device_for_native_bf16_without_emulation(monkeypatch, cuda_machine):
