@@ -103,7 +103,7 @@ def run_for(app, seconds: float, until=None) -> None:
     loop.exec()
 
 
-def wait_until(app, condition, timeout_s: float = 600) -> None:
+def wait_until(app, condition, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -129,7 +129,8 @@ class Studio:
         self.window.resize(1400, 900)
         self.window.show()
         self.data = scratch / "shapes"
-        write_demo_dataset(self.data, count=200, seed=3)
+        for _ in write_demo_dataset(self.data, count=200, seed=3):  # an iterator of progress events
+            pass
         self.run_number = 0
 
     def close(self) -> None:
@@ -167,7 +168,7 @@ class Studio:
 
         def stop():
             page.stop()
-            wait_until(self.app, lambda: page.runner is None)
+            wait_until(self.app, lambda: not page.jobs.is_running())
         return stop
 
     def timeline_slider(self):
@@ -179,7 +180,7 @@ class Studio:
             page.steps_spin.setValue(100)
             page.count_spin.setValue(16)
             page.generate()
-            wait_until(self.app, lambda: page.runner is None)
+            wait_until(self.app, lambda: not page.jobs.is_running())
             page.show_on_timeline(0)
         return page.timeline.slider
 
