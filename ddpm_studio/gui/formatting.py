@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-
-def format_bytes(count: int) -> str:
-    if count >= 2**30:
-        return f"{count / 2**30:.1f} GiB"
-    return f"{count / 2**20:.0f} MiB"
+from ..core.memory import format_bytes  # noqa: F401 (one rule for sizes, in the CLI's sentences and the pages)
 
 
 def format_duration(seconds: float) -> str:

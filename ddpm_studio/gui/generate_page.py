@@ -226,6 +226,7 @@ class GeneratePage(Page):
             seed=self.seed_spin.value(),
             sampler=self.sampler(),
             steps=self.steps_spin.value(),
+            eta=self.sampling.eta(),
             variance=self.sampling.variance(),
             ddpm_steps=self.sampling.ddpm_steps(),
         )
@@ -291,7 +292,8 @@ class GeneratePage(Page):
         """Show finished images in the grid and the first one on the timeline."""
         self.result = result
         images = [to_hwc(image) for image in result.images]
-        tips = [f"Image {index + 1} · seed {result.metadata['seed']}" for index in range(len(images))]
+        tips = [f"Image {index + 1} of {len(images)} · seed {result.metadata['seed']} · {result.request.describe()}: "
+                f"the same seed, number of images and sampler draw it again" for index in range(len(images))]
         self.grid.set_images(images, tips)
         self.results_stack.setCurrentWidget(self.grid)
         self.show_process("timeline")

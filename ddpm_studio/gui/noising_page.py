@@ -65,7 +65,7 @@ class SchedulePlot(pg.PlotWidget):
         self.setMenuEnabled(False)
         self.setMouseEnabled(x=False, y=False)
         self.hideButtons()
-        self.showGrid(x=True, y=True, alpha=0.25)
+        # No grid: the axes draw it, so each move of the cursor would repaint both axes as well.
         for side in ("left", "bottom"):
             axis = self.getAxis(side)
             axis.setPen(foreground)
@@ -94,6 +94,7 @@ class NoisingPage(Page):
         self.model_info: ModelInfo | None = None
         self.schedule = NoiseSchedule.linear(DEFAULT_SCHEDULE_STEPS)
         self.result: SamplingResult | None = None
+        self._can_denoise_at_t = False  # t > 0 when the enabled state was last set
         self._offered_sample = False
         self._build()
         self.setAcceptDrops(True)
@@ -132,11 +133,12 @@ class NoisingPage(Page):
         schedule_layout.addWidget(self.log_snr_label)
         schedule_layout.addWidget(self.log_snr_plot, 1)
 
-        self.sampling = SamplingControls(self.context, self.jobs, "noising", "Denoise from t", with_variance=False,
+        self.sampling = SamplingControls(self.context, self.jobs, "noising", "Denoise from t", with_variance=True,
                                          steps_tooltip="DDIM's number of steps from t down to 0")
         # The widgets by name, as the page shows them.
         self.model_chooser, self.sampler_box = self.sampling.model_chooser, self.sampling.sampler_box
         self.steps_spin, self.denoise_button = self.sampling.steps_spin, self.sampling.run_button
+        self.variance_box = self.sampling.variance_box
         self.stop_button, self.progress_bar = self.jobs.stop_button, self.jobs.progress_bar
         self.status_label = self.jobs.status_label
         self.status_label.setText("Choose a model, set t, then denoise: the model runs the reverse process from this x_t.")
@@ -163,7 +165,8 @@ class NoisingPage(Page):
         self.t_label = QLabel()
         make_bold(self.t_label)
         widest = "t = 0000 of 0000 · √ᾱ_t = 0.000"
-        self.t_label.setMinimumWidth(self.t_label.fontMetrics().horizontalAdvance(widest) + 8)
+        # A fixed width: a label that changes its size at every t re-lays out the row, and the window repaints.
+        self.t_label.setFixedWidth(self.t_label.fontMetrics().horizontalAdvance(widest) + 8)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setPrefix("noise seed ")
@@ -334,7 +337,10 @@ class NoisingPage(Page):
             plot.cursor.blockSignals(True)
             plot.cursor.setValue(t)
             plot.cursor.blockSignals(False)
-        self._update_enabled()
+        if (t > 0) != self._can_denoise_at_t:  # only t = 0 changes what can run
+            self._update_enabled()
+        else:
+            self.sampling.show_cost(1, start_t=max(t - 1, 0))
 
     def _on_cursor_moved(self, line) -> None:
         self.t_slider.setValue(round(line.value()))
@@ -342,7 +348,8 @@ class NoisingPage(Page):
     # --- denoising -----------------------------------------------------------------------------------------
     def _update_enabled(self) -> None:
         running = self.jobs.is_running()
-        self.sampling.update_enabled(can_run=self.model_view is not None and self.current_t() > 0)
+        self._can_denoise_at_t = self.current_t() > 0
+        self.sampling.update_enabled(can_run=self.model_view is not None and self._can_denoise_at_t)
         self.sampling.show_cost(1, start_t=max(self.current_t() - 1, 0))
         for widget in (self.open_button, self.seed_spin):
             widget.setEnabled(not running)
@@ -360,7 +367,8 @@ class NoisingPage(Page):
             return None
         request = SamplingRequest(
             model_path=path, num_images=1, seed=self.seed_spin.value(), sampler=self.sampling.sampler(),
-            steps=min(self.steps_spin.value(), t), x_start=self.model_view.x_t_tensor(t), start_t=t - 1,
+            steps=min(self.steps_spin.value(), t), eta=self.sampling.eta(), variance=self.sampling.variance(),
+            x_start=self.model_view.x_t_tensor(t), start_t=t - 1,
         )
         self.result = None
         self.timeline.clear()

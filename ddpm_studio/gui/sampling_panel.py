@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
 
 from ..core.devices import choose_device
 from ..core.diffusion import SampleStep
@@ -60,6 +62,11 @@ class SamplingControls:
         self.steps_spin.setRange(1, 1000)
         self.steps_spin.setValue(50)
         self.steps_spin.setToolTip(steps_tooltip)
+        self.eta_spin = QDoubleSpinBox()
+        self.eta_spin.setRange(0.0, 1.0)
+        self.eta_spin.setSingleStep(0.1)
+        self.eta_spin.setDecimals(2)
+        self.eta_spin.setToolTip("DDIM's η: 0 is deterministic; 1 adds the noise of ancestral sampling with β̃_t")
         self.variance_box: QComboBox | None = None
         self.ddpm_steps_spin: QSpinBox | None = None
         if with_variance:
@@ -89,6 +96,7 @@ class SamplingControls:
         form = QFormLayout()
         form.addRow("Sampler", self.sampler_box)
         form.addRow("DDIM steps", self.steps_spin)
+        form.addRow("DDIM η", self.eta_spin)
         if self.variance_box is not None:
             form.addRow("DDPM steps", self.ddpm_steps_spin)
             form.addRow("Variance", self.variance_box)
@@ -110,6 +118,9 @@ class SamplingControls:
     # --- state -------------------------------------------------------------------------------------
     def sampler(self) -> str:
         return self.sampler_box.currentData()
+
+    def eta(self) -> float:
+        return self.eta_spin.value()
 
     def variance(self) -> str:
         return self.variance_box.currentData() if self.variance_box is not None else "fixed_large"
@@ -143,6 +154,7 @@ class SamplingControls:
         running = self.jobs.is_running()
         is_ddim = self.sampler() == "ddim"
         self.steps_spin.setEnabled(is_ddim and not running)
+        self.eta_spin.setEnabled(is_ddim and not running)
         if self.variance_box is not None:
             self.variance_box.setEnabled(not is_ddim and not running)
             self.ddpm_steps_spin.setEnabled(not is_ddim and not running)
@@ -183,6 +195,10 @@ class SamplingControls:
         settings, prefix = self.context.settings, self.prefix
         self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value(f"{prefix}/sampler", "ddpm"))))
         self.steps_spin.setValue(int(settings.value(f"{prefix}/ddim_steps", 50)))
+        try:
+            self.eta_spin.setValue(float(settings.value(f"{prefix}/eta", 0.0)))
+        except (TypeError, ValueError):
+            pass  # a damaged settings file: keep 0
         if self.variance_box is not None:
             variance = settings.value(f"{prefix}/variance", "fixed_large")
             self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(variance)))
@@ -195,6 +211,7 @@ class SamplingControls:
         settings, prefix = self.context.settings, self.prefix
         settings.setValue(f"{prefix}/sampler", self.sampler())
         settings.setValue(f"{prefix}/ddim_steps", self.steps_spin.value())
+        settings.setValue(f"{prefix}/eta", self.eta())
         if self.variance_box is not None:
             settings.setValue(f"{prefix}/variance", self.variance())
             settings.setValue(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.value())

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -27,9 +28,9 @@ from PySide6.QtWidgets import (
 
 from ..core import model_check, model_store
 from ..core.data import ScanProgress, ScanResult
-from ..core.devices import choose_device, device_memory_bytes, use_bf16
+from ..core.devices import choose_device, use_bf16
 from ..core.errors import UserError
-from ..core.memory import estimate_training_memory
+from ..core.memory import MemoryCheck, check_training_memory
 from ..core.model_store import ModelError
 from ..core import run_plan
 from ..core.run_plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
@@ -44,9 +45,6 @@ from .page import Page
 from .style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
 from .training_form import TrainingForm
 from .training_monitor import TrainingMonitor
-
-# An estimate above this share of the device's memory gets a warning.
-MEMORY_WARNING_SHARE = 0.8
 
 
 class TrainPage(Page):
@@ -234,27 +232,52 @@ class TrainPage(Page):
             self.memory_label.setStyleSheet(WARNING_TEXT_STYLE)
             return
         batch_size = math.ceil(config.batch_size / config.accumulate)  # activations: one micro-batch at a time
-        bf16 = use_bf16(config.precision, choose_device("auto"))
-        dataset_images = len(self.dataset.files) if self.dataset is not None else 0
+        device = choose_device("auto")
+        bf16 = use_bf16(config.precision, device)
+        dataset_images = len(self.dataset.files) if self.dataset is not None and device.type == "cuda" else 0
 
         def estimate():
-            yield estimate_training_memory(unet_config, batch_size, bf16, dataset_images)
+            yield check_training_memory(unet_config, batch_size, bf16, device, dataset_images)
 
         self.estimates.run(estimate, on_event=self._show_estimate,
                            on_done=lambda _stopped: self._estimate_wanted and self._request_estimate())
 
-    def _show_estimate(self, estimate) -> None:
-        device = choose_device("auto")
-        available = device_memory_bytes(device)
-        where = "GPU" if device.type == "cuda" else "CPU"
-        text = f"Memory: ≈ {format_bytes(estimate.total_bytes)} on the {where} ({estimate.parameters:,} parameters)"
-        if available and estimate.total_bytes > MEMORY_WARNING_SHARE * available:
-            text += (f". That is more than this {'GPU' if where == 'GPU' else 'computer'} has to spare "
-                     f"({format_bytes(available)} in all): lower the batch size or choose a smaller preset.")
-            self.memory_label.setStyleSheet(WARNING_TEXT_STYLE)
-        else:
-            self.memory_label.setStyleSheet("")
+    def _show_estimate(self, check: MemoryCheck) -> None:
+        estimate = check.estimate
+        text = (f"Memory: ≈ {format_bytes(estimate.total_bytes)} on {check.device_name} "
+                f"({estimate.parameters:,} parameters)")
+        if not check.fits:
+            text += f". {check.explain()}"
+        self.memory_label.setStyleSheet("" if check.fits else WARNING_TEXT_STYLE)
         self.memory_label.setText(text)
+
+    def memory_allows(self, config: TrainingConfig) -> bool:
+        """True when the run fits in the memory available; otherwise ask, offering the largest batch that fits.
+
+        Answering with that batch size puts it in the form. The estimate is measured once per
+        architecture (the background estimate already did), so asking here costs nothing.
+        """
+        device = choose_device("auto")
+        micro_batch = math.ceil(config.batch_size / config.accumulate)  # the activations of one micro-batch
+        check = check_training_memory(config.unet_config(), micro_batch, use_bf16(config.precision, device), device)
+        if check.fits:
+            return True
+        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough memory for this run",
+                          f"{check.explain()}\n\nStarting anyway would most likely fail part-way.", parent=self)
+        smaller = None
+        fitting_batch = check.largest_batch * config.accumulate  # accumulation keeps its number of micro-batches
+        if check.largest_batch:
+            smaller = box.addButton(f"Use batch size {fitting_batch}", QMessageBox.ButtonRole.AcceptRole)
+            box.setDefaultButton(smaller)
+        anyway = box.addButton("Start anyway", QMessageBox.ButtonRole.DestructiveRole)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        if smaller is None:
+            box.setDefaultButton(cancel)
+        box.exec()
+        if box.clickedButton() is smaller:
+            self.form.batch_spin.setValue(fitting_batch)
+            return True
+        return box.clickedButton() is anyway
 
     # --- state --------------------------------------------------------------------------------------
     def is_training(self) -> bool:
@@ -343,6 +366,8 @@ class TrainPage(Page):
         if reason is not None:
             self.show_error(reason)
             return
+        if not self.memory_allows(self.config()):
+            return
         try:
             plan = run_plan.plan_new_run(self.config(), self.models_dir() / self.name_edit.text().strip(), scanned=self.dataset)
         except UserError as error:
@@ -366,6 +391,9 @@ class TrainPage(Page):
         except UserError as error:
             self.show_error(str(error))
             return
+        if not self.memory_allows(plan.config):
+            return
+        plan.config.batch_size = self.form.batch_spin.value()  # the batch size the question may have changed
         self._launch(plan)
 
     def _launch(self, plan: RunPlan) -> None:

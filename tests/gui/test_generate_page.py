@@ -215,3 +215,19 @@ def test_unreadable_folders_in_the_models_folder_are_named(qtbot, window, tiny_m
     chooser = window.generate_page.model_chooser
     assert chooser.picker.usable_count() == 0 and chooser.picker.itemText(0) == "half-copied (unusable)"
     assert "half-copied" in chooser.message.text() and "model.json" in chooser.message.toolTip()
+
+
+def test_ddim_eta_is_typed_in_and_reaches_the_sampler_and_tooltips_name_seed_and_sampler(qtbot, page):
+    eta = page.sampling.eta_spin
+    assert not eta.isEnabled()  # DDPM: eta means nothing
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddim"))
+    assert eta.isEnabled()
+    page.steps_spin.setValue(5)
+    eta.lineEdit().selectAll()
+    qtbot.keyClicks(eta.lineEdit(), "0.5")
+    qtbot.keyClick(eta.lineEdit(), Qt.Key.Key_Return)
+    assert eta.value() == pytest.approx(0.5)
+    generate(qtbot, page)
+    assert page.result.request.eta == pytest.approx(0.5)
+    tip = page.grid.item(1).toolTip()
+    assert "Image 2 of 3" in tip and "seed 11" in tip and "DDIM 5 steps, eta 0.5" in tip

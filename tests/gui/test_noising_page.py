@@ -129,6 +129,14 @@ def test_denoise_from_t_plays_on_the_timeline(qtbot, window, page, tiny_model, p
     qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
     assert timeline.frame_count() == 6
 
+    # The variance of the ancestral steps is the user's to choose here too.
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddpm"))
+    assert page.variance_box.isEnabled()
+    page.variance_box.setCurrentIndex(page.variance_box.findData("fixed_small"))
+    page.denoise()
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.result.request.variance == "fixed_small" and page.result.request.sampler == "ddpm"
+
 
 def test_stop_ends_denoising(qtbot, window, page, tiny_model):
     window.library.open(tiny_model)

@@ -1,5 +1,6 @@
 """The Train page: settings, Start / Stop / Resume on a tiny model, the loss curve, previews and errors."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,54 @@ def test_the_advanced_section_splits_the_batch_and_checkpoints_activations(loade
     form.fill(TrainingConfig.from_dict({**training, "accumulate": 1, "micro_batch": "auto"}))
     assert form.auto_micro_batch_check.isChecked() and not form.accumulate_spin.isEnabled()
     wait_idle(qtbot, page)
+
+
+def answer_next_dialog(qtbot, button_text: str) -> list[str]:
+    """Click the button labelled ``button_text`` of the next message box, as a user would; records its text.
+
+    A box without such a button is closed (and the test fails on what it recorded), never left waiting."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    seen = []
+
+    def click():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, click)
+            return
+        seen.append(box.text())
+        labels = {button.text().replace("&", ""): button for button in box.buttons()}
+        if button_text not in labels:
+            seen.append(f"no button {button_text!r} among {sorted(labels)}")
+            box.reject()
+            return
+        qtbot.mouseClick(labels[button_text], Qt.MouseButton.LeftButton)
+
+    QTimer.singleShot(0, click)
+    return seen
+
+
+def test_start_asks_first_when_the_run_cannot_fit_and_offers_the_largest_batch(loaded, qtbot, monkeypatch):
+    """A fake, small memory limit: batch 64 of the tiny U-Net at 16 px needs 47 to 93 MiB (bf16 or not); 40 MiB are there."""
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    page = loaded.train_page
+    page.form.batch_spin.setValue(64)
+    qtbot.waitUntil(lambda: "the largest batch size that fits is" in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
+    assert page.start_button.isEnabled()  # the question comes on Start, with the way out
+
+    seen = answer_next_dialog(qtbot, "Cancel")
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    assert len(seen) == 1 and "at batch size 64, but the CPU has 40 MiB available" in seen[0], seen
+    assert "the largest batch size that fits is" in page.memory_label.text()
+    assert not page.is_training() and page.form.batch_spin.value() == 64
+
+    largest = int(re.search(r"the largest batch size that fits is (\d+)", seen[0]).group(1))
+    assert 0 < largest < 64
+    seen = answer_next_dialog(qtbot, f"Use batch size {largest}")
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    assert len(seen) == 1 and page.form.batch_spin.value() == largest, seen
+    qtbot.waitUntil(lambda: page.current_step >= 1, timeout=RUN_TIMEOUT_MS)
+    page.stop_training()
+    wait_idle(qtbot, page)
+    assert model_store.read_model_info(page.run_path).training["batch_size"] == largest
