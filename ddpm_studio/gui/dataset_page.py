@@ -34,7 +34,7 @@ from ..core.dataset_cache import CacheMessage, open_cached_dataset
 from ..core.demo_data import DEFAULT_DEMO_COUNT, DemoProgress, is_complete_demo_dataset, write_demo_dataset
 from ..core.imaging import to_hwc
 from .context import StudioContext
-from .formatting import format_image_size
+from .formatting import counted, format_image_size
 from .image_view import ThumbnailGrid
 from .page import Page
 from .style import MUTED_TEXT_STYLE, error_box
@@ -367,7 +367,7 @@ class DatasetPage(Page):
         self._show_skipped(result)
         if usable:
             self.result = result
-            self.context.show_message(f"{usable:,} usable images; {len(result.skipped):,} skipped.")
+            self.context.show_message(f"{counted(usable, 'usable image')}; {len(result.skipped):,} skipped.")
             self.datasetReady.emit(result)
 
     def _show_thumbnails(self, result: ScanResult) -> None:
@@ -379,9 +379,10 @@ class DatasetPage(Page):
         if count == 0:
             self.sample_label.setText("No thumbnails: nothing was usable.")
         elif len(indices) < count:
-            self.sample_label.setText(f"Showing {len(indices):,} of {count:,} images, spread evenly through the folder.")
+            self.sample_label.setText(f"Showing {len(indices):,} of {counted(count, 'image')}, spread evenly through the folder.")
         else:
-            self.sample_label.setText(f"All {count:,} images, as the model will see them:")
+            self.sample_label.setText("The image, as the model will see it:" if count == 1
+                                      else f"All {count:,} images, as the model will see them:")
 
     def _show_skipped(self, result: ScanResult) -> None:
         self.skipped_list.clear()

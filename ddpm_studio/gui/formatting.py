@@ -5,6 +5,11 @@ from __future__ import annotations
 from ..core.memory import format_bytes  # noqa: F401 (one rule for sizes, in the CLI's sentences and the pages)
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """"1 image", "2 images", "1,024 images": a number with its noun, singular when it is one."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)

@@ -8,6 +8,7 @@ the images and their recorded trajectories, which the timeline plays without rec
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,15 @@ from ..core.errors import UserError
 from ..core.imaging import make_grid, to_hwc, to_uint8
 from ..core.sampling import SamplingRequest, SamplingResult, export_trajectory, sample_file_stem, save_samples
 from .context import StudioContext
+from .formatting import counted, format_duration
 from .image_view import ImageView, ThumbnailGrid
 from .page import Page
 from .sampling_panel import MAX_SEED, SamplingControls, settings_column
 from .timeline import Timeline
 from .workers import JobRunner
+
+
+IDLE_RESULTS_HINT = "Choose a model, then click Generate.\nThe finished images appear here."
 
 
 def preview_picture(event: object, kind: str) -> np.ndarray | None:
@@ -52,6 +57,7 @@ class GeneratePage(Page):
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
         super().__init__(context, parent, job_name="sampling")
         self.result: SamplingResult | None = None
+        self._sampling_started: tuple[float, int | None] = (0.0, None)  # (when, step) the rate is counted from
         self._preview_kind = ["x_t"]  # read by the worker thread; a list so the closure sees changes
         self._build()
         self._restore_settings()
@@ -98,7 +104,7 @@ class GeneratePage(Page):
         self.generate_button.clicked.connect(self.generate)
 
         # Results: the grid of finished images (a hint until there are some).
-        self.results_hint = QLabel("Choose a model, then click Generate.\nThe finished images appear here.")
+        self.results_hint = QLabel(IDLE_RESULTS_HINT)
         self.results_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.results_hint.setEnabled(False)
         self.grid = ThumbnailGrid(thumbnail_size=96)
@@ -123,7 +129,7 @@ class GeneratePage(Page):
 
         # The process: the whole batch live while sampling, then one image's timeline.
         self.preview_x_t = QRadioButton("x_t")
-        self.preview_x0 = QRadioButton("x̂₀ (the model's guess of the final images)")
+        self.preview_x0 = QRadioButton("predicted x_0 (the model's guess of the final images)")
         self.preview_x_t.setChecked(True)
         self.preview_group = QButtonGroup(self)
         self.preview_group.addButton(self.preview_x_t)
@@ -146,7 +152,7 @@ class GeneratePage(Page):
         self.export_animation_button.setToolTip("This image's trajectory as an animated GIF or WebP")
         self.export_animation_button.clicked.connect(lambda: self.choose_export_path("animation"))
         self.export_strip_button = QPushButton("Export strip…")
-        self.export_strip_button.setToolTip("Ten frames of x_t above the same frames of x̂₀, as one PNG")
+        self.export_strip_button.setToolTip("Ten frames of x_t above the same frames of the predicted x_0, as one PNG")
         self.export_strip_button.clicked.connect(lambda: self.choose_export_path("strip"))
         self.timeline_caption = QLabel("No image on the timeline yet.")
         export_row = QHBoxLayout()
@@ -262,6 +268,9 @@ class GeneratePage(Page):
             self.set_status(str(error), error=True)
             return None
         preview_kind = self._preview_kind
+        if self.result is None:
+            self.results_hint.setText("Sampling…\nThe finished images appear here.")
+        self._sampling_started = (time.monotonic(), None)  # the clock starts at the first step, after the model loads
         self.preview_view.set_image(None)
         self.preview_view.placeholder = "Starting…"
         self.show_process("preview")
@@ -275,13 +284,23 @@ class GeneratePage(Page):
         self.jobs.stop()
 
     def _on_step(self, event: SampleStep) -> None:
-        self.set_status(f"Sampling: step {event.step + 1} of {event.num_steps}, t = {event.t + 1}.")
+        text = f"Sampling: step {event.step + 1} of {event.num_steps}, t = {event.t + 1}"
+        now = time.monotonic()
+        started, first_step = self._sampling_started
+        if first_step is None:
+            self._sampling_started = (now, event.step)
+        elif event.step > first_step and now > started:
+            rate = (event.step - first_step) / (now - started)
+            text += f" · {rate:.1f} steps/s · {format_duration((event.num_steps - event.step - 1) / rate)} left"
+        self.set_status(text + ".")
 
     def _on_failed(self, message: str) -> None:
         self.set_status(message, error=True)
         self.show_process("timeline")
 
     def _on_done(self, stopped: bool) -> None:
+        if self.result is None:
+            self.results_hint.setText(IDLE_RESULTS_HINT)
         if stopped:
             self.set_status("Stopped before the end; the images shown are unfinished."
                             if self.result is None else "Stopped; the grid shows the last finished images.")
@@ -297,7 +316,7 @@ class GeneratePage(Page):
         self.grid.set_images(images, tips)
         self.results_stack.setCurrentWidget(self.grid)
         self.show_process("timeline")
-        self.set_status(f"{len(images)} images from {result.metadata['model']} ({result.request.describe()}, "
+        self.set_status(f"{counted(len(images), 'image')} from {result.metadata['model']} ({result.request.describe()}, "
                         f"seed {result.request.seed}).")
         self.show_on_timeline(0)
 
@@ -344,8 +363,8 @@ class GeneratePage(Page):
         except OSError as error:
             self.set_status(f"Could not save in {folder}: {error.strerror or error}.", error=True)
             return []
-        self.set_status(f"Saved {len(paths) - 1} images and their grid in {folder}.")
-        self.context.show_message(f"Saved {len(paths) - 1} images in {folder}.")
+        self.set_status(f"Saved {counted(len(paths) - 1, 'image')} and their grid in {folder}.")
+        self.context.show_message(f"Saved {counted(len(paths) - 1, 'image')} in {folder}.")
         return paths
 
     def choose_export_path(self, kind: str) -> None:

@@ -96,6 +96,9 @@ class ThumbnailGrid(QListWidget):
         self.setMovement(QListWidget.Movement.Static)
         self.setUniformItemSizes(True)
         self.setSpacing(4)
+        # The selection is a frame, never a tint: a tint changes the picture's colours (pink looks purple).
+        self.setStyleSheet("QListView::item { border: 3px solid transparent; }"
+                           "QListView::item:selected { background: transparent; border: 3px solid palette(highlight); }")
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.itemClicked.connect(lambda item: self.imageActivated.emit(self.row(item)))
 
@@ -103,7 +106,10 @@ class ThumbnailGrid(QListWidget):
         """Replace the grid with ``images`` ((H, W, C) or (H, W) uint8 each)."""
         self.clear()
         for index, array in enumerate(images):
-            item = QListWidgetItem(QIcon(scaled_pixmap(array, self.thumbnail_size)), "")
+            pixmap = scaled_pixmap(array, self.thumbnail_size)
+            icon = QIcon(pixmap)
+            icon.addPixmap(pixmap, QIcon.Mode.Selected)  # drawn as it is when selected, not blended with the highlight
+            item = QListWidgetItem(icon, "")
             if tooltips:
                 item.setToolTip(tooltips[index])
             item.setSizeHint(QSize(self.thumbnail_size + 8, self.thumbnail_size + 8))

@@ -30,7 +30,7 @@ class Timeline(QWidget):
         self._frame_budget = 0.0  # fractional frames owed by the playback timer
 
         self.x_t_view = ImageView(placeholder, "x_t: the sample at step t")
-        self.x0_view = ImageView("", "x̂₀: the model's guess of the final image")
+        self.x0_view = ImageView("", "predicted x_0: the model's guess of the final image")
         views = QHBoxLayout()
         views.setSpacing(8)
         views.addWidget(self.x_t_view, 1)

@@ -38,7 +38,7 @@ from ..core.training import CheckpointEvent, StepEvent, TrainingConfig, merge_st
 from ..core.unet import PRESETS
 from .context import StudioContext
 from .evaluate_page import inception_weights_setting
-from .formatting import format_bytes
+from .formatting import counted, format_bytes
 from .jobs import JobController
 from .model_library import ModelPicker
 from .page import Page
@@ -298,7 +298,11 @@ class TrainPage(Page):
             count = len(self.dataset.files)
             size = self.dataset.image_size
             self.dataset_label.setText(
-                f"<b>Dataset:</b> {count:,} images at {size}×{size} from {model_name_for(list(self.dataset.sources))}"
+                f"<b>Dataset:</b> {counted(count, 'image')} at {size}×{size} from "
+                f"{model_name_for(list(self.dataset.sources))}"
+                + (f"<br><span style='{WARNING_TEXT_STYLE}'>Fewer images than one batch "
+                   f"({self.form.batch_spin.value():,}): each batch repeats them; a larger dataset generalises "
+                   "better.</span>" if count < self.form.batch_spin.value() else "")
             )
         reason = self._start_blocker()
         self.start_button.setEnabled(not training and reason is None)
@@ -398,6 +402,7 @@ class TrainPage(Page):
 
     def _launch(self, plan: RunPlan) -> None:
         self.run_path = plan.out_dir
+        self.resume_hint.setText(f"Training {plan.out_dir.name}…")  # its step count changes as it runs
         self.monitor.reset(new_model=not plan.resume)
         threads = threads_beside_a_window()  # one core is left to the window, so that it keeps drawing
         weights = inception_weights_setting(self.context.settings)  # for KID during training, chosen on Evaluate
@@ -421,6 +426,7 @@ class TrainPage(Page):
             self.modelSaved.emit(event.path)
 
     def _on_done(self, stopped: bool) -> None:
+        self.monitor.run_ended()
         path = self.run_path
         saved = path is not None and (path / model_store.CONFIG_FILE).is_file()
         step = self.current_step

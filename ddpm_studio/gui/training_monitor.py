@@ -139,7 +139,13 @@ class TrainingMonitor(QWidget):
         elif isinstance(event, FinishedEvent):
             self.status_label.setText(f"Finished {event.step:,} steps. The model is saved in {event.path}")
         elif isinstance(event, FailedEvent):
+            self.status_label.setText(f"Training ended early at step {event.step:,}.")
             self.show_error(event.reason)
+
+    def run_ended(self) -> None:
+        """Nothing runs now: a speed or a time left would no longer be true."""
+        for label in (self.speed_value, self.eta_value):
+            label.setText("–")
 
     def show_saved_model(self, info: ModelInfo, history: np.ndarray, preview: np.ndarray | None,
                          preview_problem: str = "") -> None:

@@ -231,3 +231,25 @@ def test_ddim_eta_is_typed_in_and_reaches_the_sampler_and_tooltips_name_seed_and
     assert page.result.request.eta == pytest.approx(0.5)
     tip = page.grid.item(1).toolTip()
     assert "Image 2 of 3" in tip and "seed 11" in tip and "DDIM 5 steps, eta 0.5" in tip
+
+
+def test_while_sampling_the_results_say_so_and_the_status_gives_speed_and_time_left(qtbot, page):
+    page.count_spin.setValue(16)
+    qtbot.mouseClick(page.generate_button, Qt.MouseButton.LeftButton)
+    assert page.results_hint.text().startswith("Sampling…")
+    qtbot.waitUntil(lambda: "steps/s" in page.status_label.text() and "left" in page.status_label.text(),
+                    timeout=60_000)
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.result is not None
+
+
+def test_a_selected_thumbnail_is_framed_not_tinted(qtbot, page):
+    from PySide6.QtGui import QIcon
+
+    generate(qtbot, page)
+    item = page.grid.item(0)
+    rect = page.grid.visualItemRect(item)
+    qtbot.mouseClick(page.grid.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert item.isSelected()
+    icon = item.icon()
+    assert icon.pixmap(96, QIcon.Mode.Selected).toImage() == icon.pixmap(96, QIcon.Mode.Normal).toImage()

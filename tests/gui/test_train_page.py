@@ -326,3 +326,4 @@ def test_start_asks_first_when_the_run_cannot_fit_and_offers_the_largest_batch(l
     page.stop_training()
     wait_idle(qtbot, page)
     assert model_store.read_model_info(page.run_path).training["batch_size"] == largest
+
