@@ -7,7 +7,6 @@ trainer's cleanup saves a checkpoint into the model folder, which a later Resume
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -18,7 +17,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -28,9 +26,7 @@ from PySide6.QtWidgets import (
 
 from ..core import model_check, model_store
 from ..core.data import ScanProgress, ScanResult
-from ..core.devices import choose_device, use_bf16
 from ..core.errors import UserError
-from ..core.memory import MemoryCheck, check_training_memory
 from ..core.model_store import ModelError
 from ..core import run_plan
 from ..core.run_plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
@@ -38,12 +34,12 @@ from ..core.training import CheckpointEvent, StepEvent, TrainingConfig, merge_st
 from ..core.unet import PRESETS
 from .context import StudioContext
 from .evaluate_page import inception_weights_setting
-from .formatting import counted, format_bytes
-from .jobs import JobController
+from .formatting import counted
 from .model_library import ModelPicker
 from .page import Page
 from .style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
 from .training_form import TrainingForm
+from .memory_guard import MemoryGuard
 from .training_monitor import TrainingMonitor
 
 
@@ -54,12 +50,9 @@ class TrainPage(Page):
 
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
         super().__init__(context, parent, job_name="training", stopping_text="Stopping after this step and saving…")
-        self.estimates = JobController(self, "memory estimate", with_controls=False)
         self.dataset: ScanResult | None = None
         self.run_path: Path | None = None
         self._name_edited = False
-        self._estimate_wanted = False
-        self._shut_down = False  # after shutdown() no new background work starts
         self._loaded_model: Path | None = None  # the model whose curve and settings are shown for Resume
         self._build()
         self.form.restore(self.context.settings)
@@ -109,8 +102,8 @@ class TrainPage(Page):
         self.name_edit.textEdited.connect(self._name_was_edited)
         self.form.rows.addRow("Model name", self.name_edit)
 
-        self.memory_label = QLabel("Memory: estimating…")
-        self.memory_label.setWordWrap(True)
+        self.memory_label = MemoryGuard(self)
+        self.estimates = self.memory_label.estimates
         self.start_button = QPushButton("Start training")
         self.start_button.setMinimumHeight(ACTION_BUTTON_HEIGHT)
         self.start_button.setDefault(True)
@@ -215,69 +208,13 @@ class TrainPage(Page):
             self._suggest_name()
         self._update_enabled()
 
-    # --- memory estimate --------------------------------------------------------------------------
+    # --- memory -------------------------------------------------------------------------------------
     def _request_estimate(self) -> None:
-        """Estimate in the background: the first estimate makes torch load its meta kernels (seconds)."""
-        if self._shut_down:
-            return
-        if self.estimates.is_running():
-            self._estimate_wanted = True  # estimated again when this one ends
-            return
-        self._estimate_wanted = False
-        try:
-            config = self.config()
-            unet_config = config.unet_config()
-        except UserError as error:
-            self.memory_label.setText(f"Memory: cannot estimate ({error})")
-            self.memory_label.setStyleSheet(WARNING_TEXT_STYLE)
-            return
-        batch_size = math.ceil(config.batch_size / config.accumulate)  # activations: one micro-batch at a time
-        device = choose_device("auto")
-        bf16 = use_bf16(config.precision, device)
-        dataset_images = len(self.dataset.files) if self.dataset is not None and device.type == "cuda" else 0
-
-        def estimate():
-            yield check_training_memory(unet_config, batch_size, bf16, device, dataset_images)
-
-        self.estimates.run(estimate, on_event=self._show_estimate,
-                           on_done=lambda _stopped: self._estimate_wanted and self._request_estimate())
-
-    def _show_estimate(self, check: MemoryCheck) -> None:
-        estimate = check.estimate
-        text = (f"Memory: ≈ {format_bytes(estimate.total_bytes)} on {check.device_name} "
-                f"({estimate.parameters:,} parameters)")
-        if not check.fits:
-            text += f". {check.explain()}"
-        self.memory_label.setStyleSheet("" if check.fits else WARNING_TEXT_STYLE)
-        self.memory_label.setText(text)
+        self.memory_label.request(self.config, len(self.dataset.files) if self.dataset is not None else 0)
 
     def memory_allows(self, config: TrainingConfig) -> bool:
-        """True when the run fits in the memory available; otherwise ask, offering the largest batch that fits.
-
-        Answering with that batch size puts it in the form. The estimate is measured once per
-        architecture (the background estimate already did), so asking here costs nothing.
-        """
-        device = choose_device("auto")
-        micro_batch = math.ceil(config.batch_size / config.accumulate)  # the activations of one micro-batch
-        check = check_training_memory(config.unet_config(), micro_batch, use_bf16(config.precision, device), device)
-        if check.fits:
-            return True
-        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough memory for this run",
-                          f"{check.explain()}\n\nStarting anyway would most likely fail part-way.", parent=self)
-        smaller = None
-        fitting_batch = check.largest_batch * config.accumulate  # accumulation keeps its number of micro-batches
-        if check.largest_batch:
-            smaller = box.addButton(f"Use batch size {fitting_batch}", QMessageBox.ButtonRole.AcceptRole)
-            box.setDefaultButton(smaller)
-        anyway = box.addButton("Start anyway", QMessageBox.ButtonRole.DestructiveRole)
-        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
-        if smaller is None:
-            box.setDefaultButton(cancel)
-        box.exec()
-        if box.clickedButton() is smaller:
-            self.form.batch_spin.setValue(fitting_batch)
-            return True
-        return box.clickedButton() is anyway
+        """True when the run fits, or the user chose to start anyway or with a batch size that fits."""
+        return self.memory_label.allows(config, self.form.batch_spin.setValue)
 
     # --- state --------------------------------------------------------------------------------------
     def is_training(self) -> bool:
@@ -416,7 +353,7 @@ class TrainPage(Page):
         self.jobs.stop()
 
     def shutdown(self) -> None:
-        self._shut_down = True  # no new memory estimates
+        self.memory_label.shutdown()  # no new memory estimates
         self.loss_plot.stop()
 
     # --- events of the run --------------------------------------------------------------------------

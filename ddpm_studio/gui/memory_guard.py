@@ -1,0 +1,101 @@
+"""The Train page's memory line and guard: a background estimate of a run's memory against what the device has,
+and the question asked before starting a run that would not fit, offering the largest batch size that does."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from PySide6.QtWidgets import QLabel, QMessageBox, QWidget
+
+from ..core.devices import choose_device, use_bf16
+from ..core.errors import UserError
+from ..core.memory import MemoryCheck, check_training_memory
+from ..core.training import TrainingConfig
+from .formatting import format_bytes
+from .jobs import JobController
+from .style import WARNING_TEXT_STYLE
+
+
+def check_run(config: TrainingConfig, dataset_images: int = 0) -> Callable[[], MemoryCheck]:
+    """A function that checks ``config``'s training memory on the device "auto" picks.
+
+    The activations are those of one micro-batch, since accumulation runs them one at a time;
+    ``dataset_images`` counts only where the dataset is kept on the GPU.
+    """
+    unet_config = config.unet_config()  # raises a UserError for impossible settings, on the caller's thread
+    micro_batch = math.ceil(config.batch_size / config.accumulate)
+    device = choose_device("auto")
+    bf16 = use_bf16(config.precision, device)
+    images = dataset_images if device.type == "cuda" else 0
+    return lambda: check_training_memory(unet_config, micro_batch, bf16, device, images)
+
+
+class MemoryGuard(QLabel):
+    """Shows "Memory: ≈ … on …" for the current settings, estimated off the GUI thread, and asks before a run
+    that cannot fit."""
+
+    def __init__(self, page: QWidget):
+        super().__init__("Memory: estimating…")
+        self.setWordWrap(True)
+        self.estimates = JobController(page, "memory estimate", with_controls=False)
+        self._wanted = False
+        self._shut_down = False  # after shutdown() no new estimate starts
+
+    def request(self, config: Callable[[], TrainingConfig], dataset_images: int = 0) -> None:
+        """Estimate in the background: the first estimate makes torch load its meta kernels (seconds)."""
+        if self._shut_down:
+            return
+        if self.estimates.is_running():
+            self._wanted = True  # estimated again when this one ends
+            return
+        self._wanted = False
+        try:
+            check = check_run(config(), dataset_images)
+        except UserError as error:
+            self.setText(f"Memory: cannot estimate ({error})")
+            self.setStyleSheet(WARNING_TEXT_STYLE)
+            return
+
+        def estimate():
+            yield check()
+
+        self.estimates.run(estimate, on_event=self._show,
+                           on_done=lambda _stopped: self._wanted and self.request(config, dataset_images))
+
+    def _show(self, check: MemoryCheck) -> None:
+        estimate = check.estimate
+        text = f"Memory: ≈ {format_bytes(estimate.total_bytes)} on {check.device_name} ({estimate.parameters:,} parameters)"
+        if not check.fits:
+            text += f". {check.explain()}"
+        self.setStyleSheet("" if check.fits else WARNING_TEXT_STYLE)
+        self.setText(text)
+
+    def allows(self, config: TrainingConfig, use_batch_size: Callable[[int], None]) -> bool:
+        """True when the run fits in the memory available; otherwise ask, offering the largest batch that fits.
+
+        Answering with that batch size hands it to ``use_batch_size``. The estimate is measured once per
+        architecture (the background estimate already did), so asking here costs nothing.
+        """
+        check = check_run(config)()
+        if check.fits:
+            return True
+        box = QMessageBox(QMessageBox.Icon.Warning, "Not enough memory for this run",
+                          f"{check.explain()}\n\nStarting anyway would most likely fail part-way.", parent=self)
+        smaller = None
+        fitting_batch = check.largest_batch * config.accumulate  # accumulation keeps its number of micro-batches
+        if check.largest_batch:
+            smaller = box.addButton(f"Use batch size {fitting_batch}", QMessageBox.ButtonRole.AcceptRole)
+            box.setDefaultButton(smaller)
+        anyway = box.addButton("Start anyway", QMessageBox.ButtonRole.DestructiveRole)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        if smaller is None:
+            box.setDefaultButton(cancel)
+        box.exec()
+        if box.clickedButton() is smaller:
+            use_batch_size(fitting_batch)
+            return True
+        return box.clickedButton() is anyway
+
+    def shutdown(self) -> None:
+        self._shut_down = True
