@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -511,6 +511,22 @@ def explain_no_usable_images(result: ScanResult) -> str:
     commonest_first = sorted(((count, phrase) for phrase, count in counts.items() if count), key=lambda item: -item[0])
     details = ", ".join(f"{count} {phrase}" for count, phrase in commonest_first)
     return f"No usable images in {where}: {_counted(len(result.skipped), 'file')} looked at, {details}."
+
+
+def usable_scan(events: Iterable[ScanProgress | ScanResult]) -> Generator[ScanProgress, None, ScanResult]:
+    """Pass a scan's progress events on and return its result: ``result = yield from usable_scan(scan)``.
+
+    Raises ``DatasetError`` in one sentence when the scan found no usable image.
+    """
+    result = None
+    for event in events:
+        if isinstance(event, ScanResult):
+            result = event
+        else:
+            yield event
+    if result is None or len(result.images) == 0:
+        raise DatasetError(explain_no_usable_images(result))
+    return result
 
 
 def load_dataset(paths: Path | str | Sequence[Path | str], image_size: int, channels: int = 3) -> ScanResult:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DatasetError, ScanResult, explain_no_usable_images, scan_images, to_model_range
+from .data import scan_images, to_model_range, usable_scan
 from .errors import SettingError
 from .model_store import LoadedModel, load_model
 from .variational_bound import bits_per_dim, prior_kl, vb_term_of_model
@@ -199,13 +199,6 @@ def evaluate_likelihood_of_folder(
     model = model or load_model(model_path, choose_device(request.device))
     request.validate(model.diffusion.num_timesteps)
     channels, size, _ = model.image_shape
-    result = None
-    for event in scan_images(data_paths, size, channels):
-        if isinstance(event, ScanResult):
-            result = event
-        else:
-            yield event
-    if result is None or len(result.images) == 0:
-        raise DatasetError(explain_no_usable_images(result))
+    result = yield from usable_scan(scan_images(data_paths, size, channels))
     yield result
     yield from evaluate_likelihood(model, result.images, request)

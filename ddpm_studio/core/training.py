@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from . import model_check, model_store
 from .batches import BatchSource, StepImages
-from .data import DatasetError, ScanResult, explain_no_usable_images, random_horizontal_flip, scan_images, to_model_range
+from .data import random_horizontal_flip, scan_images, to_model_range, usable_scan
 from .devices import (
     PRECISIONS, choose_device, describe_device, process_group_backend, use_bf16, use_channels_last,
 )
@@ -905,19 +905,12 @@ def train_from_folder(
     config.validate()
     if resume:
         model_store.check_resumable(Path(out_dir), config.unet_config(), config.schedule_config())
-    result = None
     if use_cache:
         builder = distributed_context(device).local_rank == 0
         scan = open_cached_dataset(paths, config.image_size, config.image_channels, builder=builder)
     else:
         scan = scan_images(paths, config.image_size, config.image_channels)
-    for event in scan:
-        if isinstance(event, ScanResult):
-            result = event
-        else:
-            yield event
-    if result is None or len(result.images) == 0:
-        raise DatasetError(explain_no_usable_images(result))
+    result = yield from usable_scan(scan)
     yield result
     images = result.mapping if isinstance(result, CachedScanResult) else result.images
     yield from train(config, images, out_dir, result.summary(), resume=resume, command=command, device=device,
