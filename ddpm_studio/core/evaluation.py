@@ -16,7 +16,7 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +207,18 @@ def reference_from_features(pool: torch.Tensor, description: str) -> ReferenceFe
     return ReferenceFeatures(FeatureStatistics.from_features(pool), kid_features.contiguous(), description)
 
 
+def reference_of_images(extractor: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
+                        description: str) -> Generator[EvaluationProgress, None, ReferenceFeatures]:
+    """Pass feature progress on and return the reference: ``reference = yield from reference_of_images(...)``."""
+    pool = None
+    for event in features_of_images(extractor, images, batch_size, device, "dataset features"):
+        if isinstance(event, EvaluationProgress):
+            yield event
+        else:
+            pool = event[0]
+    return reference_from_features(pool, description)
+
+
 def dataset_reference(
     paths: list[Path], image_size: int, channels: int, extractor_name: str, extractor: torch.nn.Module,
     device: torch.device, batch_size: int = 100, cache_dir: Path | None = None, images: torch.Tensor | None = None,
@@ -231,15 +243,9 @@ def dataset_reference(
         images = result.images
     if len(images) < 2:
         raise DatasetError(f"{describe_sources(paths)} has only one usable image; FID and KID need more.")
-    pool = None
-    for event in features_of_images(extractor, images, batch_size, device, "dataset features"):
-        if isinstance(event, EvaluationProgress):
-            yield event
-        else:
-            pool = event[0]
     where = describe_sources(paths) if paths else "the training images"
     description = f"{where} ({len(images)} images at {image_size}x{image_size}, {'RGB' if channels == 3 else 'grey'})"
-    reference = reference_from_features(pool, description)
+    reference = yield from reference_of_images(extractor, images, batch_size, device, description)
     if cache_path:
         save_cached_reference(cache_path, reference)
     yield reference
@@ -270,13 +276,8 @@ def library_reference(
                          f"`fidelity --input1 {name} --isc` once (it downloads it), or copy CIFAR-10's "
                          f"cifar-10-batches-py folder there.") from None
     images = torch.stack([dataset[index] for index in range(len(dataset))])
-    pool = None
-    for event in features_of_images(extractor, images, batch_size, device, "dataset features"):
-        if isinstance(event, EvaluationProgress):
-            yield event
-        else:
-            pool = event[0]
-    reference = reference_from_features(pool, f"{name} ({len(images)} images, torch-fidelity)")
+    reference = yield from reference_of_images(extractor, images, batch_size, device,
+                                               f"{name} ({len(images)} images, torch-fidelity)")
     save_cached_reference(cache_path, reference)
     yield reference
 
