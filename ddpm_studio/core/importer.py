@@ -144,16 +144,23 @@ def read_json_object(path: Path) -> dict:
 # --- the U-Net's configuration ------------------------------------------------------------------------
 
 
+def settings_with_defaults(source: Path | str, config: dict, defaults: dict, known: set, question: str) -> dict:
+    """A diffusers config's settings over its class's defaults; ModelError for a setting this importer does not know,
+    since it cannot tell ``question`` then."""
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+    if unknown:
+        raise ModelError(f"{source} has the setting {unknown[0]} = {config[unknown[0]]!r}, which DDPM Studio does not "
+                         f"know, so it cannot tell {question}.")
+    return {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
+
+
 def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -> UNetConfig:
     """The UNetConfig that computes what diffusers' UNet2DModel with ``config`` computes; ModelError otherwise."""
     if config.get("_class_name") != "UNet2DModel":
         raise ModelError(f"{source} has _class_name = {config.get('_class_name')!r}; only the DDPM U-Net "
                          f"(UNet2DModel) can be imported.")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in UNET_DEFAULTS)
-    if unknown:
-        raise ModelError(f"{source} has the setting {unknown[0]} = {config[unknown[0]]!r}, which DDPM Studio does not "
-                         f"know, so it cannot tell whether it would compute the same network.")
-    c = {**UNET_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    c = settings_with_defaults(source, config, UNET_DEFAULTS, set(UNET_DEFAULTS),
+                               "whether it would compute the same network")
 
     def refuse(name: str, why: str) -> ModelError:
         return ModelError(f"{source} has {name} = {c[name]!r}; {why}.")
@@ -261,12 +268,8 @@ def scheduler_from_diffusers(config: dict | None, source: Path | str = SCHEDULER
     if config.get("_class_name") != "DDPMScheduler":
         raise ModelError(f"{source} has _class_name = {config.get('_class_name')!r}; DDPM Studio imports the "
                          f"schedule of a DDPMScheduler only.")
-    known = set(SCHEDULER_DEFAULTS) | SCHEDULER_IGNORED
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-    if unknown:
-        raise ModelError(f"{source} has the setting {unknown[0]} = {config[unknown[0]]!r}, which DDPM Studio does "
-                         f"not know, so it cannot tell what schedule the model was trained with.")
-    c = {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    c = settings_with_defaults(source, config, SCHEDULER_DEFAULTS, set(SCHEDULER_DEFAULTS) | SCHEDULER_IGNORED,
+                               "what schedule the model was trained with")
 
     def refuse(name: str, why: str) -> ModelError:
         return ModelError(f"{source} has {name} = {c[name]!r}; {why}.")
