@@ -37,7 +37,7 @@ from .context import StudioContext
 from .image_view import ImageView
 from .page import Page, paths_from_mime
 from .sampling_panel import MAX_SEED, SamplingControls, settings_column
-from .style import ERROR_TEXT_STYLE, make_bold
+from .style import ERROR_TEXT_STYLE, hold_size, make_bold
 from .timeline import Timeline
 from .workers import JobRunner
 
@@ -123,6 +123,8 @@ class NoisingPage(Page):
         self.log_snr_plot.cursor.sigPositionChanged.connect(self._on_cursor_moved)
         self.alpha_bar_label = QLabel()
         self.log_snr_label = QLabel()
+        hold_size(self.alpha_bar_label, "ᾱ_t, the share of x_0's variance left: 0.0000")
+        hold_size(self.log_snr_label, "log SNR = log(ᾱ_t / (1 − ᾱ_t)): −00.00")
         self.schedule_label = QLabel()
         self.schedule_label.setWordWrap(True)
         schedule_box = QGroupBox("Schedule")
@@ -164,9 +166,7 @@ class NoisingPage(Page):
         self.t_slider.valueChanged.connect(self._on_t_changed)
         self.t_label = QLabel()
         make_bold(self.t_label)
-        widest = "t = 0000 of 0000 · √ᾱ_t = 0.000"
-        # A fixed width: a label that changes its size at every t re-lays out the row, and the window repaints.
-        self.t_label.setFixedWidth(self.t_label.fontMetrics().horizontalAdvance(widest) + 8)
+        hold_size(self.t_label, "t = 00000 of 00000 · √ᾱ_t = 0.000")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setPrefix("noise seed ")

@@ -18,6 +18,16 @@ SETTINGS_PANEL_WIDTH = 340  # the left column of the Generate and Noising pages
 ACTION_BUTTON_HEIGHT = 34  # Start, Generate, Denoise and their Stop buttons
 
 
+def hold_size(label: QLabel, widest: str) -> None:
+    """Give a label that changes at every frame (a t, a value) a fixed size that fits ``widest``.
+
+    A label whose size may change asks its window for a new layout at each ``setText``, and the layout
+    repaints every widget on the page: with a fixed size only the label itself is painted again.
+    """
+    metrics = label.fontMetrics()
+    label.setFixedSize(metrics.horizontalAdvance(widest) + 8, metrics.height() + 4)
+
+
 def make_bold(widget: QWidget) -> None:
     font = widget.font()
     font.setBold(True)

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSlid
 
 from ..core.sampling import Trajectory
 from .image_view import ImageView
+from .style import hold_size, make_bold
 
 TICK_MS = 40  # the display rate while playing (25 Hz); faster speeds advance several frames per tick
 SPEEDS = (("5 frames/s", 5), ("10 frames/s", 10), ("25 frames/s", 25), ("50 frames/s", 50),
@@ -43,11 +44,8 @@ class Timeline(QWidget):
         self.slider.valueChanged.connect(self._show_frame)
         self.slider.sliderPressed.connect(self.pause)
         self.position_label = QLabel("t = —")
-        font = self.position_label.font()
-        font.setBold(True)
-        self.position_label.setFont(font)
-        widest = "t = 0000 · frame 0000 of 0000"
-        self.position_label.setMinimumWidth(self.position_label.fontMetrics().horizontalAdvance(widest) + 8)
+        make_bold(self.position_label)
+        hold_size(self.position_label, "t = 00000 · frame 00000 of 00000")
         ends = QHBoxLayout()
         self.start_label = QLabel("t = T: noise")
         ends.addWidget(self.start_label)

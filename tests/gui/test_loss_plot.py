@@ -80,3 +80,56 @@ def test_no_timer_starts_while_hidden(qtbot):
     assert plot.redraw_timer.isActive()
     plot.hide()
     assert not plot.redraw_timer.isActive()
+
+
+def test_an_empty_plot_shows_a_sentence_and_no_axes_and_kid_appears_with_its_first_value(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(600, 400)
+    plot.show()
+    item = plot.plot_widget.getPlotItem()
+    assert plot.empty_text.isVisible() and not plot.axes_shown()
+    assert not item.getAxis("left").isVisible() and not item.getAxis("bottom").isVisible()
+    assert not plot.kid_shown() and not item.getAxis("right").isVisible()
+
+    plot.append(np.geomspace(1.0, 0.05, 300))
+    plot.redraw()
+    assert not plot.empty_text.isVisible() and plot.axes_shown()
+    assert item.getAxis("left").isVisible() and item.getAxis("bottom").isVisible()
+    assert not item.getAxis("right").isVisible()  # a run without KID shows no KID axis
+    legend_names = [label.text for _sample, label in item.legend.items]
+    assert legend_names == ["loss", "smoothed"]
+
+    plot.add_kid(100, 0.02)
+    plot.redraw()
+    assert plot.kid_shown() and item.getAxis("right").isVisible()
+    assert [label.text for _sample, label in item.legend.items] == ["loss", "smoothed", "KID"]
+
+    plot.clear()
+    plot.redraw()
+    assert not plot.axes_shown() and not plot.kid_shown() and plot.empty_text.isVisible()
+
+
+def test_the_grid_lies_on_the_axes_ticks_across_the_view(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(600, 400)
+    plot.show()
+    plot.append(np.geomspace(1.0, 0.05, 2000))
+    plot.redraw()
+    qtbot.wait(50)
+    view = plot.plot_widget.getPlotItem().vb
+    (x_low, x_high), (y_low, y_high) = view.viewRange()
+    x, y = plot.grid_paths[0].getData()  # the major lines, as pairs of points
+    starts, ends = np.stack([x[0::2], y[0::2]], 1), np.stack([x[1::2], y[1::2]], 1)
+    vertical = starts[:, 0] == ends[:, 0]
+    # Vertical lines at the step axis's major ticks, from the bottom of the view to its top.
+    assert set(np.round(starts[vertical, 0])) >= {500.0, 1000.0, 1500.0}
+    np.testing.assert_allclose(starts[vertical, 1], y_low)
+    np.testing.assert_allclose(ends[vertical, 1], y_high)
+    # Horizontal ones at whole decades of the loss (log10 values): 0.1 lies in the view.
+    assert -1.0 in set(np.round(starts[~vertical, 1], 6))
+    np.testing.assert_allclose(starts[~vertical, 0], x_low)
+    # Finer lines at 0.2, 0.3, ... between decades.
+    _x, minor_y = plot.grid_paths[1].getData()
+    assert np.any(np.isclose(minor_y, np.log10(0.2)))

@@ -148,3 +148,44 @@ def test_stop_ends_denoising(qtbot, window, page, tiny_model):
     qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
     assert page.result is None and page.status_label.text() == "Stopped."
     assert page.denoise_button.isEnabled()
+
+
+class LayoutRequests:
+    """Counts the layout requests the window's widgets receive (each one re-lays out and repaints a page)."""
+
+    def __init__(self):
+        from PySide6.QtCore import QEvent, QObject
+
+        outer = self
+
+        class Filter(QObject):
+            def eventFilter(self, obj, event):
+                if event.type() == QEvent.Type.LayoutRequest:
+                    outer.count += 1
+                return False
+
+        self.count = 0
+        self.filter = Filter()
+
+
+def test_scrubbing_t_repaints_in_place_without_a_new_layout(qtbot, window, page, picture_file):
+    """The labels that change at every t hold their size, so a move of t asks for no layout of the page."""
+    from PySide6.QtWidgets import QApplication
+
+    window.show()
+    qtbot.waitExposed(window)
+    assert page.load_image(picture_file)
+    page.t_slider.setValue(400)
+    qtbot.wait(300)  # the first layout of the shown window, and the picture's
+    requests = LayoutRequests()
+    QApplication.instance().installEventFilter(requests.filter)
+    try:
+        for t in (1, 9, 10, 99, 100, 999, 1000, 500):  # labels of every width, down to log SNR at t = 1
+            page.t_slider.setValue(t)
+            QApplication.instance().processEvents()
+    finally:
+        QApplication.instance().removeEventFilter(requests.filter)
+    assert requests.count == 0
+    assert page.t_label.text().startswith("t = 500 of 1000")
+    for label in (page.t_label, page.alpha_bar_label, page.log_snr_label):
+        assert label.fontMetrics().horizontalAdvance(label.text()) <= label.width()  # the text fits its fixed size
