@@ -150,6 +150,7 @@ class DatasetPage(Page):
 
         self.scan_label = self.jobs.status_label
         self.scan_label.setWordWrap(False)
+        self.jobs.status_box.make_room()
         self.progress_bar = self.jobs.progress_bar
         self.progress_bar.setTextVisible(True)
         self.jobs.idle_format = "%p%"
@@ -159,7 +160,7 @@ class DatasetPage(Page):
         self.scan_row = QWidget()
         scan_layout = QHBoxLayout(self.scan_row)
         scan_layout.setContentsMargins(0, 0, 0, 0)
-        scan_layout.addWidget(self.scan_label)
+        scan_layout.addWidget(self.jobs.status_box)
         scan_layout.addWidget(self.progress_bar, 1)
         scan_layout.addWidget(self.stop_button)
 

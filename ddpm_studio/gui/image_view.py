@@ -37,6 +37,8 @@ class ImageView(QWidget):
         self.caption = caption
         self.setMinimumSize(96, 96)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        # paintEvent fills every pixel: Qt need not paint the page, the tabs and the window beneath first.
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
 
     def set_image(self, array: np.ndarray | None) -> None:
         self._array = None if array is None else np.asarray(array)

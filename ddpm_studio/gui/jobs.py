@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from PySide6.QtCore import QObject, Slot
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
+from .status_line import StatusBox, StatusLabel
 from .style import ACTION_BUTTON_HEIGHT, ERROR_TEXT_STYLE
 from .workers import JobRunner, JobWorker, MergeRule, keep_newest
 
@@ -90,6 +91,7 @@ class JobController(QObject):
         self.stop_button: QPushButton | None = None
         self.progress_bar: QProgressBar | None = None
         self.status_label: QLabel | None = None
+        self.status_box: StatusBox | None = None
         self.idle_format = ""  # the progress bar's text between jobs and after a failure
         self.changed: Callable[[], None] = lambda: None  # the page's "update what is enabled", after every change
         if with_controls:
@@ -99,8 +101,9 @@ class JobController(QObject):
             self.stop_button.clicked.connect(self.stop)
             self.progress_bar = QProgressBar()
             self.reset_progress()
-            self.status_label = QLabel()
+            self.status_label = StatusLabel()
             self.status_label.setWordWrap(True)
+            self.status_box = StatusBox(self.status_label)  # what the page lays out
 
     # --- running ----------------------------------------------------------------------------------
     def run(
@@ -163,7 +166,9 @@ class JobController(QObject):
     # --- the controls -----------------------------------------------------------------------------
     def set_status(self, text: str, error: bool = False) -> None:
         if self.status_label is not None:
-            self.status_label.setStyleSheet(ERROR_TEXT_STYLE if error else "")
+            style = ERROR_TEXT_STYLE if error else ""
+            if self.status_label.styleSheet() != style:  # a new style sheet re-polishes the label: only on a change
+                self.status_label.setStyleSheet(style)
             self.status_label.setText(text)
 
     def show_progress(self, done: int, total: int) -> None:

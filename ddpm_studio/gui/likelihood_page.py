@@ -148,7 +148,7 @@ class LikelihoodPage(Page):
             column.addWidget(box)
         column.addLayout(buttons)
         column.addWidget(self.jobs.progress_bar)
-        column.addWidget(self.jobs.status_label)
+        column.addWidget(self.jobs.status_box)
         column.addStretch(1)
 
     # --- settings ----------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ class SamplingControls:
         layout.addWidget(self.cost_label)
         layout.addLayout(buttons)
         layout.addWidget(self.jobs.progress_bar)
-        layout.addWidget(self.jobs.status_label)
+        layout.addWidget(self.jobs.status_box)
         return layout
 
     # --- state -------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class TrainingMonitor(QWidget):
         self.status_label = jobs.status_label
         self.status_label.setText("No run yet.")
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        jobs.status_box.lines = 1  # a wide line here; it grows when a text needs a second one
+        jobs.status_box.make_room()
         self.error_label = error_box()
 
         self.loss_plot = LossPlot()
@@ -77,7 +79,7 @@ class TrainingMonitor(QWidget):
         layout.setContentsMargins(4, 0, 0, 0)
         layout.addLayout(stats)
         layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status_label)
+        layout.addWidget(jobs.status_box)
         layout.addWidget(self.error_label)
         layout.addWidget(plots, 1)
 

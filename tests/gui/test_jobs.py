@@ -91,3 +91,51 @@ def test_background_jobs_have_no_controls_and_do_not_hold_up_closing(qtbot):
     gate.set()
     qtbot.waitUntil(lambda: not estimates.is_running(), timeout=10_000)
     assert results == [("estimate", 0), ("estimate", 1)]
+
+
+def test_a_new_status_repaints_the_line_alone_and_a_longer_one_makes_room(qtbot):
+    """Status texts that change at every step ask the page for no layout; a text needing another line gets it."""
+    from PySide6.QtCore import QEvent, QObject
+    from PySide6.QtWidgets import QApplication, QLabel, QVBoxLayout
+
+    page = QWidget()
+    qtbot.addWidget(page)
+    jobs = JobController(page, "sampling")
+    layout = QVBoxLayout(page)
+    layout.addWidget(QLabel("Settings above the status line"))
+    layout.addWidget(jobs.status_box)
+    layout.addWidget(jobs.progress_bar)
+    page.resize(300, 300)
+    page.show()
+    qtbot.waitExposed(page)
+    jobs.set_status("Sampling: step 1 of 1000.")
+    qtbot.wait(100)
+    height = jobs.status_box.height()
+    assert height >= 2 * jobs.status_label.fontMetrics().lineSpacing()  # two lines kept from the start
+
+    requests = []
+
+    class Filter(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.LayoutRequest and obj is page:
+                requests.append(obj)
+            return False
+
+    watcher = Filter()
+    QApplication.instance().installEventFilter(watcher)
+    try:
+        for step in range(2, 60):
+            jobs.set_status(f"Sampling: step {step} of 1000, t = {1001 - step} · 4{step % 10}.1 steps/s · {step} s left.")
+            QApplication.instance().processEvents()
+    finally:
+        QApplication.instance().removeEventFilter(watcher)
+    assert requests == [] and jobs.status_box.height() == height
+    assert jobs.status_label.geometry() == jobs.status_box.rect()  # the label fills its box
+
+    long_text = " ".join(["A sentence that cannot fit on two lines of a narrow column."] * 3)
+    jobs.set_status(long_text)
+    qtbot.waitUntil(lambda: jobs.status_box.height() > height)
+    assert jobs.status_box.height() >= jobs.status_label.heightForWidth(jobs.status_box.width())
+    jobs.set_status("Done.")  # it never shrinks back, so the page below does not jump at each text
+    qtbot.wait(50)
+    assert jobs.status_box.height() > height and jobs.status_label.text() == "Done."
