@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeyEvent, QPalette
 from PySide6.QtWidgets import (
     QFileDialog,
+    QGraphicsItem,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -73,6 +74,10 @@ class SchedulePlot(pg.PlotWidget):
         self.setLabel("left", y_label)
         self.setLabel("bottom", "t")
         self.curve = self.plot(pen=pg.mkPen((33, 150, 243), width=2))
+        # The axes and the curve only change with the schedule: kept as pixmaps, a move of the cursor
+        # that touches them copies pixels instead of drawing them again.
+        for item in (self.getAxis("left"), self.getAxis("bottom"), self.curve.curve):
+            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.cursor = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen((229, 57, 53), width=2),
                                       hoverPen=pg.mkPen((229, 57, 53), width=4))
         self.addItem(self.cursor)
@@ -315,6 +320,7 @@ class NoisingPage(Page):
         if self.model_view is None:
             self.model_image_view.set_image(None)
         self._on_t_changed(self.t_slider.value())
+        self._update_enabled()  # a picture (or none) at the model's resolution decides whether Denoise can run
 
     def current_t(self) -> int:
         return self.t_slider.value()

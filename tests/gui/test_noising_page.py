@@ -189,3 +189,35 @@ def test_scrubbing_t_repaints_in_place_without_a_new_layout(qtbot, window, page,
     assert page.t_label.text().startswith("t = 500 of 1000")
     for label in (page.t_label, page.alpha_bar_label, page.log_snr_label):
         assert label.fontMetrics().horizontalAdvance(label.text()) <= label.width()  # the text fits its fixed size
+
+
+def test_after_a_restart_with_a_model_chosen_denoise_is_ready_for_the_sample_picture(
+        qtbot, settings, models_dir, user_models_dir, tiny_model):
+    """The model is restored before the picture is loaded; the picture at its resolution then enables Denoise."""
+    import shutil
+
+    from PySide6.QtCore import Qt
+
+    from ddpm_studio.gui.main_window import MainWindow
+    from ddpm_studio.gui.model_library import ModelLibrary
+
+    if not SAMPLE_PICTURE.is_file():
+        pytest.skip("the project has no sample picture")
+    model = models_dir / "tiny"
+    shutil.copytree(tiny_model, model)
+    settings.setValue("noising/model", str(model))
+    window = MainWindow(settings=settings, library=ModelLibrary([models_dir, user_models_dir]))
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        page = window.noising_page
+        window.tabs.setCurrentWidget(page)
+        qtbot.waitUntil(lambda: page.source_path == SAMPLE_PICTURE)
+        assert page.model_chooser.current_path() == model and page.current_t() > 0
+        assert page.denoise_button.isEnabled()
+        qtbot.mouseClick(page.denoise_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: page.result is not None, timeout=60_000)
+        assert page.result.trajectory.timesteps[0] == page.current_t()
+    finally:
+        window.confirm_close = False
+        window.close()
