@@ -23,7 +23,6 @@ class ModelChooser(QWidget):
         self.library = library
         self.settings = settings
         self.picker = ModelPicker(library)
-        self.picker.setToolTip("The models in the models folders, and any you opened")
         self.open_button = QPushButton("Open model…")
         self.open_button.setToolTip("Add a model folder (one with a model.json) to the list")
         self.open_button.clicked.connect(self.choose_folder)

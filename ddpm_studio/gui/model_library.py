@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtWidgets import QComboBox, QWidget
+from PySide6.QtGui import QFontMetrics
+from PySide6.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox, QStylePainter, QWidget
 
 from ..core import model_store
 from ..core.model_store import ModelEntry, ModelError
@@ -63,14 +64,29 @@ class ModelLibrary(QObject):
         return [entry for entry in self.entries if entry.info is None]
 
 
+NAME_SEPARATOR = " — "  # between a model's name and what it is ("32px, 8,000 steps")
+
+
+def elide_model_text(text: str, metrics: QFontMetrics, width: int) -> str:
+    """``text`` within ``width`` pixels: the name loses its end to "…" first, the description stays whole."""
+    if metrics.horizontalAdvance(text) <= width:
+        return text
+    name, separator, description = text.partition(NAME_SEPARATOR)
+    tail = separator + description
+    room = width - metrics.horizontalAdvance(tail)
+    if separator and room >= metrics.horizontalAdvance("ab…"):
+        return metrics.elidedText(name, Qt.TextElideMode.ElideRight, room) + tail
+    return metrics.elidedText(text, Qt.TextElideMode.ElideRight, width)
+
+
 def describe_entry(entry: ModelEntry) -> str:
     info = entry.info
     if info is None:
         return f"{entry.path.name} (unusable)"
     unet = info.unet
     if info.step == 0 and info.extra.get("source"):
-        return f"{info.name} — {unet.image_size}px, imported"
-    return f"{info.name} — {unet.image_size}px, {info.step:,} steps"
+        return f"{info.name}{NAME_SEPARATOR}{unet.image_size}px, imported"
+    return f"{info.name}{NAME_SEPARATOR}{unet.image_size}px, {info.step:,} steps"
 
 
 def entry_tooltip(entry: ModelEntry) -> str:
@@ -99,7 +115,34 @@ class ModelPicker(QComboBox):
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         library.changed.connect(self.reload)
         self.currentIndexChanged.connect(lambda _: self.modelChanged.emit(self.current_path()))
+        self.currentIndexChanged.connect(self._show_whole_text_as_tooltip)
         self.reload()
+
+    # --- a long name is elided in the box, and whole in its tooltip -----------------------------------
+    def _text_option(self) -> QStyleOptionComboBox:
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        field = self.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option,
+                                            QStyle.SubControl.SC_ComboBoxEditField, self)
+        option.currentText = elide_model_text(option.currentText, self.fontMetrics(), field.width())
+        return option
+
+    def shown_text(self) -> str:
+        """The current item's text as the box draws it (elided to fit)."""
+        return self._text_option().currentText
+
+    def paintEvent(self, event) -> None:
+        # Qt's box clips a long text wherever the edge falls ("8,000 ste"): draw it elided instead.
+        painter = QStylePainter(self)
+        option = self._text_option()
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
+
+    def _show_whole_text_as_tooltip(self) -> None:
+        index = self.currentIndex()
+        details = self.itemData(index, Qt.ItemDataRole.ToolTipRole) if index >= 0 else None
+        self.setToolTip(self.currentText() + (f"\n{details}" if details else "") if index >= 0
+                        else "The models in the models folders, and any you opened")
 
     def reload(self) -> None:
         chosen = self.current_path()
@@ -115,6 +158,7 @@ class ModelPicker(QComboBox):
         if chosen is None or not self.select(chosen):
             self.setCurrentIndex(0 if entries else -1)
         self.blockSignals(False)
+        self._show_whole_text_as_tooltip()
         self.modelChanged.emit(self.current_path())
 
     def current_path(self) -> Path | None:

@@ -93,3 +93,32 @@ def test_open_model_lists_an_unusable_folder_and_shows_the_same_sentence(window,
     monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda parent, title, text: warnings.append(text)))
     assert not window.open_model(elsewhere)  # the menu's Open model folder…
     assert warnings == [error]
+
+
+def test_a_long_model_name_is_elided_in_the_box_with_its_description_whole_and_the_full_text_in_the_tooltip(
+        qtbot, models_dir, tiny_model):
+    from ddpm_studio.gui.model_library import ModelLibrary, ModelPicker, elide_model_text
+
+    name = "a-model-with-a-rather-long-descriptive-name-trained-on-my-holiday-pictures"
+    folder = Path(shutil.copytree(tiny_model, models_dir / name))
+    library = ModelLibrary([models_dir])
+    picker = ModelPicker(library)
+    qtbot.addWidget(picker)
+    picker.setFixedWidth(260)
+    picker.show()
+    qtbot.waitExposed(picker)
+    assert picker.select(folder)
+    full = picker.currentText()
+    assert full.startswith(name) and full.endswith("16px, 12 steps")
+    shown = picker.shown_text()
+    assert shown != full and shown.endswith("… — 16px, 12 steps")  # the name gives way; "12 ste" never happens
+    assert name.startswith(shown.split("…")[0])
+    assert picker.fontMetrics().horizontalAdvance(shown) <= picker.width()
+    assert full in picker.toolTip() and str(folder) in picker.toolTip()
+
+    # A short text is drawn as it is; with no room even for the description, the whole text is elided.
+    metrics = picker.fontMetrics()
+    assert elide_model_text("demo — 32px, 8,000 steps", metrics, 1000) == "demo — 32px, 8,000 steps"
+    tight = elide_model_text(full, metrics, 60)
+    assert tight.endswith("…") and metrics.horizontalAdvance(tight) <= 60
+    picker.grab().save(str(models_dir / "picker.png"))  # it paints without error
