@@ -113,6 +113,7 @@ class ScanResult:
     image_size: int
     channels: int
     sources: list[Path] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)  # files in the folders without an image extension
 
     def summary(self) -> dict:
         """A JSON-able description of the dataset, small enough to store beside a trained model."""
@@ -131,6 +132,7 @@ class ScanResult:
             "count": len(self.files),
             "skipped": len(self.skipped),
             "skipped_by_reason": skipped_by_reason,
+            "ignored": len(self.ignored),
             "image_size": self.image_size,
             "channels": self.channels,
             "source_size_min": size_at(0),
@@ -181,8 +183,9 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _image_files_in_folder(folder: Path, skipped: list[SkippedFile]) -> list[str]:
-    """Every file with an image extension under ``folder``, in a deterministic order, hidden ones left out."""
+def _image_files_in_folder(folder: Path, skipped: list[SkippedFile], ignored: list[str] | None = None) -> list[str]:
+    """Every file with an image extension under ``folder``, in a deterministic order, hidden ones left out;
+    the other visible files go to ``ignored`` when it is given (a scan reports how many it did not read)."""
     found: list[str] = []
 
     def report_unreadable_folder(error: OSError) -> None:
@@ -193,8 +196,12 @@ def _image_files_in_folder(folder: Path, skipped: list[SkippedFile]) -> list[str
         # ones keeps it out of them.
         subdirectories[:] = sorted(name for name in subdirectories if not _is_hidden(name))
         for name in sorted(file_names):
-            if not _is_hidden(name) and _has_image_extension(name):
+            if _is_hidden(name):
+                continue
+            if _has_image_extension(name):
                 found.append(os.path.join(directory, name))
+            elif ignored is not None:
+                ignored.append(os.path.join(directory, name))
     return found
 
 
@@ -210,9 +217,12 @@ def find_image_files(paths: Path | str | Sequence[Path | str]) -> tuple[list[Pat
     return [Path(name) for name in names], skipped
 
 
-def find_image_paths(paths: Path | str | Sequence[Path | str]) -> tuple[list[str], list[SkippedFile]]:
+def find_image_paths(
+    paths: Path | str | Sequence[Path | str], ignored: list[str] | None = None
+) -> tuple[list[str], list[SkippedFile]]:
     """``find_image_files`` with the files as strings: the dataset cache's check of 100,000 files
-    would spend seconds making ``Path`` objects."""
+    would spend seconds making ``Path`` objects. Files in the folders without an image extension
+    (a notes.txt) go to ``ignored`` when it is given."""
     sources = _as_path_list(paths)
     if not sources:
         raise DatasetError("No files or folders were given.")
@@ -220,7 +230,7 @@ def find_image_paths(paths: Path | str | Sequence[Path | str]) -> tuple[list[str
     skipped: list[SkippedFile] = []
     for source in sources:
         if source.is_dir():
-            files.extend(_image_files_in_folder(source, skipped))
+            files.extend(_image_files_in_folder(source, skipped, ignored))
         elif source.is_file():
             if _has_image_extension(source):
                 files.append(str(source))
@@ -411,7 +421,9 @@ def scan_images(
     """
     _check_settings(image_size, channels)
     sources = _as_path_list(paths)
-    files, skipped_at_search = find_image_files(sources)
+    ignored: list[str] = []
+    names, skipped_at_search = find_image_paths(sources, ignored)
+    files = [Path(name) for name in names]
     total = len(files)
     workers = workers or default_workers()
     Image.init()  # register every decoder once, here, rather than from several of the pool's threads at once
@@ -444,7 +456,9 @@ def scan_images(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
-    yield _assemble(images, files, source_sizes, reasons, skipped_at_search, image_size, channels, sources)
+    result = _assemble(images, files, source_sizes, reasons, skipped_at_search, image_size, channels, sources)
+    result.ignored = [Path(name) for name in ignored]
+    yield result
 
 
 def _assemble(
@@ -501,7 +515,8 @@ def explain_no_usable_images(result: ScanResult) -> str:
             emptiness = "the folder is empty" if len(result.sources) == 1 else "the folders are empty"
             return f"No usable images in {where}: {emptiness}."
         supported = ", ".join(sorted(IMAGE_EXTENSIONS))
-        return f"No usable images in {where}: no file has an image extension ({supported})."
+        found = f"{_counted(len(result.ignored), 'file')} found, but " if result.ignored else ""
+        return f"No usable images in {where}: {found}no file has an image extension ({supported})."
     counts = {phrase: 0 for phrase in REASON_PHRASES.values()}
     for skipped_file in result.skipped:
         kind = reason_kind(skipped_file.reason)
@@ -510,7 +525,8 @@ def explain_no_usable_images(result: ScanResult) -> str:
     # The commonest reasons first; sorted() is stable, so ties keep REASON_PHRASES' order.
     commonest_first = sorted(((count, phrase) for phrase, count in counts.items() if count), key=lambda item: -item[0])
     details = ", ".join(f"{count} {phrase}" for count, phrase in commonest_first)
-    return f"No usable images in {where}: {_counted(len(result.skipped), 'file')} looked at, {details}."
+    ignored = f"; {_counted(len(result.ignored), 'other file')} ignored, not images" if result.ignored else ""
+    return f"No usable images in {where}: {_counted(len(result.skipped), 'file')} looked at, {details}{ignored}."
 
 
 def usable_scan(events: Iterable[ScanProgress | ScanResult]) -> Generator[ScanProgress, None, ScanResult]:

@@ -244,7 +244,7 @@ def _read_entry(folder: Path, key: str, image_size: int, channels: int) -> dict:
     return index
 
 
-def _result_from_entry(folder: Path, index: dict, decoded: bool) -> CachedScanResult:
+def _result_from_entry(folder: Path, index: dict, decoded: bool, ignored: list[str]) -> CachedScanResult:
     image_size, channels, count = index["image_size"], index["channels"], index["count"]
     mapping = CachedImages(folder / DATA_FILE, count, (channels, image_size, image_size))
     return CachedScanResult(
@@ -255,6 +255,7 @@ def _result_from_entry(folder: Path, index: dict, decoded: bool) -> CachedScanRe
         image_size=image_size,
         channels=channels,
         sources=[Path(name) for name in index["sources"]],
+        ignored=[Path(name) for name in ignored],
         mapping=mapping,
         entry=folder,
         decoded=decoded,
@@ -276,7 +277,8 @@ def open_cached_dataset(
     for instead of built.
     """
     sources = _as_path_list(paths)
-    files, _ = find_image_paths([_absolute(source) for source in sources])  # absolute, so the key is too
+    ignored: list[str] = []  # found again at every opening: the entry depends on the images only
+    files, _ = find_image_paths([_absolute(source) for source in sources], ignored)  # absolute, so the key is too
     key = dataset_key(files, image_size, channels)
     folder = datasets_dir() / key
     announced_wait = False
@@ -289,7 +291,7 @@ def open_cached_dataset(
             damage = str(error)
         else:
             yield CacheMessage(f"Opened {index['count']:,} decoded images from the cache ({folder}); nothing to decode.")
-            yield _result_from_entry(folder, index, decoded=False)
+            yield _result_from_entry(folder, index, decoded=False, ignored=ignored)
             return
         if builder:
             break
@@ -303,7 +305,7 @@ def open_cached_dataset(
     yield from _build_entry(sources, files, key, image_size, channels, workers)
     index = _read_entry(folder, key, image_size, channels)
     yield CacheMessage(f"Cached {index['count']:,} decoded images in {folder}; the next start opens them without decoding.")
-    yield _result_from_entry(folder, index, decoded=True)
+    yield _result_from_entry(folder, index, decoded=True, ignored=ignored)
 
 
 def _fsync(path: Path) -> None:

@@ -44,6 +44,7 @@ DEFAULT_RESOLUTION = 32
 CHANNEL_CHOICES = (("Colour (RGB)", 3), ("Grayscale", 1))
 THUMBNAIL_SAMPLE = 256
 DEMO_FOLDER_NAME = "demo-dataset"
+IGNORED_REASON = "ignored: not an image file (only image extensions are read)"
 
 DROP_ZONE_STYLE = f"""
 QFrame#dropZone {{ border: 2px dashed #9aa5b1; border-radius: 12px; background: palette(base); }}
@@ -359,6 +360,8 @@ class DatasetPage(Page):
                 f" in {describe_sources(result.sources)}<br>"
                 f"Scanned at {result.image_size}×{result.image_size} px, {colour}. {sizes}"
                 + ("" if result.skipped else " No file was skipped.")
+                + (f" {counted(len(result.ignored), 'other file')} ignored: not images (listed at the right)."
+                   if result.ignored else "")
             )
         else:
             self.summary_label.setText(f"<b>No usable images</b> in {describe_sources(result.sources)}.")
@@ -368,7 +371,8 @@ class DatasetPage(Page):
         self._show_skipped(result)
         if usable:
             self.result = result
-            self.context.show_message(f"{counted(usable, 'usable image')}; {len(result.skipped):,} skipped.")
+            self.context.show_message(f"{counted(usable, 'usable image')}; {len(result.skipped):,} skipped"
+                                      + (f"; {len(result.ignored):,} not images, ignored." if result.ignored else "."))
             self.datasetReady.emit(result)
 
     def _show_thumbnails(self, result: ScanResult) -> None:
@@ -386,19 +390,23 @@ class DatasetPage(Page):
                                       else f"All {count:,} images, as the model will see them:")
 
     def _show_skipped(self, result: ScanResult) -> None:
+        """The files skipped, with their reasons, then the files that are not images (a notes.txt), one list."""
         self.skipped_list.clear()
-        skipped = result.skipped
-        self.skipped_box.setVisible(bool(skipped))  # nothing skipped: the thumbnails take the whole width
-        if not skipped:
-            self.skipped_label.setText("No files were skipped.")
-            return
-        by_reason = result.summary()["skipped_by_reason"]
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(by_reason.items(), key=lambda item: -item[1]))
-        self.skipped_label.setText(f"<b>{len(skipped):,} file{'s' if len(skipped) != 1 else ''} skipped</b> ({kinds}):")
+        skipped, ignored = result.skipped, result.ignored
+        self.skipped_box.setVisible(bool(skipped or ignored))  # nothing to list: the thumbnails take the whole width
+        parts = []
+        if skipped:
+            by_reason = result.summary()["skipped_by_reason"]
+            kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(by_reason.items(), key=lambda item: -item[1]))
+            parts.append(f"<b>{counted(len(skipped), 'file')} skipped</b> ({kinds})")
+        if ignored:
+            parts.append(f"<b>{counted(len(ignored), 'file')} ignored</b> (not images)")
+        self.skipped_label.setText("; ".join(parts) + ":" if parts else "No files were skipped.")
+        rows = [(item.path, item.reason) for item in skipped] + [(path, IGNORED_REASON) for path in ignored]
         items = []
-        for skipped_file in skipped:
-            item = QTreeWidgetItem([skipped_file.path.name, skipped_file.reason])
-            item.setToolTip(0, str(skipped_file.path))
-            item.setToolTip(1, skipped_file.reason)
+        for path, reason in rows:
+            item = QTreeWidgetItem([path.name, reason])
+            item.setToolTip(0, str(path))
+            item.setToolTip(1, reason)
             items.append(item)
         self.skipped_list.addTopLevelItems(items)

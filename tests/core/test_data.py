@@ -306,3 +306,33 @@ def test_random_flip_flips_some_images_and_is_deterministic_for_a_seed() -> None
     assert 0 < sum(was_flipped) < 32
     assert torch.equal(flipped, random_horizontal_flip(batch, torch.Generator().manual_seed(1)))
     assert not torch.equal(flipped, random_horizontal_flip(batch, torch.Generator().manual_seed(2)))
+
+
+def test_files_that_are_not_images_are_counted_as_ignored_not_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    (folder / "trip").mkdir(parents=True)
+    write_png(folder / "a.png")
+    write_png(folder / "trip" / "b.png", seed=1)
+    (folder / "notes.txt").write_text("where and when", encoding="utf-8")
+    (folder / "trip" / "route.gpx").write_text("<gpx/>", encoding="utf-8")
+    (folder / ".DS_Store").write_bytes(b"\0")  # hidden files are neither read nor reported
+    result = list(scan_images(folder, SIZE))[-1]
+    assert [path.name for path in result.files] == ["a.png", "b.png"]
+    assert result.skipped == []
+    assert sorted(path.name for path in result.ignored) == ["notes.txt", "route.gpx"]
+    assert result.summary()["ignored"] == 2
+
+    only_notes = tmp_path / "notes"
+    only_notes.mkdir()
+    (only_notes / "notes.txt").write_text("hello", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r": 1 file found, but no file has an image extension"):
+        load_dataset(only_notes, SIZE)
+    (only_notes / "broken.png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(DatasetError, match=r"1 file looked at, 1 [a-z ]+; 1 other file ignored, not images\.$"):
+        load_dataset(only_notes, SIZE)
+
+
+def write_png(path: Path, size: int = 24, seed: int = 0) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path

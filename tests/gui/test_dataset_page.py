@@ -189,3 +189,22 @@ def test_train_on_these_images_shows_the_train_page(window, qtbot, mixed_folder)
     qtbot.mouseClick(page.next_button, Qt.MouseButton.LeftButton)
     assert window.tabs.currentWidget() is window.train_page
     assert window.train_page.start_button.isEnabled()
+
+
+def test_files_that_are_not_images_are_counted_and_listed(window, qtbot, mixed_folder):
+    """A notes.txt is neither an image nor silently forgotten: the summary counts it, the list names it."""
+    (mixed_folder / "notes.txt").write_text("where these pictures come from\n")
+    (mixed_folder / "sub").mkdir()
+    (mixed_folder / "sub" / "labels.csv").write_text("file,label\n")
+    page = window.dataset_page
+    for attempt in ("decoded", "from the cache"):  # the second scan opens the cached images
+        with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+            drop_paths(window, [mixed_folder])
+        wait_for_scan(qtbot, page)
+        assert sorted(path.name for path in ready.args[0].ignored) == ["labels.csv", "notes.txt"], attempt
+        assert "2 other files ignored: not images" in page.summary_label.text()
+        reasons = dict(skipped_rows(page))
+        assert set(reasons) == {"broken.png", "notes.jpg", "notes.txt", "labels.csv"}
+        assert reasons["notes.txt"].startswith("ignored: not an image file")
+        assert "2 files skipped" in page.skipped_label.text() and "2 files ignored" in page.skipped_label.text()
+        assert page.skipped_box.isVisible()
