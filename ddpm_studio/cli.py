@@ -205,7 +205,9 @@ def run_train(args) -> int:
             elif isinstance(event, ScanResult):
                 if main_process:
                     print(f"{len(event.images)} images at {config.image_size}x{config.image_size} from "
-                          f"{', '.join(map(str, data_paths))}; {len(event.skipped)} skipped.")
+                          f"{', '.join(map(str, data_paths))}; {len(event.skipped)} skipped"
+                          + (f"; {len(event.ignored)} other file{'s' if len(event.ignored) != 1 else ''} ignored "
+                             "(not images)." if event.ignored else "."))
                     for skipped in event.skipped[:10]:
                         print(f"  skipped {skipped.path}: {skipped.reason}")
                     if len(event.skipped) > 10:

@@ -132,6 +132,8 @@ def test_ctrl_c_stops_training_with_status_130_and_a_resumable_model(trained):
     assert "Traceback" not in interrupted.stderr
     assert "can be resumed with --resume" in interrupted.stderr
     assert "Training " in interrupted.stdout and "Finished" not in interrupted.stdout
+    assert "40 images at 16x16" in interrupted.stdout
+    assert "0 skipped; 1 other file ignored (not images)." in interrupted.stdout  # the demo folder's README.txt
     info = trained["info_after_stop"]
     assert info.can_resume and info.step >= 2
     assert trained["state_step"] >= info.step
