@@ -16,6 +16,8 @@ from .formatting import format_bytes
 from .jobs import JobController
 from .style import WARNING_TEXT_STYLE
 
+MAX_MICRO_BATCHES = 1024  # the Train page's micro-batch field goes this far
+
 
 def check_run(config: TrainingConfig, dataset_images: int = 0) -> Callable[[], MemoryCheck]:
     """A function that checks ``config``'s training memory on the device "auto" picks.
@@ -28,7 +30,15 @@ def check_run(config: TrainingConfig, dataset_images: int = 0) -> Callable[[], M
     device = choose_device("auto")
     bf16 = use_bf16(config.precision, device)
     images = dataset_images if device.type == "cuda" else 0
-    return lambda: check_training_memory(unet_config, micro_batch, bf16, device, images)
+
+    def check() -> MemoryCheck:
+        result = check_training_memory(unet_config, micro_batch, bf16, device, images)
+        if config.micro_batch == "auto" and not result.fits and result.largest_batch:
+            # The run takes the largest micro-batch that fits when it starts: that is what it will use.
+            result = check_training_memory(unet_config, result.largest_batch, bf16, device, images)
+        return result
+
+    return check
 
 
 class MemoryGuard(QLabel):
@@ -71,28 +81,38 @@ class MemoryGuard(QLabel):
         self.setStyleSheet("" if check.fits else WARNING_TEXT_STYLE)
         self.setText(text)
 
-    def allows(self, config: TrainingConfig, use_batch_size: Callable[[int], None]) -> bool:
-        """True when the run fits in the memory available; otherwise ask, offering the largest batch that fits.
+    def allows(self, config: TrainingConfig, use_micro_batches: Callable[[int], None],
+               use_batch_size: Callable[[int], None] | None = None) -> bool:
+        """True when the run fits in the memory available; otherwise ask, offering what would fit.
 
-        Answering with that batch size hands it to ``use_batch_size``. The estimate is measured once per
-        architecture (the background estimate already did), so asking here costs nothing.
+        The offers: the same batch size in enough micro-batches (gradient accumulation: the same training in
+        less memory), handed to ``use_micro_batches``; and, for a new run (``use_batch_size`` given), the
+        largest batch size that fits in the run's micro-batches. A resumed run keeps its batch size. The
+        estimate is measured once per architecture (the background estimate already did), so asking costs nothing.
         """
         check = check_run(config)()
         if check.fits:
             return True
         box = QMessageBox(QMessageBox.Icon.Warning, "Not enough memory for this run",
                           f"{check.explain()}\n\nStarting anyway would most likely fail part-way.", parent=self)
-        smaller = None
-        fitting_batch = check.largest_batch * config.accumulate  # accumulation keeps its number of micro-batches
-        if check.largest_batch:
+        split = smaller = None
+        largest = check.largest_batch or 0
+        micro_batches = math.ceil(config.batch_size / largest) if largest else 0
+        if largest and micro_batches <= min(config.batch_size, MAX_MICRO_BATCHES):
+            split = box.addButton(f"Keep batch size {config.batch_size} in {micro_batches} micro-batches",
+                                  QMessageBox.ButtonRole.AcceptRole)
+            split.setToolTip("Gradient accumulation: the same training, one part of the batch at a time")
+        fitting_batch = largest * config.accumulate  # in the run's own number of micro-batches
+        if largest and use_batch_size is not None:
             smaller = box.addButton(f"Use batch size {fitting_batch}", QMessageBox.ButtonRole.AcceptRole)
-            box.setDefaultButton(smaller)
         anyway = box.addButton("Start anyway", QMessageBox.ButtonRole.DestructiveRole)
         cancel = box.addButton(QMessageBox.StandardButton.Cancel)
-        if smaller is None:
-            box.setDefaultButton(cancel)
+        box.setDefaultButton(split or smaller or cancel)
         box.exec()
-        if box.clickedButton() is smaller:
+        if split is not None and box.clickedButton() is split:
+            use_micro_batches(micro_batches)
+            return True
+        if smaller is not None and box.clickedButton() is smaller:
             use_batch_size(fitting_batch)
             return True
         return box.clickedButton() is anyway

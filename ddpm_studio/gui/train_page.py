@@ -212,9 +212,11 @@ class TrainPage(Page):
     def _request_estimate(self) -> None:
         self.memory_label.request(self.config, len(self.dataset.files) if self.dataset is not None else 0)
 
-    def memory_allows(self, config: TrainingConfig) -> bool:
-        """True when the run fits, or the user chose to start anyway or with a batch size that fits."""
-        return self.memory_label.allows(config, self.form.batch_spin.setValue)
+    def memory_allows(self, config: TrainingConfig, resuming: bool = False) -> bool:
+        """True when the run fits, or the user chose to start anyway, in micro-batches that fit, or (a new run
+        only: a resumed one keeps its batch size) with a batch size that fits."""
+        return self.memory_label.allows(config, self.form.use_micro_batches,
+                                        None if resuming else self.form.batch_spin.setValue)
 
     # --- state --------------------------------------------------------------------------------------
     def is_training(self) -> bool:
@@ -323,19 +325,22 @@ class TrainPage(Page):
             return
         if self._loaded_model != path:
             self.show_model(path)
+        plan = self._plan_resume(path)
+        if plan is None or not self.memory_allows(plan.config, resuming=True):
+            return
+        plan = self._plan_resume(path)  # with the micro-batches the question may have chosen
+        if plan is not None:
+            self._launch(plan)
+
+    def _plan_resume(self, path: Path) -> RunPlan | None:
         try:
-            plan = run_plan.plan_resume(path, self.form.shown_settings(), scanned=self.dataset)
+            return run_plan.plan_resume(path, self.form.shown_settings(), scanned=self.dataset)
         except TrainingImagesMissing as error:
             self.show_error(f"{error} Load them, or other images of the same size, on the Dataset page and press "
                             "Resume again.")
-            return
         except UserError as error:
             self.show_error(str(error))
-            return
-        if not self.memory_allows(plan.config):
-            return
-        plan.config.batch_size = self.form.batch_spin.value()  # the batch size the question may have changed
-        self._launch(plan)
+        return None
 
     def _launch(self, plan: RunPlan) -> None:
         self.run_path = plan.out_dir

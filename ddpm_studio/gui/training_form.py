@@ -196,6 +196,11 @@ class TrainingForm(QWidget):
             variance=str(self.variance_combo.currentData()),
         )
 
+    def use_micro_batches(self, count: int) -> None:
+        """Reach the batch size in ``count`` micro-batches (the answer to a run that would not fit)."""
+        self.auto_micro_batch_check.setChecked(False)
+        self.accumulate_spin.setValue(count)
+
     def shown_settings(self) -> dict:
         """The settings the form shows, by TrainingConfig field (what a resumed run is asked to use)."""
         config = self.config()

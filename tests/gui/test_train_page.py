@@ -1,5 +1,6 @@
 """The Train page: settings, Start / Stop / Resume on a tiny model, the loss curve, previews and errors."""
 
+import math
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ddpm_studio.core.data import load_dataset
 from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.training import FailedEvent, StartedEvent
 from ddpm_studio.core import run_plan
+from ddpm_studio.gui.memory_guard import check_run
 
 RUN_TIMEOUT_MS = 60_000
 # Stop takes effect after the current step; a tiny step takes milliseconds, but the machine may be busy.
@@ -327,3 +329,80 @@ def test_start_asks_first_when_the_run_cannot_fit_and_offers_the_largest_batch(l
     wait_idle(qtbot, page)
     assert model_store.read_model_info(page.run_path).training["batch_size"] == largest
 
+
+
+def test_a_run_that_cannot_fit_can_keep_its_batch_in_micro_batches(loaded, qtbot, monkeypatch):
+    """The same 40 MiB fake limit: "Keep batch size 64 in K micro-batches" trains batch 64 in parts that fit."""
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    page = loaded.train_page
+    page.form.batch_spin.setValue(64)
+    page.form.steps_spin.setValue(2)
+    qtbot.waitUntil(lambda: "the largest batch size that fits is" in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
+    wait_idle(qtbot, page)
+    largest = check_run(page.config())().largest_batch  # what the question will offer
+    parts = math.ceil(64 / largest)
+    assert parts > 1
+
+    seen = answer_next_dialog(qtbot, f"Keep batch size 64 in {parts} micro-batches")
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    assert len(seen) == 1, seen
+    assert page.form.batch_spin.value() == 64 and page.form.accumulate_spin.value() == parts
+    wait_idle(qtbot, page)
+    assert "Finished 2 steps" in page.status_label.text(), page.error_label.text()
+    training = model_store.read_model_info(page.run_path).training
+    assert (training["batch_size"], training["accumulate"]) == (64, parts)
+
+    # "As large as fits" takes the largest micro-batch when the run starts: nothing to warn about or ask.
+    page.form.advanced_button.setChecked(True)
+    page.form.auto_micro_batch_check.setChecked(True)
+    qtbot.waitUntil(lambda: "fits is" not in page.memory_label.text() and "≈" in page.memory_label.text(),
+                    timeout=RUN_TIMEOUT_MS)
+    assert page.memory_allows(page.config())  # returns at once: a question would wait for an answer here
+    wait_idle(qtbot, page)
+
+
+def test_resuming_a_run_that_cannot_fit_offers_micro_batches_never_another_batch_size(window, qtbot, tiny_model,
+                                                                                      demo_folder, monkeypatch,
+                                                                                      user_models_dir):
+    import shutil
+
+    from ddpm_studio.core.training import TrainingConfig
+
+    model = user_models_dir / "big-batch"
+    shutil.copytree(tiny_model, model)
+    window.library.refresh()
+    result = load_dataset([demo_folder], 16)
+    result.sources = [demo_folder]
+    window.dataset_page.show_result(result)
+    page = window.train_page
+    window.tabs.setCurrentWidget(page)
+    assert page.resume_picker.select(model)
+    page.show_model(model)
+    stored = TrainingConfig.from_dict(model_store.read_model_info(model).training)
+    page.form.steps_spin.setValue(stored.steps + 2)
+    # A fake limit between what one image and the whole batch need: only a part of the batch fits.
+    from ddpm_studio.core.devices import choose_device, use_bf16
+    from ddpm_studio.core.memory import FIT_SHARE, estimate_training_memory
+
+    unet, bf16 = stored.unet_config(), use_bf16(stored.precision, choose_device("auto"))
+    one, whole = (estimate_training_memory(unet, batch, bf16).total_bytes for batch in (1, stored.batch_size))
+    assert one < whole
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", str(int((one + whole) / 2 / FIT_SHARE)))
+    wait_idle(qtbot, page)
+
+    seen = answer_next_dialog(qtbot, "Use batch size 1")  # a button a resumed run must not offer
+    qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
+    assert len(seen) == 2 and seen[1].startswith("no button 'Use batch size 1'"), (seen, page.error_label.text())
+    assert f"at batch size {stored.batch_size}," in seen[0]
+    assert not page.is_training()
+
+    largest = int(re.search(r"the largest batch size that fits is (\d+)", seen[0]).group(1))
+    parts = math.ceil(stored.batch_size / largest)
+    assert 1 < parts < stored.batch_size
+    seen = answer_next_dialog(qtbot, f"Keep batch size {stored.batch_size} in {parts} micro-batches")
+    qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
+    assert len(seen) == 1, seen
+    wait_idle(qtbot, page)
+    info = model_store.read_model_info(model)
+    assert (info.training["batch_size"], info.training["accumulate"]) == (stored.batch_size, parts)
+    assert info.step == stored.steps + 2
