@@ -24,6 +24,7 @@ from .context import StudioContext
 from .model_chooser import ModelChooser
 from .page import Page
 from .sampling_panel import settings_column
+from .formatting import counted
 from .style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, make_bold
 
 TIMESTEP_CHOICES = (("Every timestep (exact sum)", "all"), ("K random t per image (unbiased)", "sampled"))
@@ -233,7 +234,7 @@ class LikelihoodPage(Page):
             self.jobs.show_progress(0, 1)
             return
         self.jobs.show_progress(event.done, event.total)
-        self.jobs.set_status(f"{event.done:,} of {event.total:,} terms ({event.images_done} images done).")
+        self.jobs.set_status(f"{event.done:,} of {event.total:,} terms ({counted(event.images_done, 'image')} done).")
         self.plot.show_terms(event.per_timestep_bpd, self._every_timestep)
 
     def _on_event(self, event) -> None:
@@ -256,6 +257,6 @@ class LikelihoodPage(Page):
 def describe_result(result: LikelihoodResult) -> str:
     error = "" if result.standard_error != result.standard_error else f" ± {result.standard_error:.3f}"
     terms = "all timesteps" if result.timesteps is None else f"{result.timesteps} random t per image"
-    return (f"<b>{result.bits_per_dim:.3f}{error} bits/dim</b> on {result.num_images} images ({terms}, "
+    return (f"<b>{result.bits_per_dim:.3f}{error} bits/dim</b> on {counted(result.num_images, 'image')} ({terms}, "
             f"{result.variance.replace('_', ' ')} variance)<br>"
             f"L_0 {result.decoder_bpd:.3f} + Σ L_(t-1) {result.kl_bpd:.3f} + L_T {result.prior_bpd:.5f}")

@@ -14,6 +14,7 @@ from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox, QStylePainter, QWidget
 
 from ..core import model_store
+from .formatting import counted
 from ..core.model_store import ModelEntry, ModelError
 
 
@@ -86,7 +87,7 @@ def describe_entry(entry: ModelEntry) -> str:
     unet = info.unet
     if info.step == 0 and info.extra.get("source"):
         return f"{info.name}{NAME_SEPARATOR}{unet.image_size}px, imported"
-    return f"{info.name}{NAME_SEPARATOR}{unet.image_size}px, {info.step:,} steps"
+    return f"{info.name}{NAME_SEPARATOR}{unet.image_size}px, {counted(info.step, 'step')}"
 
 
 def entry_tooltip(entry: ModelEntry) -> str:

@@ -384,7 +384,7 @@ class TrainPage(Page):
             self._loaded_model = path
             steps = self.form.steps_spin.value()
             self.resume_hint.setText(
-                f"{path.name}: {step:,} steps trained. "
+                f"{path.name}: {counted(step, 'step')} trained. "
                 + (f"Resume continues it up to {steps:,} steps." if step < steps
                    else "To continue it, raise Steps, then Resume.")
             )
@@ -418,4 +418,4 @@ class TrainPage(Page):
             except ModelError as error:
                 problem = str(error)
         self.monitor.show_saved_model(info, history, preview, problem)
-        self.resume_hint.setText(f"{info.name}: {info.step:,} steps trained; Resume continues up to Steps ({config.steps:,}).")
+        self.resume_hint.setText(f"{info.name}: {counted(info.step, 'step')} trained; Resume continues up to Steps ({config.steps:,}).")

@@ -16,7 +16,7 @@ from ..core import model_store
 from ..core.training import (
     CheckpointEvent, EvaluationEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent,
 )
-from .formatting import format_duration
+from .formatting import counted, format_duration
 from .image_view import ImageView
 from .jobs import JobController
 from .loss_plot import LossPlot
@@ -128,7 +128,7 @@ class TrainingMonitor(QWidget):
             self.step_value.setText(f"{event.step:,} / {event.total_steps:,}")
             self.status_label.setText(f"Training {event.path.name}: {event.parameters:,} parameters, saved in {event.path}")
         elif isinstance(event, ScanResult):
-            self.status_label.setText(f"Scanned {len(event.files):,} images at {event.image_size} px; training starts.")
+            self.status_label.setText(f"Scanned {counted(len(event.files), 'image')} at {event.image_size} px; training starts.")
         elif isinstance(event, PreviewEvent):
             self.preview_view.set_image(make_grid(event.images, padding=1))
             self.preview_view.set_caption(f"Preview at step {event.step:,} (fixed seed)")
@@ -139,7 +139,7 @@ class TrainingMonitor(QWidget):
         elif isinstance(event, CheckpointEvent):
             self.status_label.setText(f"Saved a checkpoint at step {event.step:,} in {event.path}")
         elif isinstance(event, FinishedEvent):
-            self.status_label.setText(f"Finished {event.step:,} steps. The model is saved in {event.path}")
+            self.status_label.setText(f"Finished {counted(event.step, 'step')}. The model is saved in {event.path}")
         elif isinstance(event, FailedEvent):
             self.status_label.setText(f"Training ended early at step {event.step:,}.")
             self.show_error(event.reason)

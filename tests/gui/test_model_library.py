@@ -122,3 +122,14 @@ def test_a_long_model_name_is_elided_in_the_box_with_its_description_whole_and_t
     tight = elide_model_text(full, metrics, 60)
     assert tight.endswith("…") and metrics.horizontalAdvance(tight) <= 60
     picker.grab().save(str(models_dir / "picker.png"))  # it paints without error
+
+
+def test_a_model_of_one_step_says_step_not_steps(tiny_model):
+    import dataclasses
+
+    from ddpm_studio.gui.model_library import describe_entry
+
+    entry = model_store.read_entry(tiny_model)
+    one = dataclasses.replace(entry, info=dataclasses.replace(entry.info, step=1))
+    assert describe_entry(one).endswith("16px, 1 step")
+    assert describe_entry(entry).endswith("16px, 12 steps")
