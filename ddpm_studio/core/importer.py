@@ -67,7 +67,10 @@ SCHEDULER_DEFAULTS = {
 SCHEDULER_IGNORED = {"timestep_spacing", "steps_offset", "dynamic_thresholding_ratio", "sample_max_value",
                      "tensor_format", "timestep_values"}
 VARIANCES = {"fixed_large": "fixed_large", "fixed_large_log": "fixed_large",
-             "fixed_small": "fixed_small", "fixed_small_log": "fixed_small"}
+             "fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+             # Improved DDPM's range: the network's second C channels v give log sigma^2 =
+             # (v+1)/2 log beta_t + (1-(v+1)/2) log beta~_t, as this project's learned variance does.
+             "learned_range": "learned"}
 # The attention names of older diffusers files (the hub's google/ddpm-* files use them).
 LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -217,9 +220,9 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
         raise refuse("sample_size", f"it cannot be halved {levels - 1} times")
     if c["in_channels"] not in (1, 3):
         raise refuse("in_channels", "images must have 1 or 3 channels")
-    if c["out_channels"] != c["in_channels"]:
-        raise refuse("out_channels", "this U-Net predicts only the noise, with as many channels as the image "
-                                     "(a network that also predicts the variance cannot be imported)")
+    if c["out_channels"] not in (c["in_channels"], 2 * c["in_channels"]):
+        raise refuse("out_channels", "this U-Net predicts the noise, with as many channels as the image, and "
+                                     "possibly its variance's range as well (twice as many)")
     groups = c["norm_num_groups"]
     if not isinstance(groups, int) or groups < 1 or any(n % groups for n in channels):
         raise refuse("norm_num_groups", "every level's width must split into that many groups")
@@ -243,6 +246,7 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
         channel_multipliers=tuple(n // base for n in channels), num_res_blocks=c["layers_per_block"],
         attention_resolutions=tuple(size // 2**i for i in attention_levels), dropout=float(dropout),
         norm_groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
+        learned_variance=c["out_channels"] == 2 * c["in_channels"],
     )
     try:
         unet.validate()
@@ -257,7 +261,7 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
 @dataclass
 class SchedulerSettings:
     schedule: ScheduleConfig
-    variance: str  # the model's default sampling variance: "fixed_large" or "fixed_small"
+    variance: str  # the model's default sampling variance: "fixed_large", "fixed_small" or "learned"
     clip: bool  # whether x0_hat is clipped to [-1, 1] when sampling
 
 
@@ -287,8 +291,7 @@ def scheduler_from_diffusers(config: dict | None, source: Path | str = SCHEDULER
     if c["clip_sample"] and c["clip_sample_range"] != 1.0:
         raise refuse("clip_sample_range", "DDPM Studio clips x0_hat to [-1, 1]")
     if c["variance_type"] not in VARIANCES:
-        raise refuse("variance_type", "DDPM Studio imports the fixed variances only (fixed_large or fixed_small); "
-                                      "a learned variance needs an output this U-Net does not have")
+        raise refuse("variance_type", "DDPM Studio imports fixed_large, fixed_small and learned_range")
     steps = c["num_train_timesteps"]
     if not isinstance(steps, int) or steps < 1:
         raise refuse("num_train_timesteps", "it must be a positive whole number")
@@ -473,6 +476,14 @@ def import_diffusers(
     scheduler = scheduler_from_diffusers(
         read_json_object(parts.scheduler_path) if parts.scheduler_path else None, parts.scheduler_path or SCHEDULER_NAME
     )
+    if parts.scheduler_path is None and unet.learned_variance:
+        scheduler.variance = "learned"  # without a scheduler file, the variance the network outputs
+    if unet.learned_variance and scheduler.variance != "learned":
+        raise ModelError(f"{parts.root}'s U-Net also outputs a variance (out_channels is twice in_channels), but its "
+                         f"scheduler's variance_type is not learned_range.")
+    if scheduler.variance == "learned" and not unet.learned_variance:
+        raise ModelError(f"{parts.root}'s scheduler has variance_type learned_range, but its U-Net outputs no "
+                         f"variance (out_channels equals in_channels).")
     plans = tensor_plan(unet)
     weights = parts.weights_path
     safetensors = weights.suffix == ".safetensors"

@@ -150,6 +150,54 @@ def test_a_linear_schedule_at_another_T_keeps_diffusers_betas():
     assert len(betas) == 500
 
 
+def test_a_learned_range_model_imports_and_takes_the_steps_diffusers_takes(tmp_path):
+    """Improved DDPM's learned range (out_channels 6, variance_type learned_range) becomes a learned variance:
+    the same 6-channel function, and one reverse step of DDPMScheduler, noise included, at several t."""
+    from diffusers_folders import diffusers_classes
+
+    from ddpm_studio.core.diffusion import GaussianDiffusion
+    from ddpm_studio.core.schedule import NoiseSchedule
+
+    config = UNetConfig(**{**SMALL_32.__dict__, "learned_variance": True})
+    reference = reference_unet(config, seed=3, out_channels=6)
+    scheduler_settings = {"variance_type": "learned_range", "clip_sample": True}
+    folder = write_diffusers_folder(tmp_path / "ddpm-source", reference, scheduler_settings)
+    model = load_model(import_folder(folder, tmp_path / "imported").path)
+    assert model.info.unet == config and model.info.extra["sampling"]["variance"] == "learned"
+    assert_same_function(model.unet, reference, 32)  # eps and v, all six channels
+
+    _, DDPMScheduler = diffusers_classes()
+    scheduler = DDPMScheduler(**scheduler_settings)
+    schedule = NoiseSchedule.from_config(model.info.schedule)
+    diffusion = GaussianDiffusion(schedule)
+    # diffusers' step is taken in float64 (its float32 forms 1 - alpha_bar_1 and beta_1 by cancellation, 3e-4
+    # and 5e-4 off; this project's coefficients come from float64 and are rounded once), so that the
+    # reference is the exact arithmetic of its formula.
+    scheduler.alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    assert torch.allclose(scheduler.alphas_cumprod.float(), schedule.alphas_cumprod, rtol=1e-6)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for t in (999, 500, 20, 1):
+        steps = torch.full((2,), t)
+        output = eps_of(model.unet, x, steps)
+        expected = scheduler.step(eps_of(reference, x, steps).double(), t, x.double(),
+                                  generator=torch.Generator().manual_seed(t))
+        mean, log_variance, _ = diffusion.p_mean_log_variance(output, x, steps, variance="learned", clip=True)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        ours = mean + (0.5 * log_variance).exp() * noise
+        assert relative_difference(ours, expected.prev_sample) <= TOLERANCE, t
+
+
+def test_a_variance_output_and_its_scheduler_must_agree(tmp_path):
+    learned = reference_unet(UNetConfig(**{**SMALL_32.__dict__, "learned_variance": True}), out_channels=6)
+    folder = write_diffusers_folder(tmp_path / "one", learned, {"variance_type": "fixed_large"})
+    assert_refused(folder, tmp_path, "also outputs a variance", "learned_range")
+    folder = write_diffusers_folder(tmp_path / "two", reference_unet(SMALL_32), {"variance_type": "learned_range"})
+    assert_refused(folder, tmp_path, "learned_range", "outputs no variance")
+    # Without a scheduler file, a network with a variance output samples with it.
+    folder = write_diffusers_folder(tmp_path / "three", learned)
+    assert load_model(import_folder(folder, tmp_path / "imported").path).info.extra["sampling"]["variance"] == "learned"
+
+
 # --- refusals ------------------------------------------------------------------------------------------------
 
 
@@ -159,7 +207,7 @@ UNSUPPORTED_UNET = [
     ("downsample_type", "resnet"), ("upsample_type", "resnet"), ("resnet_time_scale_shift", "scale_shift"),
     ("add_attention", False), ("class_embed_type", "timestep"), ("num_class_embeds", 10), ("act_fn", "gelu"),
     ("norm_eps", 1e-5), ("downsample_padding", 2), ("attention_head_dim", 8), ("attn_norm_num_groups", 16),
-    ("time_embedding_dim", 100), ("out_channels", 6), ("in_channels", 4), ("norm_num_groups", 12),
+    ("time_embedding_dim", 100), ("out_channels", 9), ("in_channels", 4), ("norm_num_groups", 12),
     ("block_out_channels", [16, 24, 32, 32]), ("down_block_types", ["DownBlock2D", "CrossAttnDownBlock2D",
                                                                    "DownBlock2D", "DownBlock2D"]),
     ("up_block_types", ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"]), ("sample_size", [32, 64]),
@@ -188,7 +236,7 @@ def test_a_missing_field_means_diffusers_default():
 
 UNSUPPORTED_SCHEDULER = [
     ("_class_name", "EulerDiscreteScheduler"), ("prediction_type", "v_prediction"),
-    ("variance_type", "learned_range"), ("beta_schedule", "scaled_linear"), ("trained_betas", [0.1, 0.2]),
+    ("variance_type", "learned"), ("beta_schedule", "scaled_linear"), ("trained_betas", [0.1, 0.2]),
     ("thresholding", True), ("rescale_betas_zero_snr", True), ("clip_sample_range", 2.0),
     ("num_train_timesteps", 0), ("beta_start", 0.5), ("a_future_setting", "x"),
 ]
