@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_commands import ERROR_PREFIX, TIMEOUT, command
 import torch
 from PIL import Image
 
@@ -22,12 +23,6 @@ from ddpm_studio.core.training import TrainingConfig, train
 from ddpm_studio.core.unet import UNet, count_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ERROR_PREFIX = "ddpm-studio: error: "
-TIMEOUT = 300  # seconds; a guard against a hang, never a timing assertion
-
-
-def command(*args) -> list[str]:
-    return [sys.executable, "-m", "ddpm_studio", *map(str, args)]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_commands import ERROR_PREFIX, TIMEOUT
 
 from ddpm_studio.core import model_store
 
@@ -23,8 +24,6 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is en
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "models" / "demo"
-ERROR_PREFIX = "ddpm-studio: error: "
-TIMEOUT = 300  # seconds; a guard against a hang, never a timing assertion
 HEADROOM = 512 * 2**20  # bytes of address space beyond what the process holds once torch is imported
 
 # Imports everything the commands need, caps the address space, then runs commands given as JSON:

@@ -8,11 +8,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_commands import ERROR_PREFIX, TIMEOUT, command
 
 from ddpm_studio import cli
 from ddpm_studio.core import model_store
@@ -20,12 +20,6 @@ from ddpm_studio.core.demo_data import write_demo_dataset
 from ddpm_studio.core.inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL
 from ddpm_studio.core.metrics import STANDIN
 
-ERROR_PREFIX = "ddpm-studio: error: "
-TIMEOUT = 300  # seconds; a guard against a hang, never a timing assertion
-
-
-def command(*args) -> list[str]:
-    return [sys.executable, "-m", "ddpm_studio", *map(str, args)]
 
 
 @pytest.fixture(scope="module")
