@@ -12,6 +12,7 @@ from ..core.dataset_cache import cache_dir, clear_cache, list_cache_entries
 from ..core.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
 from ..core.importer import ImportFinished, ImportProgress, destination_for, import_diffusers, is_diffusers_folder
 from ..core.model_store import ModelError
+from .closing import ClosingOverlay
 from .context import StudioContext
 from .dataset_page import DatasetPage
 from .garbage import GuiThreadGarbageCollector
@@ -74,6 +75,9 @@ class MainWindow(QMainWindow):
         self.status_timer.setInterval(2000)
         self.status_timer.timeout.connect(lambda: self.device_label.setText(device_status()))
         self.status_timer.start()
+
+        self.closing = ClosingOverlay(self, self.tabs, self._close_after_jobs)  # "Saving…" while jobs stop
+        self.jobs_stopped = False  # set once a close has waited for the running jobs
 
         self.build_menus()
         self.setAcceptDrops(True)
@@ -213,7 +217,7 @@ class MainWindow(QMainWindow):
 
     # --- drops --------------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
-        if paths_from_mime(event.mimeData()):
+        if paths_from_mime(event.mimeData()) and not self.closing.waiting:
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
@@ -242,7 +246,10 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentIndex(int(self.settings.value("current_tab", 0)))
 
     def closeEvent(self, event) -> None:
-        busy = busy_job_names()
+        if self.closing.waiting:
+            event.ignore()  # closed again while saving: the window closes once its jobs have ended
+            return
+        busy = [] if self.jobs_stopped else busy_job_names()
         if busy and self.confirm_close:
             answer = QMessageBox.question(
                 self, "Stop running work?",
@@ -252,11 +259,16 @@ class MainWindow(QMainWindow):
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        if busy:
+            event.ignore()  # not yet: the window keeps painting while the jobs stop, then closes
+            self.stop_jobs_then_close(busy)
+            return
         self.status_timer.stop()
         self.statusBar().clearMessage()  # stops the status bar's own timer for a timed message
         for page in self.pages:
             page.shutdown()
-        stop_all_jobs()  # the one registry of jobs: a training run saves before its thread ends
+        if not self.closing.left_behind:
+            stop_all_jobs()  # quiet work (a memory estimate) ends within a step; the rest has ended already
         self.settings.setValue("window_geometry", self.saveGeometry())
         self.settings.setValue("current_tab", self.tabs.currentIndex())
         for page in self.pages:
@@ -264,3 +276,25 @@ class MainWindow(QMainWindow):
         self.closed = True
         self.garbage_collector.stop()
         event.accept()
+
+    def stop_jobs_then_close(self, busy: list[str]) -> None:
+        """Ask every job to stop, show "Saving…" over the disabled pages, and close once all have ended."""
+        for page in self.pages:
+            page.shutdown()  # no new work
+        self.tabs.setEnabled(False)
+        self.menuBar().setEnabled(False)
+        for action in self.findChildren(QAction):
+            action.setEnabled(False)
+        run = self.train_page.run_path if self.train_page.is_training() else None
+        if run is not None:
+            title = "Saving…"
+            sentence = (f"Saving the training run before closing: “{run.name}” stops after its current step "
+                        "and writes its checkpoint. The window closes once it is saved.")
+        else:
+            title, sentence = "Closing…", f"Stopping {'; '.join(busy)} before closing…"
+        self.statusBar().showMessage(sentence)
+        self.closing.start(title, sentence)
+
+    def _close_after_jobs(self) -> None:
+        self.jobs_stopped = True
+        self.close()

@@ -62,3 +62,4 @@ def window(qtbot, settings, models_dir, user_models_dir):
     yield main_window
     main_window.confirm_close = False
     main_window.close()
+    qtbot.waitUntil(lambda: main_window.closed, timeout=60_000)  # running jobs stop first, with the event loop

@@ -221,3 +221,4 @@ def test_after_a_restart_with_a_model_chosen_denoise_is_ready_for_the_sample_pic
     finally:
         window.confirm_close = False
         window.close()
+        qtbot.waitUntil(lambda: window.closed, timeout=60_000)  # a denoising still ending stops first

@@ -1,8 +1,14 @@
-"""Closing the window while work runs: it asks first, stops every job, waits for its thread, and a training run is saved."""
+"""Closing the window while work runs: it asks first, stops every job, keeps painting while it waits for
+their threads ("Saving…" over the pages), a training run is saved, then the window closes."""
 
+import threading
+import time
+
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from ddpm_studio.core import model_store
+from ddpm_studio.core.training import ModelFolderWriter
 from ddpm_studio.core.data import load_dataset
 from ddpm_studio.core.demo_data import README_NAME
 from ddpm_studio.gui import dataset_page
@@ -32,6 +38,7 @@ def start_long_run(window, demo_folder):
     page.form.steps_spin.setValue(100_000)
     page.form.batch_spin.setValue(4)
     page.form.preview_count_spin.setValue(0)
+    page.form.checkpoint_every_spin.setValue(100_000)  # the one save is the one on closing
     page.start_training()
     return page
 
@@ -62,16 +69,68 @@ def test_closing_while_training_with_yes_stops_saves_and_leaves_no_thread(window
     asked = answer_questions(monkeypatch, QMessageBox.StandardButton.Yes)
     seen = page.current_step
 
-    window.close()  # returns once the run has stopped and saved
+    window.close()  # returns at once; the window closes when the run has stopped and saved
     assert len(asked) == 1
+    qtbot.waitUntil(lambda: window.closed, timeout=RUN_TIMEOUT_MS)
     assert not window.isVisible()
     assert running_jobs() == []
     assert not page.loss_plot.redraw_timer.isActive()
     info = model_store.read_model_info(page.run_path)
-    assert info.step >= seen
+    assert info.step == page.current_step >= seen  # the last step trained is the one saved
     assert model_store.load_model(page.run_path).info.step == info.step
     assert len(model_store.load_loss_history(page.run_path)) == info.step
-    QApplication.processEvents()  # the queued end-of-run signals arrive after the close, harmlessly
+    QApplication.processEvents()  # late signals of the ended run arrive after the close, harmlessly
+
+
+SLOW_SAVE_S = 1.5  # a big model's checkpoint takes seconds to write; the tiny one's is made to take as long
+
+
+def test_closing_while_training_shows_saving_and_keeps_painting_until_saved(window, qtbot, monkeypatch,
+                                                                          demo_folder):
+    real_save = ModelFolderWriter.save_checkpoint
+
+    def slow_save(writer, state):
+        time.sleep(SLOW_SAVE_S)  # in the job's thread, as the writing of a large checkpoint would be
+        real_save(writer, state)
+
+    monkeypatch.setattr(ModelFolderWriter, "save_checkpoint", slow_save)
+    page = start_long_run(window, demo_folder)
+    qtbot.waitUntil(lambda: page.loss_plot.point_count() >= 3, timeout=RUN_TIMEOUT_MS)
+    runner = page.runner
+    asked = answer_questions(monkeypatch, QMessageBox.StandardButton.Yes)
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    probe = QTimer()
+    probe.setTimerType(Qt.TimerType.PreciseTimer)
+    probe.setInterval(5)
+    probe.timeout.connect(tick)
+    probe.start()
+    last[0] = time.perf_counter()
+
+    window.close()
+    assert len(asked) == 1 and window.isVisible()
+    assert runner.is_running()  # still stopping and saving, and the window says so
+    assert window.closing.isVisible() and window.closing.title.text() == "Saving…"
+    assert "Saving the training run before closing" in window.closing.sentence.text()
+    assert page.run_path.name in window.closing.sentence.text()
+    assert not window.tabs.isEnabled()
+    window.close()  # a second click while saving changes nothing
+    assert len(asked) == 1 and window.isVisible()
+
+    qtbot.waitUntil(lambda: window.closed, timeout=RUN_TIMEOUT_MS)
+    probe.stop()
+    assert not window.isVisible() and running_jobs() == []
+    assert len(gaps) > 10  # it ticked through the save
+    assert max(gaps) < 1.0, f"the GUI thread stood still {max(gaps):.2f} s during the close"
+    info = model_store.read_model_info(page.run_path)
+    assert info.step == page.current_step >= 3
+    assert len(model_store.load_loss_history(page.run_path)) == info.step
+    assert (page.run_path / model_store.STATE_FILE).is_file()
 
 
 def test_closing_while_scanning_stops_the_scan(window, qtbot, monkeypatch, tmp_path):
@@ -84,6 +143,7 @@ def test_closing_while_scanning_stops_the_scan(window, qtbot, monkeypatch, tmp_p
 
     window.close()
     assert len(asked) == 1 and "scanning" in asked[0]
+    qtbot.waitUntil(lambda: window.closed, timeout=RUN_TIMEOUT_MS)
     assert running_jobs() == []
     assert not (folder / README_NAME).exists()
 
@@ -94,3 +154,32 @@ def test_closing_an_idle_window_asks_nothing(window, qtbot, monkeypatch):
     window.close()
     assert asked == []
     assert not window.isVisible()
+
+
+def test_a_job_that_does_not_stop_is_named_and_the_window_closes_anyway(window, qtbot, monkeypatch, capsys):
+    from ddpm_studio.gui import closing
+
+    release = threading.Event()
+
+    def stubborn():
+        yield "started"
+        release.wait(30)  # deaf to the stop request until the test lets it go
+        yield "late"
+
+    started = []
+    window.dataset_page.run_job(stubborn, name="stubborn job", on_event=started.append)
+    qtbot.waitUntil(lambda: started == ["started"], timeout=RUN_TIMEOUT_MS)
+    monkeypatch.setattr(closing, "NOTICE_MS", 100)
+    window.closing.timeout_ms = 300
+    window.confirm_close = False
+    try:
+        window.close()
+        assert window.isVisible() and window.closing.title.text() == "Closing…"
+        qtbot.waitUntil(lambda: window.closing.title.text() == "Closing anyway", timeout=RUN_TIMEOUT_MS)
+        assert "stubborn job did not stop within 0.3 s" in window.closing.sentence.text()
+        qtbot.waitUntil(lambda: window.closed, timeout=RUN_TIMEOUT_MS)
+        assert not window.isVisible() and window.closing.left_behind == ["stubborn job"]
+        assert "ddpm-studio: stubborn job did not stop" in capsys.readouterr().err
+    finally:
+        release.set()
+    qtbot.waitUntil(lambda: running_jobs() == [], timeout=RUN_TIMEOUT_MS)
