@@ -130,6 +130,20 @@ def test_start_stop_and_resume(loaded, qtbot, user_models_dir):
     assert page.loss_plot.point_count() == page.current_step
 
 
+def test_stop_clears_speed_and_time_left(loaded, qtbot):
+    page = loaded.train_page
+    configure(page, steps=100_000)  # it cannot end by itself before Stop
+    monitor = page.monitor
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "steps/s" in monitor.speed_value.text() and monitor.eta_value.text() != "–",
+                    timeout=RUN_TIMEOUT_MS)
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not page.is_training(), timeout=RUN_TIMEOUT_MS)
+    assert "Stopped at step" in page.status_label.text()
+    assert monitor.speed_value.text() == "–" and monitor.eta_value.text() == "–"  # no longer true once stopped
+    assert monitor.step_value.text().startswith(f"{page.current_step:,} /")  # what was reached stays
+
+
 def test_a_finished_run_saves_shows_previews_and_refreshes_the_library(loaded, qtbot):
     page = loaded.train_page
     configure(page, steps=6, preview_every=3, checkpoint_every=4)
