@@ -37,6 +37,7 @@ from .context import StudioContext
 from .formatting import counted, format_image_size
 from .image_view import ThumbnailGrid
 from .page import Page
+from .session_memory import quiet_scan_handlers, remember_dataset
 from .style import MUTED_TEXT_STYLE, error_box
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
@@ -166,6 +167,10 @@ class DatasetPage(Page):
         scan_layout.addWidget(self.stop_button)
 
         self.error_label = error_box()
+        self.note_label = QLabel()  # a quiet line: the last dataset did not come back
+        self.note_label.setWordWrap(True)
+        self.note_label.setStyleSheet(MUTED_TEXT_STYLE)
+        self.note_label.hide()
 
         self.drop_zone = DropZone()
         for button in (self.choose_button, self.drop_zone.choose_button):
@@ -181,6 +186,7 @@ class DatasetPage(Page):
         layout.addLayout(header)
         layout.addWidget(self.scan_row)
         layout.addWidget(self.error_label)
+        layout.addWidget(self.note_label)
         layout.addWidget(self.stack, 1)
 
     def _build_results(self) -> QWidget:
@@ -255,6 +261,7 @@ class DatasetPage(Page):
     def save_settings(self) -> None:
         self.context.settings.setValue("dataset/resolution", self.image_size())
         self.context.settings.setValue("dataset/channels", self.channels())
+        remember_dataset(self.context.settings, self.result)
 
     def _settings_changed(self) -> None:
         """A new resolution or channel count rescans what is loaded (or being scanned)."""
@@ -286,13 +293,14 @@ class DatasetPage(Page):
 
         self._start_scan([folder], demo_then_scan)
 
-    def scan(self, paths: list[Path]) -> None:
-        """Scan ``paths`` (folders and image files) at the chosen resolution, in the background."""
+    def scan(self, paths: list[Path], quiet: bool = False) -> None:
+        """Scan ``paths`` (folders and image files) at the chosen resolution, in the background; ``quiet``: see
+        ``session_memory.quiet_scan_handlers``."""
         paths = [Path(path) for path in paths]
         if not paths:
             return
         size, channels = self.image_size(), self.channels()
-        self._start_scan(paths, lambda: open_cached_dataset(paths, size, channels))
+        self._start_scan(paths, lambda: open_cached_dataset(paths, size, channels), quiet)
 
     def stop_scan(self) -> None:
         self.jobs.stop()
@@ -301,14 +309,16 @@ class DatasetPage(Page):
         """True from the start of a scan until the page has taken in its end."""
         return self.jobs.is_running()
 
-    def _start_scan(self, paths: list[Path], make_iterator) -> None:
+    def _start_scan(self, paths: list[Path], make_iterator, quiet: bool = False) -> None:
         """Start a scan; one still running is stopped, and only the newest scan's results arrive."""
         self._sources = paths
         self.error_label.hide()
+        self.note_label.hide()
         self.scan_row.show()
+        on_event, on_error = quiet_scan_handlers(self, paths) if quiet else (self._on_event, self.show_error)
         self.run_job(make_iterator, status=f"Looking at {describe_sources(paths)}…",
                      progress_types=(ScanProgress, DemoProgress), on_progress=self._on_progress,
-                     on_event=self._on_event, on_error=self.show_error, on_done=self._on_done)
+                     on_event=on_event, on_error=on_error, on_done=self._on_done)
 
     # --- job events -------------------------------------------------------------------------------
     def _on_progress(self, event) -> None:
@@ -341,6 +351,11 @@ class DatasetPage(Page):
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
         self.error_label.show()
+
+    def show_note(self, sentence: str) -> None:
+        """One quiet line above the page (hidden again by the next scan)."""
+        self.note_label.setText(sentence)
+        self.note_label.show()
 
     # --- showing a result -------------------------------------------------------------------------
     def show_result(self, result: ScanResult) -> None:

@@ -23,6 +23,7 @@ from .jobs import JobController
 from .model_library import ModelLibrary
 from .noising_page import NoisingPage
 from .page import paths_from_mime
+from .session_memory import reopen_dataset
 from .train_page import TrainPage
 from .workers import busy_job_names, stop_all_jobs
 
@@ -244,6 +245,7 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1280, 860)
         self.tabs.setCurrentIndex(int(self.settings.value("current_tab", 0)))
+        reopen_dataset(self.dataset_page)  # now that the Train page hears of it
 
     def closeEvent(self, event) -> None:
         if self.closing.waiting:

@@ -38,6 +38,7 @@ from .context import StudioContext
 from .image_view import ImageView
 from .page import Page, paths_from_mime
 from .sampling_panel import MAX_SEED, SamplingControls, settings_column
+from .session_memory import remember_picture, reopen_picture
 from .style import ERROR_TEXT_STYLE, hold_size, make_bold
 from .timeline import Timeline
 from .workers import JobRunner
@@ -210,14 +211,14 @@ class NoisingPage(Page):
     def save_settings(self) -> None:
         self.sampling.save_settings()
         self.context.settings.setValue("noising/seed", self.seed_spin.value())
+        remember_picture(self.context.settings, self.source_path)
 
     # --- the picture -------------------------------------------------------------------------------------
     def showEvent(self, event) -> None:
         super().showEvent(event)
         if not self._offered_sample and self.source_path is None:
             self._offered_sample = True
-            if SAMPLE_PICTURE.is_file():
-                self.load_image(SAMPLE_PICTURE)
+            reopen_picture(self)  # the user's last picture, else the sample picture
 
     def choose_image(self) -> None:
         start = self.context.settings.value("last_image_dir", str(Path.home()))

@@ -37,6 +37,7 @@ from .evaluate_page import inception_weights_setting
 from .formatting import counted
 from .model_library import ModelPicker
 from .page import Page
+from .session_memory import remember_resume_model, reopen_resume_model
 from .style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
 from .training_form import TrainingForm
 from .memory_guard import MemoryGuard
@@ -58,6 +59,7 @@ class TrainPage(Page):
         self.form.restore(self.context.settings)
         self._suggest_name()
         self._settings_changed()
+        reopen_resume_model(self)
 
     # --- layout -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -180,6 +182,7 @@ class TrainPage(Page):
 
     def save_settings(self) -> None:
         self.form.save(self.context.settings)
+        remember_resume_model(self.context.settings, self._loaded_model)
 
     def _name_was_edited(self, _text: str) -> None:
         self._name_edited = True
@@ -396,8 +399,9 @@ class TrainPage(Page):
         self.monitor.show_error(message)
 
     # --- reopening a model --------------------------------------------------------------------------
-    def show_model(self, path: Path | None) -> None:
-        """Show a saved model's curve and settings, ready to Resume."""
+    def show_model(self, path: Path | None, fill_form: bool = True) -> None:
+        """Show a saved model's curve and settings, ready to Resume (after a restart, ``fill_form`` False:
+        the form keeps the settings the user left in it)."""
         if path is None or self.is_training():
             return
         try:
@@ -410,7 +414,9 @@ class TrainPage(Page):
         config = TrainingConfig.from_dict(info.training)
         if config.steps <= info.step:
             config.steps = info.step + max(config.steps, 1000)
-        self.form.fill(config)
+        if fill_form:
+            self.form.fill(config)
+        steps = self.form.steps_spin.value()
         preview, problem = None, ""
         if (path / model_store.PREVIEW_FILE).is_file():
             try:  # its size is checked before a pixel is decoded: a decompression bomb is refused at once
@@ -418,4 +424,5 @@ class TrainPage(Page):
             except ModelError as error:
                 problem = str(error)
         self.monitor.show_saved_model(info, history, preview, problem)
-        self.resume_hint.setText(f"{info.name}: {counted(info.step, 'step')} trained; Resume continues up to Steps ({config.steps:,}).")
+        self.resume_hint.setText(f"{info.name}: {counted(info.step, 'step')} trained; " + (
+            f"Resume continues up to Steps ({steps:,})." if steps > info.step else "to continue it, raise Steps, then Resume."))
