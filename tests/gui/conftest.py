@@ -1,5 +1,6 @@
 """GUI fixtures: a studio window with private settings and model folders, and a guard against leftover threads."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,22 @@ def models_dir(tmp_path) -> Path:
     return folder
 
 
+def add_window(qtbot, window) -> None:
+    """Register a studio window with qtbot, which closes it after the test, also after a failure with a job
+    still running. Then it must neither ask "Stop running work?" (nobody answers offscreen: the run would
+    hang) nor be deleted while its jobs stop: it is closed here without asking, and waited for."""
+
+    def close_without_asking(widget) -> None:
+        widget.confirm_close = False
+        widget.close()
+        deadline = time.monotonic() + 60
+        while not widget.closed and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    qtbot.addWidget(window, before_close_func=close_without_asking)
+
+
 @pytest.fixture
 def window(qtbot, settings, models_dir, user_models_dir):
     """The whole studio window over empty private model folders; closed without asking at the end."""
@@ -57,7 +74,7 @@ def window(qtbot, settings, models_dir, user_models_dir):
 
     library = ModelLibrary([models_dir, user_models_dir])
     main_window = MainWindow(settings=settings, library=library)
-    qtbot.addWidget(main_window)
+    add_window(qtbot, main_window)
     main_window.show()
     yield main_window
     main_window.confirm_close = False

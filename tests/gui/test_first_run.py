@@ -7,6 +7,7 @@ import pytest
 
 from ddpm_studio.core import model_store
 from ddpm_studio.paths import BUNDLED_MODELS_DIR, SAMPLE_PICTURE
+from conftest import add_window
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def fresh_window(qtbot, settings, user_models_dir):
 
     assert ModelLibrary().folders == [BUNDLED_MODELS_DIR, user_models_dir]
     window = MainWindow(settings=settings, library=ModelLibrary())
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     window.show()
     yield window
     window.confirm_close = False

@@ -5,6 +5,7 @@ import weakref
 
 import pytest
 from PySide6.QtWidgets import QApplication
+from conftest import add_window
 
 
 class Node:
@@ -59,7 +60,7 @@ def test_closing_the_window_gives_collection_back(qtbot, settings, models_dir, u
 
     was_enabled = gc.isenabled()
     main_window = MainWindow(settings=settings, library=ModelLibrary([models_dir, user_models_dir]))
-    qtbot.addWidget(main_window)
+    add_window(qtbot, main_window)
     main_window.show()
     QApplication.processEvents()
     assert gc.get_freeze_count() > 0 and not gc.isenabled()

@@ -8,6 +8,7 @@ from drops import drag_enter_event, send_drop as drop
 from ddpm_studio.core.data import load_image
 from ddpm_studio.gui.noising_page import WORKING_SIZE
 from ddpm_studio.paths import SAMPLE_PICTURE
+from conftest import add_window
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -207,7 +208,7 @@ def test_after_a_restart_with_a_model_chosen_denoise_is_ready_for_the_sample_pic
     shutil.copytree(tiny_model, model)
     settings.setValue("noising/model", str(model))
     window = MainWindow(settings=settings, library=ModelLibrary([models_dir, user_models_dir]))
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     window.show()
     try:
         page = window.noising_page

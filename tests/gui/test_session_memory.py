@@ -18,6 +18,7 @@ from ddpm_studio.core.data import load_image
 from ddpm_studio.gui.noising_page import WORKING_SIZE
 from ddpm_studio.gui.session_memory import RESUME_KEY
 from ddpm_studio.paths import SAMPLE_PICTURE
+from conftest import add_window
 
 SCAN_TIMEOUT_MS = 30_000
 
@@ -32,7 +33,7 @@ def open_window(qtbot, settings, models_dir, user_models_dir):
 
     def open_one():
         window = MainWindow(settings=settings, library=ModelLibrary([models_dir, user_models_dir]))
-        qtbot.addWidget(window)
+        add_window(qtbot, window)
         window.show()
         windows.append(window)
         return window
