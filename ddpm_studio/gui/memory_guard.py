@@ -4,8 +4,10 @@ and the question asked before starting a run that would not fit, offering the la
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
+from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QLabel, QMessageBox, QWidget
 
 from ..core.devices import choose_device, use_bf16
@@ -17,6 +19,7 @@ from .jobs import JobController
 from .style import WARNING_TEXT_STYLE
 
 MAX_MICRO_BATCHES = 1024  # the Train page's micro-batch field goes this far
+QUICK_CHECK_SECONDS = 0.02  # a check that ends within this needs no event loop of its own
 
 
 def check_run(config: TrainingConfig, dataset_images: int = 0) -> Callable[[], MemoryCheck]:
@@ -51,6 +54,7 @@ class MemoryGuard(QLabel):
         self.estimates = JobController(page, "memory estimate", with_controls=False)
         self._wanted = False
         self._shut_down = False  # after shutdown() no new estimate starts
+        self._checking = False  # a check before a start is running
 
     def request(self, config: Callable[[], TrainingConfig], dataset_images: int = 0) -> None:
         """Estimate in the background: the first estimate makes torch load its meta kernels (seconds)."""
@@ -88,9 +92,14 @@ class MemoryGuard(QLabel):
         The offers: the same batch size in enough micro-batches (gradient accumulation: the same training in
         less memory), handed to ``use_micro_batches``; and, for a new run (``use_batch_size`` given), the
         largest batch size that fits in the run's micro-batches. A resumed run keeps its batch size. The
-        estimate is measured once per architecture (the background estimate already did), so asking costs nothing.
+        estimate is measured once per architecture, most often by the background estimate already; when it is
+        not (Start pressed at once), it is measured in a thread while the window keeps painting.
         """
-        check = check_run(config)()
+        if self._checking:
+            return False  # a second click while the first one's check runs
+        check = self._check_painting(check_run(config))
+        if check is None:
+            return False  # the window closed meanwhile
         if check.fits:
             return True
         box = QMessageBox(QMessageBox.Icon.Warning, "Not enough memory for this run",
@@ -116,6 +125,38 @@ class MemoryGuard(QLabel):
             use_batch_size(fitting_batch)
             return True
         return box.clickedButton() is anyway
+
+    def _check_painting(self, check: Callable[[], MemoryCheck]) -> MemoryCheck | None:
+        """``check()`` in a thread, the event loop running meanwhile (the first estimate takes seconds: torch
+        loads its meta kernels); None when the page shut down before it ended."""
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["check"] = check()
+            except BaseException as error:  # handed to the GUI thread, raised there
+                outcome["error"] = error
+
+        self._checking = True
+        worker = threading.Thread(target=run, name="ddpm-memory-check", daemon=True)
+        worker.start()
+        worker.join(QUICK_CHECK_SECONDS)  # a measured architecture answers at once: no loop needed
+        if worker.is_alive():
+            self.setText("Memory: measuring these settings before the run starts…")
+            loop = QEventLoop()
+            poll = QTimer()
+            poll.setInterval(10)
+            poll.timeout.connect(lambda: worker.is_alive() or loop.quit())
+            poll.start()
+            loop.exec()
+            poll.stop()
+        self._checking = False
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        if self._shut_down:
+            return None
+        self._show(outcome["check"])  # type: ignore[arg-type]
+        return outcome["check"]  # type: ignore[return-value]
 
     def shutdown(self) -> None:
         self._shut_down = True

@@ -420,3 +420,40 @@ def test_resuming_a_run_that_cannot_fit_offers_micro_batches_never_another_batch
     info = model_store.read_model_info(model)
     assert (info.training["batch_size"], info.training["accumulate"]) == (stored.batch_size, parts)
     assert info.step == stored.steps + 2
+
+
+def test_start_before_any_estimate_measures_in_a_thread_while_the_window_keeps_drawing(loaded, qtbot):
+    """A first measurement of an architecture takes a second or more; Start at once must not freeze the window."""
+    from PySide6.QtCore import QTimer
+
+    from ddpm_studio.core import memory
+
+    page = loaded.train_page
+    memory._measure.cache_clear()  # as in a fresh process: nothing measured yet
+    page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("small"))
+    page.form.steps_spin.setValue(1)
+    ticks_inside_start = []
+    inside = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: inside and ticks_inside_start.append(1))
+    timer.start()
+    original_start = page.start_training
+
+    def start_watched():
+        inside.append(True)
+        try:
+            original_start()
+        finally:
+            inside.clear()
+
+    page.start_training = start_watched
+    try:
+        page.start_training()  # before the background estimate could end
+    finally:
+        timer.stop()
+    assert page.is_training(), page.error_label.text()
+    assert ticks_inside_start, "the GUI thread ran no event while the memory was measured"
+    assert "≈" in page.memory_label.text()
+    wait_idle(qtbot, page)
+    assert "Finished 1 step" in page.status_label.text(), page.error_label.text()
