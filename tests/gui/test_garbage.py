@@ -80,8 +80,8 @@ def test_a_burst_of_young_objects_is_frozen_not_walked_in_the_gui_thread(window)
     collector = window.garbage_collector
     gc.freeze()
     frozen = gc.get_freeze_count()
-    burst = [[index] for index in range(BURST + 1000)]  # noqa: F841 (alive, as an imported module's objects are)
+    burst = [[index] for index in range(BURST + 1000)]  # alive, as an imported module's objects are
     assert gc.get_count()[0] > BURST
     collector.collect()
     assert gc.get_freeze_count() >= frozen + BURST  # moved out of every collection's walk
-    assert gc.get_count()[0] == 0
+    assert gc.get_count()[0] == 0 and len(burst) == BURST + 1000
