@@ -84,4 +84,4 @@ def test_a_burst_of_young_objects_is_frozen_not_walked_in_the_gui_thread(window)
     assert gc.get_count()[0] > BURST
     collector.collect()
     assert gc.get_freeze_count() >= frozen + BURST  # moved out of every collection's walk
-    assert gc.get_count()[0] == 0 and len(burst) == BURST + 1000
+    assert gc.get_count()[0] < 100 and len(burst) == BURST + 1000  # the young generation starts again
