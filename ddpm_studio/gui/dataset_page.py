@@ -387,7 +387,7 @@ class DatasetPage(Page):
         if usable:
             self.result = result
             self.context.show_message(f"{counted(usable, 'usable image')}; {len(result.skipped):,} skipped"
-                                      + (f"; {len(result.ignored):,} not images, ignored." if result.ignored else "."))
+                                      + (f"; {counted(len(result.ignored), 'other file')} ignored (not images)." if result.ignored else "."))
             self.datasetReady.emit(result)
 
     def _show_thumbnails(self, result: ScanResult) -> None:

@@ -64,6 +64,14 @@ def continue_ema(values: np.ndarray, beta: float, state: float, count: int) -> t
     return smoothed / (1.0 - beta**steps), state
 
 
+class StepAxis(pg.AxisItem):
+    """The steps axis: whole steps only (a run of three steps has no step 1.5)."""
+
+    def tickSpacing(self, minVal, maxVal, size):  # noqa: N802, N803 (pyqtgraph's names)
+        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size) if spacing >= 1]
+        return levels or [(1.0, 0.0)]
+
+
 class LossPlot(QWidget):
     """A live loss curve over steps 1..n; ``append`` new losses, ``set_history`` for a whole run."""
 
@@ -79,7 +87,7 @@ class LossPlot(QWidget):
         self._smoothing = DEFAULT_SMOOTHING
         self._dirty = False
 
-        self.plot_widget = pg.PlotWidget(background="w")
+        self.plot_widget = pg.PlotWidget(background="w", axisItems={"bottom": StepAxis(orientation="bottom")})
         plot = self.plot_widget.getPlotItem()
         # Only the axis is in log mode: the curves get log10 values, computed once per point rather
         # than by pyqtgraph for the whole curve at every redraw.

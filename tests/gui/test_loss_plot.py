@@ -133,3 +133,21 @@ def test_the_grid_lies_on_the_axes_ticks_across_the_view(qtbot):
     # Finer lines at 0.2, 0.3, ... between decades.
     _x, minor_y = plot.grid_paths[1].getData()
     assert np.any(np.isclose(minor_y, np.log10(0.2)))
+
+
+def test_the_steps_axis_has_whole_steps_only(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(600, 400)
+    plot.show()
+    plot.append([1.0, 0.8, 0.9])  # three steps: a float axis would tick 1.0, 1.5, 2.0, ...
+    plot.redraw()
+    qtbot.wait(50)
+    axis = plot.plot_widget.getPlotItem().getAxis("bottom")
+    low, high = plot.plot_widget.getPlotItem().vb.viewRange()[0]
+    ticks = [value for _spacing, values in axis.tickValues(low, high, 500) for value in values]
+    assert ticks and all(float(value).is_integer() for value in ticks), ticks
+    for path in plot.grid_paths:  # no grid lines between steps either
+        x, _y = path.getData()
+        vertical = x[0::2][x[0::2] == x[1::2]]
+        assert all(float(value).is_integer() for value in vertical), vertical
