@@ -172,8 +172,9 @@ def run_train(args) -> int:
     memory = check_memory(config, args.device, context)
     if not memory.fits:
         if not args.force:
-            fail(f"{memory.explain()} Lower --batch-size, split it (--accumulate N, --micro-batch auto), "
-                 "or add --force to try anyway.")
+            ways = ("Split the batch (--micro-batch auto, or --accumulate N: a resumed run keeps its batch size)"
+                    if args.resume else "Lower --batch-size, split it (--accumulate N, --micro-batch auto)")
+            fail(f"{memory.explain()} {ways}, or add --force to try anyway.")
         if context.is_main:
             print(f"ddpm-studio: warning: {memory.explain()} Going on (--force).", file=sys.stderr)
 

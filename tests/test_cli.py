@@ -322,6 +322,16 @@ def test_a_run_that_cannot_fit_is_refused_unless_forced(folders, monkeypatch, ca
     captured = capsys.readouterr()
     assert "ddpm-studio: warning: Training needs about" in captured.err and "Going on (--force)" in captured.err
     assert model_store.read_model_info(out).step == 2
+
+    # Resuming keeps batch 64: the way out is to split it, never another batch size.
+    resume = ["train", "--resume", "--out", str(out), "--steps", "4"]
+    assert cli.main(resume) == 2
+    line = assert_one_error_line(capsys.readouterr().err, "at batch size 64")
+    assert "a resumed run keeps its batch size" in line and "Lower --batch-size" not in line
+    assert cli.main(resume + ["--micro-batch", "auto"]) == 0  # the largest micro-batch that fits
+    capsys.readouterr()
+    info = model_store.read_model_info(out)
+    assert info.step == 4 and info.training["batch_size"] == 64 and info.training["micro_batch"] == "auto"
     shutil.rmtree(out)  # the bad-input tests compare this folder's contents
 
 

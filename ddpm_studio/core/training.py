@@ -934,14 +934,18 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def check_memory(config: TrainingConfig, device: str | None = None,
-                 context: DistributedContext | None = None) -> MemoryCheck:
-    """Whether a run of ``config`` fits in the memory its device has available now, and which batch would."""
+                 context: DistributedContext | None = None, dataset_images: int = 0) -> MemoryCheck:
+    """Whether a run of ``config`` fits in the memory its device has available now, and which batch would.
+
+    ``dataset_images`` counts where the dataset is kept on the GPU (the window's runs), not on the CPU.
+    """
     context = context or DistributedContext()
     run_device = choose_device(device, context.local_rank)
     per_rank = config.batch_size // context.world_size
     # Activations are held for one micro-batch at a time.
     micro_batch = math.ceil(per_rank / micro_batch_count(config, per_rank, run_device))
-    return check_training_memory(config.unet_config(), micro_batch, use_bf16(config.precision, run_device), run_device)
+    return check_training_memory(config.unet_config(), micro_batch, use_bf16(config.precision, run_device), run_device,
+                                 dataset_images if run_device.type == "cuda" else 0)
 
 
 @dataclass

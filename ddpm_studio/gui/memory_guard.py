@@ -10,10 +10,9 @@ from typing import Callable
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QLabel, QMessageBox, QWidget
 
-from ..core.devices import choose_device, use_bf16
 from ..core.errors import UserError
-from ..core.memory import MemoryCheck, check_training_memory
-from ..core.training import TrainingConfig
+from ..core.memory import MemoryCheck
+from ..core.training import TrainingConfig, check_memory
 from .formatting import format_bytes
 from .jobs import JobController
 from .style import WARNING_TEXT_STYLE
@@ -23,25 +22,11 @@ QUICK_CHECK_SECONDS = 0.02  # a check that ends within this needs no event loop 
 
 
 def check_run(config: TrainingConfig, dataset_images: int = 0) -> Callable[[], MemoryCheck]:
-    """A function that checks ``config``'s training memory on the device "auto" picks.
-
-    The activations are those of one micro-batch, since accumulation runs them one at a time;
-    ``dataset_images`` counts only where the dataset is kept on the GPU.
-    """
-    unet_config = config.unet_config()  # raises a UserError for impossible settings, on the caller's thread
-    micro_batch = math.ceil(config.batch_size / config.accumulate)
-    device = choose_device("auto")
-    bf16 = use_bf16(config.precision, device)
-    images = dataset_images if device.type == "cuda" else 0
-
-    def check() -> MemoryCheck:
-        result = check_training_memory(unet_config, micro_batch, bf16, device, images)
-        if config.micro_batch == "auto" and not result.fits and result.largest_batch:
-            # The run takes the largest micro-batch that fits when it starts: that is what it will use.
-            result = check_training_memory(unet_config, result.largest_batch, bf16, device, images)
-        return result
-
-    return check
+    """A function that checks ``config``'s training memory on the device "auto" picks, as ``train`` does
+    (``training.check_memory``: the activations of one micro-batch, "As large as fits" at the micro-batch
+    it will take); ``dataset_images`` counts only where the dataset is kept on the GPU."""
+    config.unet_config()  # raises a UserError for impossible settings, on the caller's thread
+    return lambda: check_memory(config, dataset_images=dataset_images)
 
 
 class MemoryGuard(QLabel):
@@ -67,17 +52,23 @@ class MemoryGuard(QLabel):
         try:
             check = check_run(config(), dataset_images)
         except UserError as error:
-            self.setText(f"Memory: cannot estimate ({error})")
-            self.setStyleSheet(WARNING_TEXT_STYLE)
+            self._show(error)
             return
 
         def estimate():
-            yield check()
+            try:
+                yield check()
+            except UserError as error:  # settings that cannot run together (more micro-batches than images)
+                yield error
 
         self.estimates.run(estimate, on_event=self._show,
                            on_done=lambda _stopped: self._wanted and self.request(config, dataset_images))
 
-    def _show(self, check: MemoryCheck) -> None:
+    def _show(self, check: MemoryCheck | UserError) -> None:
+        if isinstance(check, UserError):
+            self.setText(f"Memory: cannot estimate ({check})")
+            self.setStyleSheet(WARNING_TEXT_STYLE)
+            return
         estimate = check.estimate
         text = f"Memory: ≈ {format_bytes(estimate.total_bytes)} on {check.device_name} ({estimate.parameters:,} parameters)"
         if not check.fits:
@@ -97,7 +88,10 @@ class MemoryGuard(QLabel):
         """
         if self._checking:
             return False  # a second click while the first one's check runs
-        check = self._check_painting(check_run(config))
+        try:
+            check = self._check_painting(check_run(config))
+        except UserError:
+            return True  # an impossible setting: the run refuses it at its start, in its own sentence
         if check is None:
             return False  # the window closed meanwhile
         if check.fits:
