@@ -37,7 +37,7 @@ from .context import StudioContext
 from .formatting import counted, format_image_size
 from .image_view import ThumbnailGrid
 from .page import Page
-from .session_memory import quiet_scan_handlers, remember_dataset
+from .session_memory import remember_dataset
 from .style import MUTED_TEXT_STYLE, error_box
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
@@ -294,8 +294,11 @@ class DatasetPage(Page):
         self._start_scan([folder], demo_then_scan)
 
     def scan(self, paths: list[Path], quiet: bool = False) -> None:
-        """Scan ``paths`` (folders and image files) at the chosen resolution, in the background; ``quiet``: see
-        ``session_memory.quiet_scan_handlers``."""
+        """Scan ``paths`` (folders and image files) at the chosen resolution, in the background.
+
+        ``quiet`` (the last dataset, scanned again at start): nothing usable, or a folder that cannot be
+        read, is one quiet line rather than a red box and an empty result.
+        """
         paths = [Path(path) for path in paths]
         if not paths:
             return
@@ -315,7 +318,10 @@ class DatasetPage(Page):
         self.error_label.hide()
         self.note_label.hide()
         self.scan_row.show()
-        on_event, on_error = quiet_scan_handlers(self, paths) if quiet else (self._on_event, self.show_error)
+        on_event, on_error = (self._on_event, self.show_error)
+        if quiet:
+            on_event, on_error = (lambda event: self._on_quiet_event(event, paths),
+                                  lambda message: self._not_back(paths, f"cannot be read: {message}"))
         self.run_job(make_iterator, status=f"Looking at {describe_sources(paths)}…",
                      progress_types=(ScanProgress, DemoProgress), on_progress=self._on_progress,
                      on_event=on_event, on_error=on_error, on_done=self._on_done)
@@ -333,6 +339,16 @@ class DatasetPage(Page):
             self.show_result(event)
         elif isinstance(event, CacheMessage):
             self.context.show_message(event.text)
+
+    def _on_quiet_event(self, event, paths: list[Path]) -> None:
+        if isinstance(event, ScanResult) and not event.files:
+            self._not_back(paths, "has no usable images any more. Choose or drop a folder to train on.")
+        else:
+            self._on_event(event)
+
+    def _not_back(self, paths: list[Path], why: str) -> None:
+        self._sources = []  # nothing is loaded: a new resolution rescans nothing
+        self.show_note(f"The last dataset, {describe_sources(paths)}, {why}")
 
     def _on_done(self, stopped: bool) -> None:
         self._show_idle()

@@ -8,7 +8,6 @@ line on its page; the memory itself stays, so a drive plugged in again brings it
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,7 +54,7 @@ def reopen_dataset(page: DatasetPage) -> None:
     """Scan the last dataset again in the background, at the resolution and channels it was scanned at.
 
     The scan opens it from the dataset cache when its files have not changed. A folder that is gone gets
-    one quiet sentence instead of a scan; one with nothing usable left, the scan's own quiet sentence.
+    one quiet sentence instead of a scan; one with nothing usable left, the quiet scan's own sentence.
     """
     remembered = remembered_dataset(page.context.settings)
     if remembered is None:
@@ -67,22 +66,6 @@ def reopen_dataset(page: DatasetPage) -> None:
         return
     page.set_scan_settings(image_size, channels)
     page.scan(sources, quiet=True)
-
-
-def quiet_scan_handlers(page: DatasetPage, sources: list[Path]) -> tuple[Callable[[object], None], Callable[[str], None]]:
-    """The (on_event, on_error) of the scan started by ``reopen_dataset``: a dataset with nothing usable left,
-    or that cannot be read, is one quiet line on the page rather than a red box and an empty result."""
-    def not_back(why: str) -> None:
-        page._sources = []  # nothing is loaded: a new resolution rescans nothing
-        page.show_note(f"The last dataset, {describe_sources(sources)}, {why}")
-
-    def on_event(event: object) -> None:
-        if isinstance(event, ScanResult) and not event.files:
-            not_back("has no usable images any more. Choose or drop a folder to train on.")
-        else:
-            page._on_event(event)  # the page's own handling of a usable result and of cache messages
-
-    return on_event, lambda message: not_back(f"cannot be read: {message}")
 
 
 # --- the Noising picture ---------------------------------------------------------------------------
