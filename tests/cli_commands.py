@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
+from collections.abc import Iterator
 
 ERROR_PREFIX = "ddpm-studio: error: "
 TIMEOUT = 300  # seconds; a guard against a hang, never a timing assertion
@@ -11,3 +14,17 @@ TIMEOUT = 300  # seconds; a guard against a hang, never a timing assertion
 def command(*args) -> list[str]:
     """The command line of ``python -m ddpm_studio ARGS`` (paths and numbers as strings)."""
     return [sys.executable, "-m", "ddpm_studio", *map(str, args)]
+
+
+@contextlib.contextmanager
+def started(args: list, env: dict, cwd) -> Iterator[subprocess.Popen]:
+    """``ddpm-studio ARGS`` running in the background (text pipes); killed at the end if it still runs, so that
+    a failed test leaves no process behind."""
+    process = subprocess.Popen(command(*args), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_commands import ERROR_PREFIX, TIMEOUT, command
+from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 import torch
 from PIL import Image
 
@@ -93,12 +93,9 @@ def test_demo_data_writes_small_pngs(demo_folder):
 def trained(workspace, env, demo_folder) -> dict:
     """Train until the first checkpoints, press Ctrl-C, then resume to the end with previews."""
     out = workspace / "models" / "shapes-tiny"
-    process = subprocess.Popen(
-        command("train", demo_folder, "--out", out, "--preset", "tiny", "--image-size", 16, "--steps", 100_000,
-                "--timesteps", 50, "--batch-size", 8, "--checkpoint-every", 2, "--preview-count", 0, "--seed", 1),
-        env=env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with started(["train", demo_folder, "--out", out, "--preset", "tiny", "--image-size", 16, "--steps", 100_000,
+                  "--timesteps", 50, "--batch-size", 8, "--checkpoint-every", 2, "--preview-count", 0, "--seed", 1],
+                 env, workspace) as process:
         deadline = time.monotonic() + TIMEOUT
         while not ((out / model_store.CONFIG_FILE).exists() and model_store.read_model_info(out).step >= 2):
             assert process.poll() is None, process.communicate()
@@ -106,10 +103,6 @@ def trained(workspace, env, demo_folder) -> dict:
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     interrupted = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     info = model_store.read_model_info(out)
     state_step = int(model_store.read_safetensors_metadata(out / model_store.STATE_FILE)["step"])

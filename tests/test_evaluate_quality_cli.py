@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_commands import ERROR_PREFIX, TIMEOUT, command
+from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 
 from ddpm_studio import cli
 from ddpm_studio.core import model_store
@@ -104,12 +104,8 @@ def test_wrong_weights_files_are_refused_in_one_sentence(model, workspace, offli
 
 
 def test_ctrl_c_stops_cleanly_and_records_nothing(model, workspace, env):
-    process = subprocess.Popen(
-        command("evaluate", model, workspace / "shapes", "--kid", "--num", 4000, "--batch-size", 8, "--sampler", "ddpm",
-                "--feature-extractor", STANDIN),
-        env=env, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with started(["evaluate", model, workspace / "shapes", "--kid", "--num", 4000, "--batch-size", 8, "--sampler",
+                  "ddpm", "--feature-extractor", STANDIN], env, workspace) as process:
         deadline = time.monotonic() + TIMEOUT
         seen = ""
         while "Sampling" not in seen:  # tqdm writes bars with carriage returns: read characters, not lines
@@ -119,10 +115,6 @@ def test_ctrl_c_stops_cleanly_and_records_nothing(model, workspace, env):
             assert time.monotonic() < deadline, "sampling never started"
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 130, stderr
     assert "Stopped; nothing was recorded." in stderr and "Traceback" not in stderr
     assert model_store.evaluations(model_store.read_model_info(model)) == []
