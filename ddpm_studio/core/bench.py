@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .diffusion import GaussianDiffusion
+from .plain_step import plain_training_step
 from .schedule import NoiseSchedule
 from .devices import choose_device, describe_device, use_bf16, use_channels_last
 from .training import TrainingConfig
@@ -68,14 +69,7 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
            f"{unet_config.image_size}x{unet_config.image_size}x{unet_config.image_channels}, batch {settings.batch_size}")
 
     def make_train_step(network, model, optimizer):
-        def train_step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = diffusion.training_loss(network, x0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        return train_step
+        return lambda: plain_training_step(network, optimizer, diffusion, x0, bf16, clip=model.parameters())
 
     # The same preset with a learned variance (2C outputs) trains with L_hybrid. Its steps alternate with
     # L_simple's, so that a busy machine slows both alike and their ratio stays meaningful.

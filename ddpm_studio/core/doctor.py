@@ -24,6 +24,7 @@ from .devices import (
 )
 from .diffusion import GaussianDiffusion
 from .memory import estimate_training_memory, measure_training_peak
+from .plain_step import plain_training_step
 from .schedule import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig, preset_config
 
@@ -326,12 +327,7 @@ def training_images_per_second(config: UNetConfig, device: torch.device, batch_s
         x0 = x0.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion.training_loss(model, x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        plain_training_step(model, optimizer, diffusion, x0, bf16, clip=model.parameters())
 
     return batch_size / seconds_per_call(step, device, sizes.warmup, sizes.repeats)
 

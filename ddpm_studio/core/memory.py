@@ -136,17 +136,14 @@ def measure_training_peak(config: UNetConfig, batch_size: int, bf16: bool = Fals
 
 def _training_peak_here(config: UNetConfig, batch_size: int, bf16: bool, device: torch.device, steps: int) -> int | None:
     from .diffusion import GaussianDiffusion
+    from .plain_step import plain_training_step
     from .schedule import NoiseSchedule, ScheduleConfig
 
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(ScheduleConfig("linear", 1000)).to(device))
     x0 = torch.rand(batch_size, config.image_channels, config.image_size, config.image_size, device=device) * 2 - 1
 
     def train(model, optimizer, images) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion.training_loss(model, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        plain_training_step(model, optimizer, diffusion, images, bf16)
 
     # Kernels and libraries first load on a throwaway model, outside the measurement.
     warm = UNet(config).to(device)
