@@ -8,6 +8,7 @@ results included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -67,6 +68,19 @@ def table_row(record: dict) -> list[str]:
     ]
 
 
+def path_row(placeholder: str, tooltip: str, choose: Callable[[], None]) -> tuple[QLineEdit, QHBoxLayout]:
+    """A path field with its "Choose…" button, which calls ``choose``."""
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    edit.setToolTip(tooltip)
+    button = QPushButton("Choose…")
+    button.clicked.connect(choose)
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return edit, row
+
+
 class EvaluatePage(Page):
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
         super().__init__(context, parent, job_name="evaluation")
@@ -90,22 +104,12 @@ class EvaluatePage(Page):
         model_box = QGroupBox("1 · Model")
         QVBoxLayout(model_box).addWidget(self.model_chooser)
 
-        self.data_edit = QLineEdit()
-        self.data_edit.setPlaceholderText("The model's own dataset")
-        self.data_edit.setToolTip("The images to compare with, decoded exactly as training decodes them")
-        data_button = QPushButton("Choose…")
-        data_button.clicked.connect(self.choose_data_folder)
-        data_row = QHBoxLayout()
-        data_row.addWidget(self.data_edit, 1)
-        data_row.addWidget(data_button)
-        self.weights_edit = QLineEdit()
-        self.weights_edit.setPlaceholderText("torch's cache (downloaded there when online)")
-        self.weights_edit.setToolTip("weights-inception-2015-12-05-6726825d.pth, torch-fidelity's FID Inception")
-        weights_button = QPushButton("Choose…")
-        weights_button.clicked.connect(self.choose_weights_file)
-        weights_row = QHBoxLayout()
-        weights_row.addWidget(self.weights_edit, 1)
-        weights_row.addWidget(weights_button)
+        self.data_edit, data_row = path_row("The model's own dataset",
+                                            "The images to compare with, decoded exactly as training decodes them",
+                                            self.choose_data_folder)
+        self.weights_edit, weights_row = path_row("torch's cache (downloaded there when online)",
+                                                  "weights-inception-2015-12-05-6726825d.pth, torch-fidelity's FID "
+                                                  "Inception", self.choose_weights_file)
         data_box = QGroupBox("2 · Compare with")
         data_form = QFormLayout(data_box)
         data_form.addRow("Images", data_row)
