@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QKeyEvent, QPalette
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -43,6 +43,7 @@ from .style import ERROR_TEXT_STYLE, hold_size, make_bold
 from .timeline import Timeline
 from .workers import JobRunner
 
+MINIMUM_PLOT_HEIGHT = 120  # each schedule plot
 WORKING_SIZE = 128  # the large view's resolution, and the only one when no model is chosen
 DEFAULT_SCHEDULE_STEPS = 1000  # without a model: the paper's linear schedule
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff)"
@@ -63,7 +64,7 @@ class SchedulePlot(pg.PlotWidget):
         background = palette.color(QPalette.ColorRole.Base)
         foreground = palette.color(QPalette.ColorRole.Text)
         super().__init__(parent, background=background)
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(MINIMUM_PLOT_HEIGHT)
         self.setMenuEnabled(False)
         self.setMouseEnabled(x=False, y=False)
         self.hideButtons()
@@ -82,6 +83,11 @@ class SchedulePlot(pg.PlotWidget):
         self.cursor = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen((229, 57, 53), width=2),
                                       hoverPen=pg.mkPen((229, 57, 53), width=4))
         self.addItem(self.cursor)
+
+    def sizeHint(self) -> QSize:
+        # Small by preference: the settings column scrolls at its preferred height, and grows the plots into
+        # whatever height the window has beyond it.
+        return QSize(300, MINIMUM_PLOT_HEIGHT)
 
     def set_curve(self, timesteps: np.ndarray, values: np.ndarray) -> None:
         self.curve.setData(timesteps, values)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSpinBox, QStyle,
+    QVBoxLayout, QWidget,
 )
 
 from ..core.devices import choose_device
@@ -32,13 +34,24 @@ COSTED_SIZE = 128  # models at least this large get a time forecast on the CPU (
 
 
 def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -> QVBoxLayout:
-    """Lay ``page`` out as a fixed-width column of settings beside ``right``; returns the column's layout."""
+    """Lay ``page`` out as a fixed-width column of settings beside ``right``; returns the column's layout.
+
+    The column scrolls when the window is too short for it: squeezed instead, its word-wrapped
+    explanations lost their first and last lines.
+    """
     column = QWidget()
     column.setFixedWidth(SETTINGS_PANEL_WIDTH)
     column_layout = QVBoxLayout(column)
     column_layout.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidget(column)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    # Room for the scroll bar beside the column, so that it never covers the column's right edge.
+    scroll.setFixedWidth(SETTINGS_PANEL_WIDTH + scroll.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent))
     layout = QHBoxLayout(page)
-    layout.addWidget(column)
+    layout.addWidget(scroll)
     if isinstance(right, QWidget):
         layout.addWidget(right, 1)
     else:

@@ -40,6 +40,21 @@ def test_explanations_are_shown_one_line_each(page):
     assert "lower is better" in METRIC_EXPLANATIONS["fid"] and "higher is better" in METRIC_EXPLANATIONS["is"]
 
 
+def test_a_short_window_scrolls_the_settings_instead_of_cutting_the_explanations(qtbot, page, window):
+    """Squeezed into a short window, the word-wrapped explanations lost their first and last lines."""
+    window.resize(1280, 600)
+    qtbot.wait(100)
+    labels = [label for label in page.findChildren(type(page.history_hint))
+              if label.text() in METRIC_EXPLANATIONS.values()]
+    assert len(labels) == 3
+    for label in labels:
+        assert label.height() >= label.heightForWidth(label.width()), label.text()
+    from PySide6.QtWidgets import QScrollArea
+
+    column = page.findChild(QScrollArea)
+    assert column.isAncestorOf(labels[0]) and column.verticalScrollBar().maximum() > 0  # the rest is a scroll away
+
+
 def test_evaluating_fills_the_table_and_the_model_record(qtbot, page, model, window, tmp_path):
     page.feature_extractor = STANDIN
     page.metric_boxes["fid"].setChecked(True)
