@@ -25,6 +25,7 @@ from .model_chooser import ModelChooser
 from .page import Page
 from .sampling_panel import settings_column
 from .formatting import counted
+from .loss_plot import show_plot_frame
 from .style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, make_bold
 
 TIMESTEP_CHOICES = (("Every timestep (exact sum)", "all"), ("K random t per image (unbiased)", "sampled"))
@@ -53,6 +54,18 @@ class RatePlot(pg.PlotWidget):
         self.samples = self.plot([], [], pen=None, symbol="o", symbolSize=5, symbolBrush="#1f5fa8", symbolPen=None)
         self.decoder = self.plot([], [], pen=None, symbol="s", symbolSize=9, symbolBrush="#c0392b", symbolPen=None)
         self.addLegend(offset=(-10, 10)).addItem(self.decoder, "L_0 (decoder)")
+        self.empty_text = pg.TextItem("The terms appear here, t by t, as the evaluation runs.", color=(120, 120, 120),
+                                      anchor=(0.5, 0.5))
+        self.addItem(self.empty_text, ignoreBounds=True)
+        self.empty_text.setPos(0.5, 0.5)  # the middle of the empty view
+        self._show_empty(True)
+
+    def _show_empty(self, empty: bool) -> None:
+        self.empty_text.setVisible(empty)
+        show_plot_frame(self.getPlotItem(), not empty)
+
+    def is_empty(self) -> bool:
+        return self.empty_text.isVisible()
 
     def show_terms(self, per_timestep_bpd: np.ndarray, every_timestep: bool) -> None:
         t = np.arange(1, len(per_timestep_bpd) + 1, dtype=np.float64)
@@ -64,10 +77,12 @@ class RatePlot(pg.PlotWidget):
         finite = np.isfinite(kl)
         self.samples.setData(t[finite], kl[finite]) if not every_timestep else self.samples.setData([], [])
         self.decoder.setData(t[:1], values[:1]) if np.isfinite(values[0]) else self.decoder.setData([], [])
+        self._show_empty(False)
 
     def clear_terms(self) -> None:
         for item in (self.terms, self.samples, self.decoder):
             item.setData([], [])
+        self._show_empty(True)
 
 
 class LikelihoodPage(Page):

@@ -64,6 +64,14 @@ def continue_ema(values: np.ndarray, beta: float, state: float, count: int) -> t
     return smoothed / (1.0 - beta**steps), state
 
 
+def show_plot_frame(plot: pg.PlotItem, shown: bool) -> None:
+    """The axes and legend of a plot that holds data; none while it is empty (their ticks would mean nothing)."""
+    for side in ("left", "bottom"):
+        plot.showAxis(side, shown)
+    if plot.legend is not None:
+        plot.legend.setVisible(shown)
+
+
 class StepAxis(pg.AxisItem):
     """The steps axis: whole steps only (a run of three steps has no step 1.5)."""
 
@@ -293,10 +301,7 @@ class LossPlot(QWidget):
         if shown == self._axes_shown:
             return
         self._axes_shown = shown
-        plot = self.plot_widget.getPlotItem()
-        for side in ("left", "bottom"):
-            plot.showAxis(side, shown)
-        plot.legend.setVisible(shown)
+        show_plot_frame(self.plot_widget.getPlotItem(), shown)
         self._update_grid()
 
     def axes_shown(self) -> bool:

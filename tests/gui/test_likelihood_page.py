@@ -42,6 +42,8 @@ def test_evaluate_shows_bits_per_dim_plots_the_terms_and_records_them(qtbot, pan
     panel.count_spin.setValue(4)
     panel.timesteps_combo.setCurrentIndex(panel.timesteps_combo.findData("sampled"))
     panel.k_spin.setValue(5)
+    axis = panel.plot.getPlotItem().getAxis("left")
+    assert panel.plot.is_empty() and panel.plot.empty_text.isVisible() and not axis.isVisible()  # no meaningless ticks
     progress = []
     assert panel.evaluate() is not None
     assert not panel.evaluate_button.isEnabled() and panel.jobs.stop_button.isEnabled()
@@ -51,6 +53,7 @@ def test_evaluate_shows_bits_per_dim_plots_the_terms_and_records_them(qtbot, pan
     result = panel.result
     assert result is not None and result.num_images == 4 and result.timesteps == 5
     assert "bits/dim" in panel.result_label.text() and f"{result.bits_per_dim:.3f}" in panel.result_label.text()
+    assert not panel.plot.is_empty() and axis.isVisible()
     t_decoder, l0 = panel.plot.decoder.getOriginalDataset()
     assert list(t_decoder) == [1.0] and l0[0] == pytest.approx(result.per_timestep_bpd[0])
     t_sampled, _ = panel.plot.samples.getOriginalDataset()
