@@ -27,7 +27,7 @@ from gui_latency import REPO, StallProbe, wait_until  # noqa: E402  (this folder
 def close_while_training(app, scratch: Path, preset: str, batch: int, run: int) -> dict:
     from PySide6.QtCore import QSettings
 
-    from ddpm_studio.core import model_store
+    from ddpm_studio.core.model import store as model_store
     from ddpm_studio.gui.main_window import MainWindow
     from ddpm_studio.gui.model_library import ModelLibrary
 
@@ -78,7 +78,7 @@ def main() -> int:
     args = parser.parse_args()
     from PySide6.QtWidgets import QApplication
 
-    from ddpm_studio.core.demo_data import write_demo_dataset
+    from ddpm_studio.core.data.demo import write_demo_dataset
 
     app = QApplication.instance() or QApplication([])
     with tempfile.TemporaryDirectory(prefix="ddpm-close-") as folder:

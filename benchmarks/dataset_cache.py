@@ -72,7 +72,7 @@ def status_mib(field: str) -> float:
 def open_child(folder: str, size: int) -> None:
     """In a fresh process: how long opening the cache takes (the second start)."""
     started = time.perf_counter()
-    from ddpm_studio.core.dataset_cache import CachedScanResult, open_cached_dataset
+    from ddpm_studio.core.data.cache import CachedScanResult, open_cached_dataset
 
     imported, cpu_before = time.perf_counter(), time.process_time()
     result = [event for event in open_cached_dataset([Path(folder)], size, 3)][-1]
@@ -85,9 +85,9 @@ def train_child(folder: str, size: int, out: str, steps: int) -> None:
     """In a fresh process: peak resident memory while training from the cache, then while streaming."""
     import torch
 
-    from ddpm_studio.core.batches import BatchSource
-    from ddpm_studio.core.dataset_cache import CachedScanResult, open_cached_dataset
-    from ddpm_studio.core.training import FinishedEvent, TrainingConfig, train
+    from ddpm_studio.core.data.batches import BatchSource
+    from ddpm_studio.core.data.cache import CachedScanResult, open_cached_dataset
+    from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
 
     torch.set_num_threads(2)
     result = [event for event in open_cached_dataset([Path(folder)], size, 3)][-1]
@@ -153,7 +153,7 @@ def main() -> int:
     env = {**os.environ, "DDPM_STUDIO_CACHE": str(args.work / "cache"), "PYTHONPATH": str(REPO_ROOT)}
     os.environ.update(env)
     sys.path.insert(0, str(REPO_ROOT))
-    from ddpm_studio.core.dataset_cache import CachedScanResult, clear_cache, open_cached_dataset
+    from ddpm_studio.core.data.cache import CachedScanResult, clear_cache, open_cached_dataset
 
     clear_cache()
     started = time.perf_counter()

@@ -119,7 +119,7 @@ class Studio:
     def __init__(self, app, scratch: Path):
         from PySide6.QtCore import QSettings
 
-        from ddpm_studio.core.demo_data import write_demo_dataset
+        from ddpm_studio.core.data.demo import write_demo_dataset
         from ddpm_studio.gui.main_window import MainWindow
         from ddpm_studio.gui.model_library import ModelLibrary
 

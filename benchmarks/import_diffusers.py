@@ -41,7 +41,7 @@ print(time.perf_counter() - start)
 
 IMPORT = """
 import json, resource, sys, time
-from ddpm_studio.core.importer import import_folder
+from ddpm_studio.core.model.importer import import_folder
 
 def resident_bytes():
     with open("/proc/self/statm") as stream:

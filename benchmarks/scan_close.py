@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_studio.core.data import scan_images
+from ddpm_studio.core.data.folders import scan_images
 
 
 def main() -> int:

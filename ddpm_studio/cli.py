@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .core.errors import UserError
+from ddpm_studio.core.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -47,11 +47,11 @@ def check_device(name: str) -> str:
 
 
 def add_train_parser(subparsers) -> None:
-    from .core.data import SUPPORTED_CHANNELS
-    from .core.devices import PRECISIONS
-    from .core.schedule import SCHEDULE_KINDS
-    from .core.training import TRAINING_VARIANCES, TrainingConfig
-    from .core.unet import PRESETS
+    from ddpm_studio.core.data.folders import SUPPORTED_CHANNELS
+    from ddpm_studio.core.diffusion.schedule import SCHEDULE_KINDS
+    from ddpm_studio.core.model.unet import PRESETS
+    from ddpm_studio.core.system.devices import PRECISIONS
+    from ddpm_studio.core.training.loop import TRAINING_VARIANCES, TrainingConfig
 
     default = TrainingConfig()
 
@@ -137,15 +137,23 @@ def training_overrides(args) -> dict:
 def run_train(args) -> int:
     from tqdm import tqdm
 
-    from .core import model_store
-    from .core.data import ScanProgress, ScanResult
-    from .core.dataset_cache import CacheMessage
-    from .core.evaluation import EvaluationProgress
-    from .core.run_plan import model_name_for, plan_new_run, plan_resume
-    from .core.training import (
-        CheckpointEvent, EvaluationEvent, FailedEvent, FinishedEvent, PreviewEvent, StartedEvent, StepEvent,
-        TrainingConfig, check_memory, distributed_context,
+    from ddpm_studio.core.data.cache import CacheMessage
+    from ddpm_studio.core.data.folders import ScanProgress, ScanResult
+    from ddpm_studio.core.evaluation.quality import EvaluationProgress
+    from ddpm_studio.core.model import store as model_store
+    from ddpm_studio.core.training.loop import (
+        CheckpointEvent,
+        EvaluationEvent,
+        FailedEvent,
+        FinishedEvent,
+        PreviewEvent,
+        StartedEvent,
+        StepEvent,
+        TrainingConfig,
+        check_memory,
+        distributed_context,
     )
+    from ddpm_studio.core.training.plan import model_name_for, plan_new_run, plan_resume
 
     check_device(args.device)
     context = distributed_context(args.device)
@@ -181,7 +189,7 @@ def run_train(args) -> int:
     main_process = context.is_main
     tensorboard = None
     if args.tensorboard and main_process:
-        from .core.tensorboard_log import TensorBoardLog
+        from ddpm_studio.core.training.tensorboard_log import TensorBoardLog
 
         tensorboard = TensorBoardLog(args.tensorboard)  # a missing package is reported before any work starts
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
@@ -271,9 +279,9 @@ def fine_tune_config(args, overrides: dict):
     """The config of a run that starts from --init-from's weights; options that would change its network are refused."""
     from dataclasses import replace
 
-    from .core import model_store
-    from .core.training import TrainingConfig, describe_architecture, same_architecture
-    from .core.unet import preset_config
+    from ddpm_studio.core.model import store as model_store
+    from ddpm_studio.core.model.unet import preset_config
+    from ddpm_studio.core.training.loop import TrainingConfig, describe_architecture, same_architecture
 
     source = model_store.read_model_info(resolve_model_path(str(args.init_from)))
     unet = source.unet
@@ -328,7 +336,7 @@ class StopRequest:
 
 
 def add_sample_parser(subparsers) -> None:
-    from .core.sampling import TRAJECTORY_KINDS, SamplingRequest
+    from ddpm_studio.core.sampling.job import TRAJECTORY_KINDS, SamplingRequest
 
     default = SamplingRequest()
     parser = subparsers.add_parser("sample", help="generate images from a trained model")
@@ -344,8 +352,8 @@ def add_sample_parser(subparsers) -> None:
 
 def add_sampler_options(parser) -> None:
     """The sampler options shared by sample and evaluate."""
-    from .core.diffusion import SAMPLERS, VARIANCES
-    from .core.sampling import SamplingRequest
+    from ddpm_studio.core.diffusion.process import SAMPLERS, VARIANCES
+    from ddpm_studio.core.sampling.job import SamplingRequest
 
     default = SamplingRequest()
     parser.add_argument("--seed", type=int, default=default.seed, help=f"random seed (default {default.seed})")
@@ -363,7 +371,7 @@ def add_sampler_options(parser) -> None:
 
 
 def resolve_model_path(name: str) -> Path:
-    from .core import model_store
+    from ddpm_studio.core.model import store as model_store
 
     path = Path(name)
     if path.exists():
@@ -377,9 +385,9 @@ def resolve_model_path(name: str) -> Path:
 def run_sample(args) -> int:
     from tqdm import tqdm
 
-    from .core.model_store import load_model, read_model_info
-    from .core.devices import choose_device
-    from .core.sampling import SamplingRequest, export_trajectory, run_sampling, save_samples
+    from ddpm_studio.core.model.store import load_model, read_model_info
+    from ddpm_studio.core.sampling.job import SamplingRequest, export_trajectory, run_sampling, save_samples
+    from ddpm_studio.core.system.devices import choose_device
 
     model_path = resolve_model_path(args.model)
     defaults = read_model_info(model_path).sampling_defaults  # an imported model brings its scheduler's
@@ -415,7 +423,7 @@ def run_sample(args) -> int:
 
 
 def add_evaluate_parser(subparsers) -> None:
-    from .core.metrics import INCEPTION
+    from ddpm_studio.core.evaluation.metrics import INCEPTION
 
     parser = subparsers.add_parser(
         "evaluate", help="measure a model: the likelihood bound (--nll) and sample quality (--fid --kid --is)",
@@ -448,9 +456,9 @@ def add_evaluate_parser(subparsers) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .core import model_store
-    from .core.devices import choose_device
-    from .core.evaluation import EvaluationRequest
+    from ddpm_studio.core.evaluation.quality import EvaluationRequest
+    from ddpm_studio.core.model import store as model_store
+    from ddpm_studio.core.system.devices import choose_device
 
     metrics = [name for name, on in (("nll", args.nll), ("fid", args.fid), ("kid", args.kid),
                                      ("is", args.inception_score)) if on]
@@ -486,9 +494,13 @@ def run_evaluate(args) -> int:
 def run_nll(args, model_path: Path, model) -> None:
     from tqdm import tqdm
 
-    from .core import model_store
-    from .core.data import ScanProgress, ScanResult
-    from .core.likelihood import LikelihoodProgress, LikelihoodRequest, evaluate_likelihood_of_folder
+    from ddpm_studio.core.data.folders import ScanProgress, ScanResult
+    from ddpm_studio.core.evaluation.likelihood import (
+        LikelihoodProgress,
+        LikelihoodRequest,
+        evaluate_likelihood_of_folder,
+    )
+    from ddpm_studio.core.model import store as model_store
 
     if args.timesteps == "all":
         timesteps = None
@@ -532,8 +544,8 @@ def run_sample_quality(request, model) -> int:
     """FID, KID and IS with progress bars; Ctrl-C stops between two sampling steps and records nothing."""
     from tqdm import tqdm
 
-    from .core import model_store
-    from .core.evaluation import EvaluationProgress, EvaluationResult, run_evaluation
+    from ddpm_studio.core.evaluation.quality import EvaluationProgress, EvaluationResult, run_evaluation
+    from ddpm_studio.core.model import store as model_store
 
     events = run_evaluation(request, model)
     bar = None
@@ -583,7 +595,7 @@ def add_info_parser(subparsers) -> None:
 
 
 def run_info(args) -> int:
-    from .core import model_store
+    from ddpm_studio.core.model import store as model_store
 
     # model.json and the weights file's header only: no network is built and no tensor is read.
     info = model_store.read_model_info(resolve_model_path(args.model))
@@ -640,7 +652,7 @@ def add_import_parser(subparsers) -> None:
 def run_import(args) -> int:
     from tqdm import tqdm
 
-    from .core.importer import ImportFinished, import_diffusers
+    from ddpm_studio.core.model.importer import ImportFinished, import_diffusers
 
     command = shlex.join(["ddpm-studio", *sys.argv[1:]])
     bar = None
@@ -665,9 +677,9 @@ def run_import(args) -> int:
 
 
 def add_bench_parser(subparsers) -> None:
-    from .core.bench import BenchSettings
-    from .core.devices import PRECISIONS
-    from .core.unet import PRESETS
+    from ddpm_studio.core.model.unet import PRESETS
+    from ddpm_studio.core.system.bench import BenchSettings
+    from ddpm_studio.core.system.devices import PRECISIONS
 
     default = BenchSettings()
 
@@ -691,13 +703,13 @@ def add_bench_parser(subparsers) -> None:
 
 
 def run_bench(args) -> int:
-    from .core.bench import BenchSettings, run_benchmark
+    from ddpm_studio.core.system.bench import BenchSettings, run_benchmark
 
     check_device(args.device)
     settings = BenchSettings(args.preset, args.image_size, args.batch_size, args.train_steps, args.sample_steps,
                              args.precision, args.compile, args.device, args.eval_num, args.inception_weights)
     if args.bf16_vs_fp32:
-        from .core.bench import compare_bf16
+        from ddpm_studio.core.system.bench import compare_bf16
 
         lines = compare_bf16(settings, resolve_model_path(args.model) if args.model else None)
     else:
@@ -725,8 +737,9 @@ def add_doctor_parser(subparsers) -> None:
 def run_doctor(args) -> int:
     import json
 
-    from .core.atomic import write_bytes_atomic
-    from .core.doctor import FAILED, DoctorReport, DoctorSettings, run_doctor as doctor
+    from ddpm_studio.core.atomic import write_bytes_atomic
+    from ddpm_studio.core.system.doctor import FAILED, DoctorReport, DoctorSettings
+    from ddpm_studio.core.system.doctor import run_doctor as doctor
 
     check_device(args.device)
     if args.json_path is not None and args.json_path.is_dir():
@@ -753,8 +766,8 @@ def add_cache_parser(subparsers) -> None:
 
 
 def run_cache(args) -> int:
-    from .core.dataset_cache import cache_dir, clear_cache, list_cache_entries
-    from .core.memory import format_bytes
+    from ddpm_studio.core.data.cache import cache_dir, clear_cache, list_cache_entries
+    from ddpm_studio.core.training.memory import format_bytes
 
     if args.action == "clear":
         count, size = clear_cache()
@@ -776,7 +789,7 @@ def run_cache(args) -> int:
 
 
 def add_demo_parser(subparsers) -> None:
-    from .core.demo_data import DEFAULT_DEMO_COUNT, DEFAULT_DEMO_SIZE
+    from ddpm_studio.core.data.demo import DEFAULT_DEMO_COUNT, DEFAULT_DEMO_SIZE
 
     parser = subparsers.add_parser("demo-data", help="write the procedural demo dataset of coloured shapes")
     parser.add_argument("out", type=Path, help="folder to create")
@@ -789,7 +802,7 @@ def add_demo_parser(subparsers) -> None:
 def run_demo_data(args) -> int:
     from tqdm import tqdm
 
-    from .core.demo_data import DemoDataset, write_demo_dataset
+    from ddpm_studio.core.data.demo import DemoDataset, write_demo_dataset
 
     count = args.count
     if count < 1 or args.size < 8:
@@ -838,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        from .gui.app import run_app
+        from ddpm_studio.gui.app import run_app
 
         return run_app()
     try:

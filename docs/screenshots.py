@@ -70,7 +70,7 @@ def main() -> int:
 
 
 def shoot_dataset_and_train(app, window, scratch: Path, out_dir: Path) -> None:
-    from ddpm_studio.core.demo_data import create_demo_dataset
+    from ddpm_studio.core.data.demo import create_demo_dataset
 
     data = scratch / "shapes"
     create_demo_dataset(data, count=300, seed=3)
@@ -128,7 +128,7 @@ def shoot_noising(app, window, out_dir: Path) -> None:
 def shoot_likelihood(app, window, scratch: Path, out_dir: Path) -> None:
     import shutil
 
-    from ddpm_studio.core.demo_data import create_demo_dataset
+    from ddpm_studio.core.data.demo import create_demo_dataset
 
     model = scratch / "demo"  # a copy: evaluating records the result in the model's model.json
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "demo", model)

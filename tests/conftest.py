@@ -37,7 +37,7 @@ def cache_folder(tmp_path_factory, monkeypatch) -> Path:
 
 def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
     """Demo-dataset images as uint8 (N, 3, size, size)."""
-    from ddpm_studio.core.demo_data import make_demo_images
+    from ddpm_studio.core.data.demo import make_demo_images
 
     return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
 
@@ -45,7 +45,7 @@ def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny model (16x16, T = 50) trained for a few steps, with a training state; shared read-only."""
-    from ddpm_studio.core.training import FinishedEvent, TrainingConfig, train
+    from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
 
     folder = tmp_path_factory.mktemp("models") / "tiny"
     config = TrainingConfig.for_preset("tiny", steps=12, num_timesteps=50, preview_count=4, preview_every=6,

@@ -33,8 +33,8 @@ def main() -> int:
     dump_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     torch.set_num_threads(1)
     from ddpm_studio import cli
-    from ddpm_studio.core import dataset_cache as cache
-    from ddpm_studio.core import training
+    from ddpm_studio.core.data import cache
+    from ddpm_studio.core.training import loop as training
 
     rank = int(os.environ.get("RANK", "0"))
     stop_rank = int(os.environ.get("STOP_RANK", "-1"))

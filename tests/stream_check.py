@@ -50,7 +50,7 @@ def write_rows(path: Path, count: int) -> None:
 
 
 def stream(images, batches: int) -> tuple[int, bool]:
-    from ddpm_studio.core.batches import BatchSource, draw_step
+    from ddpm_studio.core.data.batches import BatchSource, draw_step
 
     base = reset_peak()
     source = BatchSource(images, seed=0, batch_size=1024, rank=0, world_size=1, device=torch.device("cpu"),
@@ -69,8 +69,8 @@ def stream(images, batches: int) -> tuple[int, bool]:
 
 def main() -> int:
     torch.set_num_threads(1)
-    from ddpm_studio.core.dataset_cache import CachedImages
-    from ddpm_studio.core.training import TrainingConfig, train
+    from ddpm_studio.core.data.cache import CachedImages
+    from ddpm_studio.core.training.loop import TrainingConfig, train
 
     folder, budget = Path(sys.argv[1]), int(sys.argv[2]) * 2**20
     count = 4 * budget // ROW_BYTES + 1

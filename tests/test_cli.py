@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 import torch
+from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 from PIL import Image
 
 from ddpm_studio import cli
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.training import TrainingConfig, train
-from ddpm_studio.core.unet import UNet, count_parameters
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.unet import UNet, count_parameters
+from ddpm_studio.core.training.loop import TrainingConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -329,8 +329,8 @@ def test_a_run_that_cannot_fit_is_refused_unless_forced(folders, monkeypatch, ca
 
 
 def test_the_largest_batch_that_fits_does_fit(monkeypatch):
-    from ddpm_studio.core.memory import check_training_memory
-    from ddpm_studio.core.unet import preset_config
+    from ddpm_studio.core.model.unet import preset_config
+    from ddpm_studio.core.training.memory import check_training_memory
 
     monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
     config = preset_config("tiny", 16)
@@ -380,7 +380,7 @@ def test_a_programming_error_is_reported_as_a_bug_not_as_a_user_error(monkeypatc
 
 
 def test_cache_list_and_clear(folders, cache_folder, capsys):
-    from ddpm_studio.core.dataset_cache import open_cached_dataset
+    from ddpm_studio.core.data.cache import open_cached_dataset
 
     assert cli.main(["cache", "list"]) == 0
     assert "(empty)" in capsys.readouterr().out

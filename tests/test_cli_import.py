@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "core"))
-from diffusers_folders import edit_json, reference_unet, write_diffusers_folder  # noqa: E402
+from diffusers_folders import reference_unet, write_diffusers_folder  # noqa: E402
 from test_cli import assert_one_error_line  # noqa: E402
 
 from ddpm_studio import cli  # noqa: E402
-from ddpm_studio.core import model_store  # noqa: E402
-from ddpm_studio.core.demo_data import make_demo_images  # noqa: E402
-from ddpm_studio.core.unet import UNetConfig  # noqa: E402
+from ddpm_studio.core.data.demo import make_demo_images  # noqa: E402
+from ddpm_studio.core.model import store as model_store  # noqa: E402
+from ddpm_studio.core.model.unet import UNetConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")

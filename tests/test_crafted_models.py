@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cli_commands import ERROR_PREFIX, TIMEOUT
 
-from ddpm_studio.core import model_store
+from ddpm_studio.core.model import store as model_store
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is enforced on Linux")
 
@@ -32,7 +32,8 @@ LIMITED = f"""
 import contextlib, io, json, resource, sys
 import torch, tqdm
 from ddpm_studio import cli
-from ddpm_studio.core import model_store, sampling
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.sampling import job as sampling
 torch.set_num_threads(1)
 size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (size + {HEADROOM}, size + {HEADROOM}))

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import make_demo_images
 from image_stats import colour_histogram, flat_fraction, histogram_distance, to_channels_last, total_variation
-from ddpm_studio.core.sampling import SamplingRequest, sample_images
+
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.sampling.job import SamplingRequest, sample_images
 from ddpm_studio.paths import BUNDLED_MODELS_DIR
 
 DEMO_MODEL = BUNDLED_MODELS_DIR / "demo"

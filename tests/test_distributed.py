@@ -18,9 +18,9 @@ import torch.distributed as dist
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.devices import choose_device
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.system.devices import choose_device
 
 TESTS_DIR = Path(__file__).resolve().parent
 STEPS = 6

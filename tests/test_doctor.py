@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ddpm_studio import cli
-from ddpm_studio.core.doctor import FAILED, PASSED, SKIPPED, check_two_processes
+from ddpm_studio.core.system.doctor import FAILED, PASSED, SKIPPED, check_two_processes
 
 
 @pytest.fixture(scope="module")

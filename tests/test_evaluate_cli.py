@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from ddpm_studio import cli
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
 
 
 @pytest.fixture(scope="module")

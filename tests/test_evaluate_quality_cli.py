@@ -15,11 +15,10 @@ import pytest
 from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 
 from ddpm_studio import cli
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import write_demo_dataset
-from ddpm_studio.core.inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL
-from ddpm_studio.core.metrics import STANDIN
-
+from ddpm_studio.core.data.demo import write_demo_dataset
+from ddpm_studio.core.evaluation.inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL
+from ddpm_studio.core.evaluation.metrics import STANDIN
+from ddpm_studio.core.model import store as model_store
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def run_app(argv: list[str] | None = None) -> int:
     if not display_available():
         print(NO_DISPLAY_MESSAGE, file=sys.stderr)
         return EXIT_NO_DISPLAY
-    from .system_libraries import missing_libraries_message
+    from ddpm_studio.gui.system_libraries import missing_libraries_message
 
     missing = missing_libraries_message()  # before Qt loads its platform plugin, which would abort the process
     if missing:
@@ -42,7 +42,7 @@ def run_app(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
     app.setApplicationName("DDPM Studio")
     app.setOrganizationName("DDPM Studio")
-    from .main_window import MainWindow
+    from ddpm_studio.gui.main_window import MainWindow
 
     window = MainWindow()
     window.show()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from PySide6.QtCore import QSettings
 
-from .model_library import ModelLibrary
+from ddpm_studio.gui.model_library import ModelLibrary
 
 
 @dataclass

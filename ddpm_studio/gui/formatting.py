@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.memory import format_bytes  # noqa: F401 (one rule for sizes, in the CLI's sentences and the pages)
+from ddpm_studio.core.training.memory import format_bytes  # noqa: F401 (one rule for sizes, in the CLI's sentences and the pages)
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:

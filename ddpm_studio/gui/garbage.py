@@ -29,7 +29,7 @@ import time
 from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QGuiApplication
 
-from .workers import JobRunner
+from ddpm_studio.gui.jobs.workers import JobRunner
 
 COLLECT_INTERVAL_MS = 100
 BURST = 20_000  # young objects beyond this at one look: a burst of long-lived ones, frozen, not walked

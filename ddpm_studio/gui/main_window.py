@@ -8,24 +8,30 @@ from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
-from ..core.dataset_cache import cache_dir, clear_cache, list_cache_entries
-from ..core.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
-from ..core.importer import ImportFinished, ImportProgress, destination_for, import_diffusers, is_diffusers_folder
-from ..core.model_store import ModelError
-from .closing import ClosingOverlay
-from .context import StudioContext
-from .dataset_page import DatasetPage
-from .garbage import GuiThreadGarbageCollector
-from .evaluate_page import EvaluatePage
-from .generate_page import GeneratePage
-from .likelihood_page import LikelihoodPage
-from .jobs import JobController
-from .model_library import ModelLibrary
-from .noising_page import NoisingPage
-from .page import paths_from_mime
-from .session_memory import reopen_dataset
-from .train_page import TrainPage
-from .workers import busy_job_names, stop_all_jobs
+from ddpm_studio.core.data.cache import cache_dir, clear_cache, list_cache_entries
+from ddpm_studio.core.model.importer import (
+    ImportFinished,
+    ImportProgress,
+    destination_for,
+    import_diffusers,
+    is_diffusers_folder,
+)
+from ddpm_studio.core.model.store import ModelError
+from ddpm_studio.core.system.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
+from ddpm_studio.gui.context import StudioContext
+from ddpm_studio.gui.garbage import GuiThreadGarbageCollector
+from ddpm_studio.gui.jobs.closing import ClosingOverlay
+from ddpm_studio.gui.jobs.controller import JobController
+from ddpm_studio.gui.jobs.workers import busy_job_names, stop_all_jobs
+from ddpm_studio.gui.model_library import ModelLibrary
+from ddpm_studio.gui.pages.dataset import DatasetPage
+from ddpm_studio.gui.pages.evaluate import EvaluatePage
+from ddpm_studio.gui.pages.generate import GeneratePage
+from ddpm_studio.gui.pages.likelihood import LikelihoodPage
+from ddpm_studio.gui.pages.noising import NoisingPage
+from ddpm_studio.gui.pages.page import paths_from_mime
+from ddpm_studio.gui.pages.train import TrainPage
+from ddpm_studio.gui.session_memory import reopen_dataset
 
 
 def device_status() -> str:

@@ -13,9 +13,9 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox, QStylePainter, QWidget
 
-from ..core import model_store
-from .formatting import counted
-from ..core.model_store import ModelEntry, ModelError
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.store import ModelEntry, ModelError
+from ddpm_studio.gui.formatting import counted
 
 
 class ModelLibrary(QObject):

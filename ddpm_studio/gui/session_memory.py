@@ -11,17 +11,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core import model_store
-from ..core.data import ScanResult, describe_sources
-from ..core.model_store import ModelError
-from ..paths import SAMPLE_PICTURE
+from ddpm_studio.core.data.folders import ScanResult, describe_sources
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.store import ModelError
+from ddpm_studio.paths import SAMPLE_PICTURE
 
 if TYPE_CHECKING:
     from PySide6.QtCore import QSettings
 
-    from .dataset_page import DatasetPage
-    from .noising_page import NoisingPage
-    from .train_page import TrainPage
+    from ddpm_studio.gui.pages.dataset import DatasetPage
+    from ddpm_studio.gui.pages.noising import NoisingPage
+    from ddpm_studio.gui.pages.train import TrainPage
 
 DATASET_KEY = "dataset/last"  # JSON: the scanned files and folders, and the resolution and channels of the scan
 PICTURE_KEY = "noising/picture"  # the picture the user opened or dropped last; never the sample picture

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm_studio.core.unet import UNetConfig
+from ddpm_studio.core.model.unet import UNetConfig
 
 
 def diffusers_classes():

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.diffusion import GaussianDiffusion
-from ddpm_studio.core.memory import FIT_SHARE, check_training_memory, estimate_training_memory
-from ddpm_studio.core.schedule import NoiseSchedule, ScheduleConfig
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.training import (
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.unet import UNet, preset_config
+from ddpm_studio.core.training.loop import (
     FinishedEvent,
     TrainingConfig,
     accumulate_gradients,
@@ -20,7 +20,7 @@ from ddpm_studio.core.training import (
     micro_batch_count,
     train,
 )
-from ddpm_studio.core.unet import UNet, preset_config
+from ddpm_studio.core.training.memory import FIT_SHARE, check_training_memory, estimate_training_memory
 
 
 def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_studio.core.batches import BatchSource, draw_step
-from ddpm_studio.core.data import DatasetError
-from ddpm_studio.core.dataset_cache import CachedImages
+from ddpm_studio.core.data.batches import BatchSource, draw_step
+from ddpm_studio.core.data.cache import CachedImages
+from ddpm_studio.core.data.folders import DatasetError
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 SHAPE = (3, 4, 4)

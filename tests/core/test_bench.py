@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from ddpm_studio.core.bench import BenchSettings, kid_cost
+from ddpm_studio.core.system.bench import BenchSettings, kid_cost
 
 
 def test_kid_cost_adds_up_and_suggests_an_interval(tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_corpus import BLUE, GREEN, MAGENTA, RED, WHITE, YELLOW, ImageCorpus, build_corpus, write_bad_files
 from PIL import Image
 
-from ddpm_studio.core.data import (
+from ddpm_studio.core.data.folders import (
     IMAGE_EXTENSIONS,
     DatasetError,
     ScanProgress,
@@ -27,7 +28,6 @@ from ddpm_studio.core.data import (
     scan_images,
     to_model_range,
 )
-from image_corpus import BLUE, GREEN, MAGENTA, RED, WHITE, YELLOW, ImageCorpus, build_corpus, write_bad_files
 
 SIZE = 16
 

@@ -15,9 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_studio.core import dataset_cache
-from ddpm_studio.core.data import ScanProgress, load_dataset
-from ddpm_studio.core.dataset_cache import (
+from ddpm_studio.core.data import cache as dataset_cache
+from ddpm_studio.core.data.cache import (
     CachedScanResult,
     CacheMessage,
     clear_cache,
@@ -25,7 +24,8 @@ from ddpm_studio.core.dataset_cache import (
     list_cache_entries,
     open_cached_dataset,
 )
-from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.data.folders import ScanProgress, load_dataset
 
 SIZE = 16
 

@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_stats import (
+    colour_histogram,
+    flat_fraction,
+    histogram_distance,
+    to_channels_last,
+    total_variation,
+)
 from PIL import Image
 
-from ddpm_studio.core.demo_data import (
+from ddpm_studio.core.data.demo import (
     DEFAULT_DEMO_COUNT,
     SHAPE_COLOURS,
     SHAPES,
@@ -21,14 +28,7 @@ from ddpm_studio.core.demo_data import (
     make_demo_images,
     write_demo_dataset,
 )
-from image_stats import (
-    colour_histogram,
-    flat_fraction,
-    histogram_distance,
-    to_channels_last,
-    total_variation,
-)
-from ddpm_studio.core.sample_picture import make_sample_picture
+from ddpm_studio.core.data.sample_picture import make_sample_picture
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 

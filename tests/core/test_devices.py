@@ -5,9 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_studio.core import devices
-from ddpm_studio.core.devices import (
-    choose_device, cpu_has_native_bf16, describe_device, device_memory_bytes, host_to_device, process_group_backend,
+from ddpm_studio.core.system import devices
+from ddpm_studio.core.system.devices import (
+    choose_device,
+    cpu_has_native_bf16,
+    describe_device,
+    device_memory_bytes,
+    host_to_device,
+    process_group_backend,
     use_bf16,
 )
 

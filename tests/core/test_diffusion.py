@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_studio.core.diffusion import GaussianDiffusion, SampleStep
-from ddpm_studio.core.schedule import NoiseSchedule
-from ddpm_studio.core.unet import UNet, preset_config
-
+from ddpm_studio.core.diffusion.process import GaussianDiffusion, SampleStep
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
+from ddpm_studio.core.model.unet import UNet, preset_config
 
 # --- helpers ----------------------------------------------------------------------------------
 

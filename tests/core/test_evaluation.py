@@ -14,15 +14,23 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_studio.core import evaluation, model_store
-from ddpm_studio.core.data import load_dataset, load_image
-from ddpm_studio.core.demo_data import write_demo_dataset
-from ddpm_studio.core.evaluation import (
-    EvaluationProgress, EvaluationRequest, EvaluationResult, ReferenceFeatures, compute_records, dataset_reference,
-    features_of_images, run_evaluation, sample_features,
+from ddpm_studio.core.data.demo import write_demo_dataset
+from ddpm_studio.core.data.folders import load_dataset, load_image
+from ddpm_studio.core.evaluation import quality as evaluation
+from ddpm_studio.core.evaluation.metrics import STANDIN, create_feature_extractor
+from ddpm_studio.core.evaluation.quality import (
+    EvaluationProgress,
+    EvaluationRequest,
+    EvaluationResult,
+    ReferenceFeatures,
+    compute_records,
+    dataset_reference,
+    features_of_images,
+    run_evaluation,
+    sample_features,
 )
-from ddpm_studio.core.metrics import STANDIN, create_feature_extractor
-from ddpm_studio.core.sampling import sample_images, save_samples
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.sampling.job import sample_images, save_samples
 
 CPU = torch.device("cpu")
 
@@ -150,7 +158,7 @@ def test_a_model_without_recorded_dataset_asks_for_one(model):
 
 
 def test_real_inception_path_when_its_weights_are_here():
-    from ddpm_studio.core.inception import MetricsUnavailable, find_weights
+    from ddpm_studio.core.evaluation.inception import MetricsUnavailable, find_weights
 
     try:
         weights = find_weights(download=False)
@@ -164,7 +172,7 @@ def test_real_inception_path_when_its_weights_are_here():
 
 
 def test_kid_during_training_is_logged_and_recorded_beside_other_evaluations(dataset, tmp_path, monkeypatch):
-    from ddpm_studio.core.training import CheckpointEvent, EvaluationEvent, TrainingConfig, train_from_folder
+    from ddpm_studio.core.training.loop import CheckpointEvent, EvaluationEvent, TrainingConfig, train_from_folder
 
     monkeypatch.setenv("DDPM_STUDIO_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "run"
@@ -189,7 +197,7 @@ def test_the_library_inception_runs_through_the_adapter_with_stand_in_weights(tm
     """torch-fidelity's own network and TF1-compatible resize, imported beside this torch (the torchvision
     placeholders included) and loaded from a file by path, as with the real weights; random weights stand in
     for those, which this machine may lack. The numbers mean nothing; the shapes and the path are checked."""
-    from ddpm_studio.core.inception import InceptionFeatures, MetricsUnavailable, import_torch_fidelity
+    from ddpm_studio.core.evaluation.inception import InceptionFeatures, MetricsUnavailable, import_torch_fidelity
 
     try:
         import_torch_fidelity()

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.model_store import ModelError
-from ddpm_studio.core.training import FinishedEvent, TrainingConfig, train
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.store import ModelError
+from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
 
 
 def images(count: int = 16) -> torch.Tensor:
-    from ddpm_studio.core.demo_data import make_demo_images
+    from ddpm_studio.core.data.demo import make_demo_images
 
     return torch.from_numpy(make_demo_images(count, size=16, seed=3)).permute(0, 3, 1, 2).contiguous()
 

@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers_folders import (
-    diffusers_unet_config, edit_json, reference_unet, relative_difference, write_diffusers_folder,
+    diffusers_unet_config,
+    edit_json,
+    reference_unet,
+    relative_difference,
+    write_diffusers_folder,
 )
 from safetensors.torch import load_file, save_file
 
-from ddpm_studio.core import importer, model_store
-from ddpm_studio.core.importer import import_folder, scheduler_from_diffusers, unet_config_from_diffusers
-from ddpm_studio.core.model_store import ModelError, load_model
-from ddpm_studio.core.unet import UNet, UNetConfig, preset_config
+from ddpm_studio.core.model import importer
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.importer import import_folder, scheduler_from_diffusers, unet_config_from_diffusers
+from ddpm_studio.core.model.store import ModelError, load_model
+from ddpm_studio.core.model.unet import UNet, UNetConfig, preset_config
 
 TOLERANCE = 1e-5
 # Small networks with the block structure of the paper's 32 px and 256 px models.
@@ -143,7 +148,7 @@ def test_import_records_where_it_came_from(tmp_path):
 def test_a_linear_schedule_at_another_T_keeps_diffusers_betas():
     settings = scheduler_from_diffusers({"_class_name": "DDPMScheduler", "num_train_timesteps": 500,
                                          "beta_start": 0.0002, "beta_end": 0.03, "variance_type": "fixed_large"})
-    from ddpm_studio.core.schedule import NoiseSchedule
+    from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 
     betas = NoiseSchedule.from_config(settings.schedule).float64["betas"]
     assert betas[0] == pytest.approx(0.0002, rel=1e-12) and betas[-1] == pytest.approx(0.03, rel=1e-12)
@@ -155,8 +160,8 @@ def test_a_learned_range_model_imports_and_takes_the_steps_diffusers_takes(tmp_p
     the same 6-channel function, and one reverse step of DDPMScheduler, noise included, at several t."""
     from diffusers_folders import diffusers_classes
 
-    from ddpm_studio.core.diffusion import GaussianDiffusion
-    from ddpm_studio.core.schedule import NoiseSchedule
+    from ddpm_studio.core.diffusion.process import GaussianDiffusion
+    from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 
     config = UNetConfig(**{**SMALL_32.__dict__, "learned_variance": True})
     reference = reference_unet(config, seed=3, out_channels=6)

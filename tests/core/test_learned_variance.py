@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.diffusion import GaussianDiffusion, split_model_output
-from ddpm_studio.core.likelihood import LikelihoodRequest, LikelihoodResult, evaluate_likelihood
-from ddpm_studio.core.schedule import NoiseSchedule
-from ddpm_studio.core.training import FinishedEvent, StepEvent, TrainingConfig, train
-from ddpm_studio.core.unet import UNet, UNetConfig
-from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.diffusion.process import GaussianDiffusion, split_model_output
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
+from ddpm_studio.core.evaluation.likelihood import LikelihoodRequest, LikelihoodResult, evaluate_likelihood
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.unet import UNet, UNetConfig
+from ddpm_studio.core.training.loop import FinishedEvent, StepEvent, TrainingConfig, train
 
 
 def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ddpm_studio.core.diffusion import GaussianDiffusion
-from ddpm_studio.core.schedule import NoiseSchedule
-from ddpm_studio.core.unet import UNet, preset_config
+from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
+from ddpm_studio.core.model.unet import UNet, preset_config
 
 STEPS = 200
 LEARNING_RATE = 2e-3

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.likelihood import (
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.evaluation.likelihood import (
     LikelihoodProgress,
     LikelihoodRequest,
     LikelihoodResult,
     evaluate_likelihood,
     timestep_columns,
 )
-from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.model import store as model_store
 
 
 def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -6,11 +6,14 @@ import sys
 import pytest
 import torch
 
-from ddpm_studio.core.devices import device_memory_bytes
-from ddpm_studio.core.memory import (
-    BYTES_PER_PARAMETER, estimate_training_memory, measure_training_peak, saved_tensor_bytes,
+from ddpm_studio.core.model.unet import UNet, preset_config
+from ddpm_studio.core.system.devices import device_memory_bytes
+from ddpm_studio.core.training.memory import (
+    BYTES_PER_PARAMETER,
+    estimate_training_memory,
+    measure_training_peak,
+    saved_tensor_bytes,
 )
-from ddpm_studio.core.unet import UNet, preset_config
 
 
 def test_the_estimate_counts_the_parameters_exactly_and_scales_with_the_batch():

@@ -9,8 +9,12 @@ import pytest
 import torch
 from scipy import linalg
 
-from ddpm_studio.core.metrics import (
-    FeatureStatistics, frechet_distance, inception_score, kernel_inception_distance, mmd2_unbiased,
+from ddpm_studio.core.evaluation.metrics import (
+    FeatureStatistics,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    mmd2_unbiased,
 )
 
 
@@ -126,7 +130,7 @@ def test_split_scores_are_averaged():
 
 def test_formulas_agree_with_torch_fidelity():
     """Parity with the reference library's own metric functions, when it is installed (the eval extra)."""
-    from ddpm_studio.core.inception import MetricsUnavailable, import_torch_fidelity
+    from ddpm_studio.core.evaluation.inception import MetricsUnavailable, import_torch_fidelity
 
     try:
         import_torch_fidelity()

@@ -16,13 +16,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ddpm_studio.core import model_check, model_store
-from ddpm_studio.core.model_check import ModelError
-from ddpm_studio.core.schedule import ScheduleConfig
-from ddpm_studio.core.unet import PRESETS, UNet, UNetConfig, count_parameters
+from ddpm_studio.core.diffusion.schedule import ScheduleConfig
+from ddpm_studio.core.model import check as model_check
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.check import ModelError
+from ddpm_studio.core.model.unet import PRESETS, UNet, UNetConfig, count_parameters
+
 
 def demo_images() -> torch.Tensor:
-    from ddpm_studio.core.demo_data import make_demo_images
+    from ddpm_studio.core.data.demo import make_demo_images
 
     return torch.from_numpy(make_demo_images(8, size=16, seed=0)).permute(0, 3, 1, 2).contiguous()
 
@@ -323,7 +325,7 @@ def test_a_preview_that_is_not_a_png_is_refused(tmp_path):
 
 
 def test_resuming_refuses_training_settings_that_describe_another_network(model):
-    from ddpm_studio.core.training import TrainingConfig, train
+    from ddpm_studio.core.training.loop import TrainingConfig, train
 
     edit_model_json(model, lambda data: data["training"].update(image_size=2**20))
     config = TrainingConfig.from_dict({**model_store.read_model_info(model).training, "steps": 20})
@@ -333,7 +335,7 @@ def test_resuming_refuses_training_settings_that_describe_another_network(model)
 
 
 def test_resuming_checks_the_training_states_header_before_building(model):
-    from ddpm_studio.core.training import TrainingConfig, train
+    from ddpm_studio.core.training.loop import TrainingConfig, train
 
     path = model / model_store.STATE_FILE
     header, data = header_and_data(path)

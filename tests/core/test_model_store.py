@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.model_store import ModelError
-from ddpm_studio.core.training import FinishedEvent, StepEvent, TrainingConfig, train
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.store import ModelError
+from ddpm_studio.core.training.loop import FinishedEvent, StepEvent, TrainingConfig, train
 
 
 @pytest.fixture

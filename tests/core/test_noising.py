@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_studio.core.noising import ForwardProcessView
-from ddpm_studio.core.schedule import NoiseSchedule
+from ddpm_studio.core.diffusion.noising import ForwardProcessView
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 
 
 def picture(size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -85,8 +85,8 @@ def test_t_outside_the_schedule_is_refused():
 def test_the_pictures_are_exactly_the_pixels_of_the_tensors(channels):
     """x_t as a picture comes from numpy (for the window's thread), x_t as a tensor from torch (for denoising):
     they must show the same pixels at every t."""
-    from ddpm_studio.core.data import from_model_range
-    from ddpm_studio.core.imaging import to_hwc
+    from ddpm_studio.core.data.folders import from_model_range
+    from ddpm_studio.core.sampling.imaging import to_hwc
 
     view = ForwardProcessView(picture(48, channels), NoiseSchedule.linear(300), seed=11)
     for t in range(0, 301):

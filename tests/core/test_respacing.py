@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from ddpm_studio.core.diffusion import GaussianDiffusion, split_model_output
-from ddpm_studio.core.schedule import NoiseSchedule
 from test_diffusion import ToyEps, gen
+
+from ddpm_studio.core.diffusion.process import GaussianDiffusion, split_model_output
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 
 
 class ToyLearned(torch.nn.Module):

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_studio.core.data import load_dataset
-from ddpm_studio.core.demo_data import create_demo_dataset
+from ddpm_studio.core.data.demo import create_demo_dataset
+from ddpm_studio.core.data.folders import load_dataset
 from ddpm_studio.core.errors import SettingError, UserError
-from ddpm_studio.core.run_plan import (
+from ddpm_studio.core.training.loop import TrainingConfig
+from ddpm_studio.core.training.plan import (
     RESUMABLE_SETTINGS,
     TrainingImagesMissing,
     check_model_name,
@@ -16,7 +17,6 @@ from ddpm_studio.core.run_plan import (
     plan_resume,
     unique_name,
 )
-from ddpm_studio.core.training import TrainingConfig
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.diffusion import SampleStep
-from ddpm_studio.core.imaging import to_uint8
-from ddpm_studio.core.sampling import (
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.diffusion.process import SampleStep
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.sampling.imaging import to_uint8
+from ddpm_studio.core.sampling.job import (
     DETAIL_STEPS,
     SamplingRequest,
     SamplingResult,
@@ -23,7 +23,7 @@ from ddpm_studio.core.sampling import (
     sample_images,
     save_samples,
 )
-from ddpm_studio.core.training import FinishedEvent, TrainingConfig, train
+from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
 
 T = 50  # the shared tiny model's number of timesteps
 
@@ -230,7 +230,7 @@ def test_export_trajectory(loaded, tmp_path, kind):
 
 def test_256px_frames_of_a_full_ddpm_run_stay_within_the_timeline_budget():
     """16 images at 256 px over 1000 steps would take 6 GB of frames; the budget keeps a stride of them."""
-    from ddpm_studio.core.sampling import DEFAULT_TRAJECTORY_BUDGET, DETAIL_STEPS, frames_to_keep
+    from ddpm_studio.core.sampling.job import DEFAULT_TRAJECTORY_BUDGET, DETAIL_STEPS, frames_to_keep
 
     bytes_per_frame = 2 * 16 * 3 * 256 * 256  # x_t and x0_hat, uint8
     kept = frames_to_keep(1000, bytes_per_frame, DEFAULT_TRAJECTORY_BUDGET)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_studio.core.schedule import NoiseSchedule, ScheduleConfig, cosine_betas, linear_betas
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig, cosine_betas, linear_betas
 
 
 def reference_arrays(betas: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from ddpm_studio import cli
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.imaging import make_grid
-from ddpm_studio.core.tensorboard_log import EXTRA_SENTENCE, MissingExtra, TensorBoardLog
-from ddpm_studio.core.training import EvaluationEvent, PreviewEvent, StepEvent, TrainingConfig, train
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.sampling.imaging import make_grid
+from ddpm_studio.core.training.loop import EvaluationEvent, PreviewEvent, StepEvent, TrainingConfig, train
+from ddpm_studio.core.training.tensorboard_log import EXTRA_SENTENCE, MissingExtra, TensorBoardLog
 
 
 def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:

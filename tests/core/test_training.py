@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm_studio.core import model_store, training
-from ddpm_studio.core.demo_data import make_demo_images
-from ddpm_studio.core.model_store import ModelError
-from ddpm_studio.core.training import (
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.store import ModelError
+from ddpm_studio.core.training import loop as training
+from ddpm_studio.core.training.loop import (
     CheckpointEvent,
     FailedEvent,
     FinishedEvent,

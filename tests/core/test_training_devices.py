@@ -8,11 +8,18 @@ import weakref
 import pytest
 import torch
 
-from ddpm_studio.core import model_store, training
-from ddpm_studio.core.diffusion import GaussianDiffusion
-from ddpm_studio.core.training import DistributedContext, FailedEvent, FinishedEvent, StepEvent, TrainingConfig, train
-
-from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.training import loop as training
+from ddpm_studio.core.training.loop import (
+    DistributedContext,
+    FailedEvent,
+    FinishedEvent,
+    StepEvent,
+    TrainingConfig,
+    train,
+)
 
 
 def tiny_images() -> torch.Tensor:

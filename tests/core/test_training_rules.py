@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from ddpm_studio.core.batches import BatchSource
-from ddpm_studio.core.data import to_model_range
-from ddpm_studio.core.training import (
+from ddpm_studio.core.data.batches import BatchSource
+from ddpm_studio.core.data.folders import to_model_range
+from ddpm_studio.core.training.loop import (
     DistributedContext,
     TrainingConfig,
     TrainingState,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddpm_studio.core.unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, timestep_embedding
+from ddpm_studio.core.model.unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, timestep_embedding
 
 
 def perturb_zero_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -216,7 +216,7 @@ def test_folders_saved_without_the_padding_setting_keep_the_old_padding():
 
 
 def test_same_padding_pads_right_and_bottom_only():
-    from ddpm_studio.core.unet import Downsample
+    from ddpm_studio.core.model.unet import Downsample
 
     torch.manual_seed(0)
     x = torch.randn(1, 4, 8, 8)
@@ -232,7 +232,7 @@ def test_same_padding_pads_right_and_bottom_only():
 def test_the_demo_model_samples_bit_for_bit_as_before():
     """models/demo was saved before the padding became a setting: it must compute exactly what it did,
     which is the network with every Downsample a plain Conv2d(3, stride 2, padding 1)."""
-    from ddpm_studio.core.model_store import load_model
+    from ddpm_studio.core.model.store import load_model
     from ddpm_studio.paths import BUNDLED_MODELS_DIR
 
     model = load_model(BUNDLED_MODELS_DIR / "demo")

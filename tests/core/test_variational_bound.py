@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ddpm_studio.core.diffusion import GaussianDiffusion
-from ddpm_studio.core.schedule import NoiseSchedule
-from ddpm_studio.core.variational_bound import (
+from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
+from ddpm_studio.core.diffusion.variational_bound import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
     normal_kl,

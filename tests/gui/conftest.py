@@ -7,7 +7,7 @@ import pytest
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
-from ddpm_studio.gui.workers import JobRunner
+from ddpm_studio.gui.jobs.workers import JobRunner
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def no_leftover_threads_or_timers(qapp):
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory) -> Path:
     """A small folder of demo-dataset PNGs (16 px), shared read-only."""
-    from ddpm_studio.core.demo_data import create_demo_dataset
+    from ddpm_studio.core.data.demo import create_demo_dataset
 
     folder = tmp_path_factory.mktemp("shapes") / "shapes"
     create_demo_dataset(folder, count=24, size=16)

@@ -2,7 +2,7 @@
 
 from PySide6.QtWidgets import QMessageBox
 
-from ddpm_studio.core.dataset_cache import list_cache_entries, open_cached_dataset
+from ddpm_studio.core.data.cache import list_cache_entries, open_cached_dataset
 
 
 def test_clear_dataset_cache_asks_then_removes_every_entry(window, demo_folder, cache_folder, monkeypatch):

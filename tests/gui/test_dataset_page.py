@@ -4,14 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from drops import send_drop
+from PIL import Image
 from PySide6.QtCore import Qt
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.demo_data import README_NAME
-from ddpm_studio.gui import dataset_page
-from ddpm_studio.gui.dataset_page import sample_indices
+from ddpm_studio.core.data.demo import README_NAME
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.gui.pages import dataset as dataset_page
+from ddpm_studio.gui.pages.dataset import sample_indices
 
 SCAN_TIMEOUT_MS = 30_000
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.metrics import METRIC_EXPLANATIONS, STANDIN
-from ddpm_studio.core.training import EvaluationEvent
-from ddpm_studio.gui.evaluate_page import TABLE_COLUMNS
+from ddpm_studio.core.evaluation.metrics import METRIC_EXPLANATIONS, STANDIN
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.training.loop import EvaluationEvent
 from ddpm_studio.gui.model_library import entry_tooltip
+from ddpm_studio.gui.pages.evaluate import TABLE_COLUMNS
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ddpm_studio.core import model_store
-from ddpm_studio.paths import BUNDLED_MODELS_DIR, SAMPLE_PICTURE
 from conftest import add_window
+
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.paths import BUNDLED_MODELS_DIR, SAMPLE_PICTURE
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import gc
 import weakref
 
 import pytest
-from PySide6.QtWidgets import QApplication
 from conftest import add_window
+from PySide6.QtWidgets import QApplication
 
 
 class Node:

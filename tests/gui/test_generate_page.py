@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from ddpm_studio.core.imaging import to_hwc, to_uint8
-from ddpm_studio.core.diffusion import SampleStep
-from ddpm_studio.gui.generate_page import preview_picture
+from ddpm_studio.core.diffusion.process import SampleStep
+from ddpm_studio.core.sampling.imaging import to_hwc, to_uint8
+from ddpm_studio.gui.pages.generate import preview_picture
 
 T = 50  # the tiny model's number of timesteps
 

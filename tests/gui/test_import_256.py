@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
 from diffusers_folders import reference_unet, write_diffusers_folder  # noqa: E402
 from drops import send_drop  # noqa: E402
 
-from ddpm_studio.core.unet import UNetConfig  # noqa: E402
+from ddpm_studio.core.model.unet import UNetConfig  # noqa: E402
 
 NARROW_256 = UNetConfig(256, 3, 16, (1, 1, 2, 2, 4, 4), 1, (16,), 0.0, 8)  # the paper's 256 px layout, narrow
 
@@ -89,8 +89,8 @@ def test_noising_and_denoise_from_t_at_256px(qtbot, window, imported, tmp_path):
 
 def test_the_train_page_fine_tunes_from_a_model(qtbot, window, tiny_model, demo_folder, user_models_dir):
     """Start from: a new run from the chosen model's EMA weights, with its architecture, in a folder of its own."""
-    from ddpm_studio.core import model_store
-    from ddpm_studio.core.data import load_dataset
+    from ddpm_studio.core.data.folders import load_dataset
+    from ddpm_studio.core.model import store as model_store
 
     window.library.open(tiny_model)
     result = load_dataset([demo_folder], 32)  # another resolution than the model's: rescanned at 16 px

@@ -5,8 +5,8 @@ import threading
 from PySide6.QtWidgets import QWidget
 
 from ddpm_studio.core.errors import SettingError
-from ddpm_studio.gui.jobs import JobController
-from ddpm_studio.gui.workers import JobRunner, busy_job_names
+from ddpm_studio.gui.jobs.controller import JobController
+from ddpm_studio.gui.jobs.workers import JobRunner, busy_job_names
 
 
 def held_job(tag: str, gate: threading.Event, count: int = 3):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.training import TrainingConfig, train
-from ddpm_studio.core.demo_data import make_demo_images
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.training.loop import TrainingConfig, train
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ddpm_studio.gui.loss_plot import LossPlot, continue_ema, slider_from_smoothing, smoothing_from_slider
+from ddpm_studio.gui.widgets.loss_plot import LossPlot, continue_ema, slider_from_smoothing, smoothing_from_slider
 
 
 def naive_debiased_ema(values, beta):
@@ -58,7 +58,7 @@ def test_appending_grows_the_arrays_and_the_timer_stops_when_idle(qtbot):
 
 
 def test_a_long_curve_is_redrawn_less_often(qtbot, monkeypatch):
-    from ddpm_studio.gui import loss_plot
+    from ddpm_studio.gui.widgets import loss_plot
 
     plot = LossPlot()
     qtbot.addWidget(plot)

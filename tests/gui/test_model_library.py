@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
-from ddpm_studio.core import model_store
+from ddpm_studio.core.model import store as model_store
 
 
 def png_claiming(path: Path, width: int, height: int) -> None:

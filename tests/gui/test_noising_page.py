@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-from drops import drag_enter_event, send_drop as drop
-
-from ddpm_studio.core.data import load_image
-from ddpm_studio.gui.noising_page import WORKING_SIZE
-from ddpm_studio.paths import SAMPLE_PICTURE
 from conftest import add_window
+from drops import drag_enter_event
+from drops import send_drop as drop
+from PIL import Image
+
+from ddpm_studio.core.data.folders import load_image
+from ddpm_studio.gui.pages.noising import WORKING_SIZE
+from ddpm_studio.paths import SAMPLE_PICTURE
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

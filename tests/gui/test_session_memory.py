@@ -8,17 +8,17 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import add_window
 from drops import send_drop
 from PIL import Image
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.data import load_image
-from ddpm_studio.gui.noising_page import WORKING_SIZE
+from ddpm_studio.core.data.folders import load_image
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.gui.pages.noising import WORKING_SIZE
 from ddpm_studio.gui.session_memory import RESUME_KEY
 from ddpm_studio.paths import SAMPLE_PICTURE
-from conftest import add_window
 
 SCAN_TIMEOUT_MS = 30_000
 

@@ -7,12 +7,12 @@ import time
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.training import ModelFolderWriter
-from ddpm_studio.core.data import load_dataset
-from ddpm_studio.core.demo_data import README_NAME
-from ddpm_studio.gui import dataset_page
-from ddpm_studio.gui.workers import JobRunner
+from ddpm_studio.core.data.demo import README_NAME
+from ddpm_studio.core.data.folders import load_dataset
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.training.loop import ModelFolderWriter
+from ddpm_studio.gui.jobs.workers import JobRunner
+from ddpm_studio.gui.pages import dataset as dataset_page
 
 RUN_TIMEOUT_MS = 60_000
 
@@ -164,7 +164,7 @@ def test_closing_an_idle_window_asks_nothing(window, qtbot, monkeypatch):
 
 
 def test_a_job_that_does_not_stop_is_named_and_the_window_closes_anyway(window, qtbot, monkeypatch, capsys):
-    from ddpm_studio.gui import closing
+    from ddpm_studio.gui.jobs import closing
 
     release = threading.Event()
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
-from ddpm_studio.core import model_store
-from ddpm_studio.core.data import load_dataset
+from ddpm_studio.core.data.folders import load_dataset
 from ddpm_studio.core.errors import SettingError
-from ddpm_studio.core.training import FailedEvent, StartedEvent
-from ddpm_studio.core import run_plan
-from ddpm_studio.gui.memory_guard import check_run
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.training import plan as run_plan
+from ddpm_studio.core.training.loop import FailedEvent, StartedEvent
+from ddpm_studio.gui.widgets.memory_guard import check_run
 
 RUN_TIMEOUT_MS = 60_000
 # Stop takes effect after the current step; a tiny step takes milliseconds, but the machine may be busy.
@@ -80,8 +80,8 @@ def test_the_name_comes_from_the_dataset_folder_and_is_unique(loaded, user_model
 
 
 def test_the_memory_estimate_shown_is_cores_for_the_settings_shown(loaded, qtbot):
-    from ddpm_studio.core.devices import choose_device, use_bf16
-    from ddpm_studio.core.memory import estimate_training_memory
+    from ddpm_studio.core.system.devices import choose_device, use_bf16
+    from ddpm_studio.core.training.memory import estimate_training_memory
     from ddpm_studio.gui.formatting import format_bytes
 
     page = loaded.train_page
@@ -232,7 +232,7 @@ def test_training_at_another_resolution_rescans_the_folder(loaded, qtbot):
 
 
 def test_the_settings_are_remembered(window, settings):
-    from ddpm_studio.gui.train_page import TrainPage
+    from ddpm_studio.gui.pages.train import TrainPage
 
     page = window.train_page
     page.form.preset_combo.setCurrentIndex(page.form.preset_combo.findData("tiny"))
@@ -264,7 +264,7 @@ def test_the_learning_rate_and_ema_step_by_factors(window):
 
 
 def test_the_advanced_section_splits_the_batch_and_checkpoints_activations(loaded, qtbot):
-    from ddpm_studio.core.training import TrainingConfig
+    from ddpm_studio.core.training.loop import TrainingConfig
 
     page = loaded.train_page
     form = page.form
@@ -380,7 +380,7 @@ def test_resuming_a_run_that_cannot_fit_offers_micro_batches_never_another_batch
                                                                                       user_models_dir):
     import shutil
 
-    from ddpm_studio.core.training import TrainingConfig
+    from ddpm_studio.core.training.loop import TrainingConfig
 
     model = user_models_dir / "big-batch"
     shutil.copytree(tiny_model, model)
@@ -395,8 +395,8 @@ def test_resuming_a_run_that_cannot_fit_offers_micro_batches_never_another_batch
     stored = TrainingConfig.from_dict(model_store.read_model_info(model).training)
     page.form.steps_spin.setValue(stored.steps + 2)
     # A fake limit between what one image and the whole batch need: only a part of the batch fits.
-    from ddpm_studio.core.devices import choose_device, use_bf16
-    from ddpm_studio.core.memory import FIT_SHARE, estimate_training_memory
+    from ddpm_studio.core.system.devices import choose_device, use_bf16
+    from ddpm_studio.core.training.memory import FIT_SHARE, estimate_training_memory
 
     unet, bf16 = stored.unet_config(), use_bf16(stored.precision, choose_device("auto"))
     one, whole = (estimate_training_memory(unet, batch, bf16).total_bytes for batch in (1, stored.batch_size))
@@ -426,7 +426,7 @@ def test_start_before_any_estimate_measures_in_a_thread_while_the_window_keeps_d
     """A first measurement of an architecture takes a second or more; Start at once must not freeze the window."""
     from PySide6.QtCore import QTimer
 
-    from ddpm_studio.core import memory
+    from ddpm_studio.core.training import memory
 
     page = loaded.train_page
     memory._measure.cache_clear()  # as in a fresh process: nothing measured yet

@@ -3,8 +3,8 @@
 import threading
 
 from ddpm_studio.core.errors import SettingError
-from ddpm_studio.core.training import StepEvent, merge_step_events
-from ddpm_studio.gui.workers import JobRunner, JobWorker
+from ddpm_studio.core.training.loop import StepEvent, merge_step_events
+from ddpm_studio.gui.jobs.workers import JobRunner, JobWorker
 
 
 class CountingJob:

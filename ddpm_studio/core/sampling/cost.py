@@ -1,0 +1,79 @@
+"""A rough forecast of how long sampling will take on the CPU, so the window can warn before a 256 px run.
+
+The U-Net's floating-point operations per call are counted once per architecture on the meta device
+(no memory, no arithmetic); the CPU's speed is measured once with a small matrix product, and
+convolutions are assumed to reach a fraction of it. It is an estimate to within a factor of a few,
+which is enough to tell seconds from hours.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ddpm_studio.core.model.unet import UNet, UNetConfig
+
+CONVOLUTION_EFFICIENCY = 0.3  # U-Net calls at batch 1 reach about this share of a large matmul's rate on CPUs
+SLOW_SECONDS = 30.0  # above this, the window says so
+
+
+@dataclass(frozen=True)
+class SamplingCost:
+    seconds_per_call: float  # one U-Net call for one image
+    calls: int
+    images: int
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_per_call * self.calls * self.images
+
+    @property
+    def slow(self) -> bool:
+        return self.seconds > SLOW_SECONDS
+
+    def describe(self) -> str:
+        return (f"On the CPU this takes about {format_duration(self.seconds)} ({self.seconds_per_call:.1f} s per "
+                f"model call per image, {self.calls:,} calls); a GPU, fewer DDIM steps or fewer images are faster.")
+
+
+@functools.lru_cache(maxsize=16)
+def flops_per_call(config: UNetConfig) -> float:
+    """Floating-point operations of one U-Net call on one image, counted without computing anything."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = UNet(config)
+        x = torch.zeros(1, config.image_channels, config.image_size, config.image_size)
+        t = torch.zeros(1, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            model(x, t)
+    return float(counter.get_total_flops())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flops_per_second() -> float:
+    """This CPU's float32 matrix-product rate with torch's current threads (about 0.1 s to measure)."""
+    a = torch.randn(768, 768)
+    a @ a  # warm-up
+    repeats, start = 0, time.perf_counter()
+    while repeats < 3 or time.perf_counter() - start < 0.05:
+        a @ a
+        repeats += 1
+    return repeats * 2 * 768**3 / (time.perf_counter() - start)
+
+
+def cpu_sampling_cost(config: UNetConfig, images: int, calls: int) -> SamplingCost:
+    """How long ``calls`` U-Net calls on ``images`` images take on this CPU, roughly."""
+    per_call = flops_per_call(config) / (cpu_flops_per_second() * CONVOLUTION_EFFICIENCY)
+    return SamplingCost(per_call, calls, images)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,1 @@
+"""The machine: devices and precision, the self-check (doctor) and the throughput benchmark (bench)."""

@@ -1,0 +1,1 @@
+"""Training a model: its settings, the loop in named phases, the run plan, the memory estimate."""

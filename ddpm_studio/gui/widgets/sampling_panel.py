@@ -1,0 +1,277 @@
+"""What the Generate and Noising pages share: choosing a model and a sampler, and running the sampler.
+
+``SamplingControls`` makes the widgets (each page lays them out its own way), remembers them
+in the settings under the page's prefix, enables them as the job allows, and runs
+``core.sampling.run_sampling`` through the page's job controller with its progress on the bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QStyle,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ddpm_studio.core.diffusion.process import SampleStep
+from ddpm_studio.core.sampling.cost import SamplingCost, cpu_sampling_cost
+from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, run_sampling
+from ddpm_studio.core.system.devices import choose_device
+from ddpm_studio.gui.context import StudioContext
+from ddpm_studio.gui.jobs.controller import JobController
+from ddpm_studio.gui.jobs.workers import JobRunner
+from ddpm_studio.gui.style import ACTION_BUTTON_HEIGHT, SETTINGS_PANEL_WIDTH, WARNING_TEXT_STYLE, make_bold
+from ddpm_studio.gui.widgets.model_chooser import ModelChooser
+
+SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
+VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
+LEARNED_VARIANCE = ("Learned (the model's σ_t²)", "learned")  # offered only for a model that learned it
+MAX_SEED = 2**31 - 1
+COSTED_SIZE = 128  # models at least this large get a time forecast on the CPU (a 256 px call takes seconds there)
+
+
+def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -> QVBoxLayout:
+    """Lay ``page`` out as a fixed-width column of settings beside ``right``; returns the column's layout.
+
+    The column scrolls when the window is too short for it: squeezed instead, its word-wrapped
+    explanations lost their first and last lines.
+    """
+    column = QWidget()
+    column.setFixedWidth(SETTINGS_PANEL_WIDTH)
+    column_layout = QVBoxLayout(column)
+    column_layout.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidget(column)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    # Room for the scroll bar beside the column, so that it never covers the column's right edge.
+    scroll.setFixedWidth(SETTINGS_PANEL_WIDTH + scroll.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent))
+    layout = QHBoxLayout(page)
+    layout.addWidget(scroll)
+    if isinstance(right, QWidget):
+        layout.addWidget(right, 1)
+    else:
+        layout.addLayout(right, 1)
+    return column_layout
+
+
+class SamplingControls:
+    """The model chooser, the sampler, DDIM's steps, optionally the variance and DDPM's steps, and the run button."""
+
+    def __init__(self, context: StudioContext, jobs: JobController, settings_prefix: str, run_text: str,
+                 steps_tooltip: str, with_variance: bool):
+        self.context = context
+        self.jobs = jobs
+        self.prefix = settings_prefix
+        self.model_chooser = ModelChooser(context.library, context.settings)
+        self.sampler_box = QComboBox()
+        for label, name in SAMPLERS:
+            self.sampler_box.addItem(label, name)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1000)
+        self.steps_spin.setValue(50)
+        self.steps_spin.setToolTip(steps_tooltip)
+        self.eta_spin = QDoubleSpinBox()
+        self.eta_spin.setRange(0.0, 1.0)
+        self.eta_spin.setSingleStep(0.1)
+        self.eta_spin.setDecimals(2)
+        self.eta_spin.setToolTip("DDIM's η: 0 is deterministic; 1 adds the noise of ancestral sampling with β̃_t")
+        self.variance_box: QComboBox | None = None
+        self.ddpm_steps_spin: QSpinBox | None = None
+        if with_variance:
+            self.ddpm_steps_spin = QSpinBox()
+            self.ddpm_steps_spin.setRange(1, 1000)
+            self.ddpm_steps_spin.setValue(1000)
+            self.ddpm_steps_spin.setToolTip("Ancestral steps: T is every step (the paper's Algorithm 2); fewer respace "
+                                            "the process onto that many timesteps, where a learned variance pays off")
+            self.variance_box = QComboBox()
+            for label, name in VARIANCES:
+                self.variance_box.addItem(label, name)
+            self.variance_box.setToolTip("The variance of each ancestral step: β_t (the paper's CIFAR-10 choice) or "
+                                         "the posterior's β̃_t")
+        self.run_button = QPushButton(run_text)
+        self.run_button.setMinimumHeight(ACTION_BUTTON_HEIGHT)
+        make_bold(self.run_button)
+        self.cost_label = QLabel()  # a forecast when a large model would be slow on the CPU
+        self.cost_label.setWordWrap(True)
+        self.cost_label.setStyleSheet(WARNING_TEXT_STYLE)
+        self.cost_label.hide()
+        self.estimates = JobController(jobs.page, "sampling estimate", with_controls=False)
+        self._costed: set = set()  # architectures whose forecast is cheap now (counted and measured once)
+        self.model_chooser.picker.modelChanged.connect(self._model_changed)
+
+    # --- layout ------------------------------------------------------------------------------------
+    def sampler_form(self) -> QFormLayout:
+        form = QFormLayout()
+        form.addRow("Sampler", self.sampler_box)
+        form.addRow("DDIM steps", self.steps_spin)
+        form.addRow("DDIM η", self.eta_spin)
+        if self.variance_box is not None:
+            form.addRow("DDPM steps", self.ddpm_steps_spin)
+            form.addRow("Variance", self.variance_box)
+        return form
+
+    def run_layout(self) -> QVBoxLayout:
+        """The run and Stop buttons, the progress bar and the status line."""
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.jobs.stop_button, 1)
+        layout = QVBoxLayout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.cost_label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.jobs.progress_bar)
+        layout.addWidget(self.jobs.status_box)
+        return layout
+
+    # --- state -------------------------------------------------------------------------------------
+    def sampler(self) -> str:
+        return self.sampler_box.currentData()
+
+    def eta(self) -> float:
+        return self.eta_spin.value()
+
+    def variance(self) -> str:
+        return self.variance_box.currentData() if self.variance_box is not None else "fixed_large"
+
+    def ddpm_steps(self) -> int | None:
+        """DDPM's respaced step count, None for every step."""
+        if self.ddpm_steps_spin is None or self.ddpm_steps_spin.value() >= self.ddpm_steps_spin.maximum():
+            return None
+        return self.ddpm_steps_spin.value()
+
+    def set_max_steps(self, num_timesteps: int) -> None:
+        self.steps_spin.setMaximum(num_timesteps)
+        if self.ddpm_steps_spin is not None:
+            every_step = self.ddpm_steps_spin.value() >= self.ddpm_steps_spin.maximum()
+            self.ddpm_steps_spin.setMaximum(num_timesteps)
+            if every_step:
+                self.ddpm_steps_spin.setValue(num_timesteps)
+
+    def offer_learned_variance(self, learned: bool) -> None:
+        """Offer "learned" only for a model that learned its variance (its sampling defaults then choose it)."""
+        if self.variance_box is None:
+            return
+        index = self.variance_box.findData(LEARNED_VARIANCE[1])
+        if learned and index < 0:
+            self.variance_box.addItem(*LEARNED_VARIANCE)
+        elif not learned and index >= 0:
+            self.variance_box.removeItem(index)
+
+    def update_enabled(self, can_run: bool) -> None:
+        """Enable the widgets for the job's state; ``can_run``: whether the page has what a run needs."""
+        running = self.jobs.is_running()
+        is_ddim = self.sampler() == "ddim"
+        self.steps_spin.setEnabled(is_ddim and not running)
+        self.eta_spin.setEnabled(is_ddim and not running)
+        if self.variance_box is not None:
+            self.variance_box.setEnabled(not is_ddim and not running)
+            self.ddpm_steps_spin.setEnabled(not is_ddim and not running)
+        self.run_button.setEnabled(not running and can_run)
+        self.model_chooser.setEnabled(not running)
+        self.sampler_box.setEnabled(not running)
+
+    def show_cost(self, images: int, start_t: int | None = None) -> None:
+        """Forecast, in the background, how long a run takes when a large model would sample on the CPU."""
+        info = self.model_chooser.current_info()
+        if info is None or info.unet.image_size < COSTED_SIZE or choose_device("auto").type != "cpu":
+            self.cost_label.hide()
+            return
+        steps = start_t + 1 if start_t is not None else info.schedule.num_timesteps
+        calls = min(self.steps_spin.value(), steps) if self.sampler() == "ddim" else steps
+        config = info.unet
+        if config in self._costed:  # only arithmetic left: no thread needed
+            self._show_cost_result(cpu_sampling_cost(config, images, calls))
+            return
+        self._costed.add(config)
+
+        def estimate():
+            yield cpu_sampling_cost(config, images, calls)
+
+        self.estimates.run(estimate, on_event=self._show_cost_result)
+
+    def _model_changed(self, _path) -> None:
+        """A model brings its own sampling variance (an imported model's scheduler chose it)."""
+        info = self.model_chooser.current_info()
+        if info is not None and self.variance_box is not None:
+            self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(info.sampling_defaults["variance"])))
+
+    def _show_cost_result(self, cost: SamplingCost) -> None:
+        self.cost_label.setText(cost.describe())
+        self.cost_label.setVisible(cost.slow)
+
+    def restore_settings(self) -> None:
+        settings, prefix = self.context.settings, self.prefix
+        self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value(f"{prefix}/sampler", "ddpm"))))
+        self.steps_spin.setValue(int(settings.value(f"{prefix}/ddim_steps", 50)))
+        try:
+            self.eta_spin.setValue(float(settings.value(f"{prefix}/eta", 0.0)))
+        except (TypeError, ValueError):
+            pass  # a damaged settings file: keep 0
+        if self.variance_box is not None:
+            variance = settings.value(f"{prefix}/variance", "fixed_large")
+            self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(variance)))
+            self.ddpm_steps_spin.setValue(int(settings.value(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.maximum())))
+        model = settings.value(f"{prefix}/model", "")
+        if model and Path(model).is_dir():
+            self.model_chooser.picker.select(model)
+
+    def save_settings(self) -> None:
+        settings, prefix = self.context.settings, self.prefix
+        settings.setValue(f"{prefix}/sampler", self.sampler())
+        settings.setValue(f"{prefix}/ddim_steps", self.steps_spin.value())
+        settings.setValue(f"{prefix}/eta", self.eta())
+        if self.variance_box is not None:
+            settings.setValue(f"{prefix}/variance", self.variance())
+            settings.setValue(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.value())
+        path = self.model_chooser.current_path()
+        settings.setValue(f"{prefix}/model", str(path) if path else "")
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(
+        self,
+        request: SamplingRequest,
+        name: str,
+        status: str,
+        image_from: Callable[[object], object | None],
+        on_image: Callable[[object], None],
+        on_result: Callable[[SamplingResult], None],
+        on_step: Callable[[SampleStep], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        on_done: Callable[[bool], None] | None = None,
+    ) -> JobRunner:
+        """Sample ``request`` as the page's job; each step moves the bar, the result goes to ``on_result``."""
+
+        def progress(step: SampleStep) -> None:
+            self.jobs.show_progress(step.step + 1, step.num_steps)
+            if on_step is not None:
+                on_step(step)
+
+        def event(value) -> None:
+            if isinstance(value, SamplingResult):
+                self.jobs.finish_progress()
+                on_result(value)
+
+        info = self.model_chooser.current_info()
+        if info is not None:
+            request.clip = info.sampling_defaults["clip"]  # the model's own (an import's scheduler chose it)
+        self.model_chooser.clear_error()
+        return self.jobs.run(
+            lambda: run_sampling(request), name=name, status=status, progress_format="%v of %m steps",
+            progress_types=(SampleStep,), image_from=image_from, on_progress=progress, on_event=event,
+            on_image=on_image, on_error=on_error, on_done=on_done,
+        )
