@@ -11,14 +11,10 @@ import torch
 
 from ddpm_studio.core.data.batches import BatchSource
 from ddpm_studio.core.data.folders import to_model_range
-from ddpm_studio.core.training.loop import (
-    DistributedContext,
-    TrainingConfig,
-    TrainingState,
-    ema_decay_at,
-    learning_rate_at,
-    model_input,
-)
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.distributed import DistributedContext
+from ddpm_studio.core.training.loop import model_input
+from ddpm_studio.core.training.state import TrainingState, ema_decay_at, learning_rate_at
 
 
 def test_the_learning_rate_warms_up_linearly_then_stays():
@@ -62,7 +58,10 @@ def asymmetric_images(count: int = 8, size: int = 8) -> torch.Tensor:
     return images
 
 
-def draw(config: TrainingConfig, images: torch.Tensor, seed: int, context=DistributedContext()) -> torch.Tensor:
+SINGLE_PROCESS = DistributedContext()
+
+
+def draw(config: TrainingConfig, images: torch.Tensor, seed: int, context=SINGLE_PROCESS) -> torch.Tensor:
     """This rank's model input at the first step of a run seeded with ``seed``, as the trainer makes it."""
     source = BatchSource(images, seed=seed, batch_size=config.batch_size, rank=context.rank,
                          world_size=context.world_size, device=torch.device("cpu"), first_step=1, last_step=1)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ddpm_studio.core.atomic import TEMPORARY_NAME, atomic_write, write_bytes_atomic
@@ -34,6 +34,8 @@ from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.model import check as model_check
 from ddpm_studio.core.model.check import ModelError, WeightsHeader
 from ddpm_studio.core.model.unet import UNet, UNetConfig
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.paths import BUNDLED_MODELS_DIR
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "model.json"
@@ -66,7 +68,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_bytes_atomic(Path(path), (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
-def save_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_safetensors_atomic(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     atomic_write(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
@@ -108,7 +112,8 @@ class ModelInfo:
         """The variance and clipping the model samples with unless asked otherwise (an import records its own)."""
         recorded = self.extra.get("sampling") if isinstance(self.extra.get("sampling"), dict) else {}
         own = "learned" if self.unet.learned_variance else "fixed_large"  # a model that learned it samples with it
-        usable = recorded.get("variance") in VARIANCES and (recorded["variance"] != "learned" or self.unet.learned_variance)
+        usable = recorded.get("variance") in VARIANCES and (
+            recorded["variance"] != "learned" or self.unet.learned_variance)
         variance = recorded["variance"] if usable else own
         clip = recorded.get("clip") if isinstance(recorded.get("clip"), bool) else True
         return {"variance": variance, "clip": clip}
@@ -151,7 +156,8 @@ def read_model_info(path: Path | str) -> ModelInfo:
         raise ModelError(f"{config_path} is missing, so {folder} is not a DDPM Studio model folder.")
     try:
         if config_path.stat().st_size > model_check.MAX_DESCRIPTION_BYTES:
-            raise ModelError(f"{config_path} is {config_path.stat().st_size:,} bytes, too large for a model description.")
+            raise ModelError(f"{config_path} is {config_path.stat().st_size:,} bytes, "
+                             "too large for a model description.")
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer of 5000 digits
         if isinstance(error, ModelError):
@@ -162,7 +168,8 @@ def read_model_info(path: Path | str) -> ModelInfo:
         raise ModelError(f"{config_path} is not a DDPM Studio model description.")
     version = data.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelError(f"{config_path} has format version {version}, newer than this DDPM Studio reads ({FORMAT_VERSION}).")
+        raise ModelError(f"{config_path} has format version {version}, "
+                         f"newer than this DDPM Studio reads ({FORMAT_VERSION}).")
     try:
         unet = UNetConfig.from_dict(data["unet"])
         model_check.check_unet_config(unet)
@@ -187,11 +194,10 @@ def read_model_info(path: Path | str) -> ModelInfo:
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise SettingError(f"dataset.paths must be a list of folder names, not {str(paths)[:40]}")
         if info.training:  # what resuming and the Train page read back
-            from ddpm_studio.core.training.loop import TrainingConfig  # here, not above: training imports this module
-
             TrainingConfig.from_dict(info.training).validate()
     except (KeyError, TypeError, ValueError, OverflowError) as error:
-        raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build ({str(error).rstrip('.')}).") from None
+        raise ModelError(f"{config_path} describes a model this DDPM Studio cannot build "
+                         f"({str(error).rstrip('.')}).") from None
     info.weights = model_check.read_safetensors_header(folder / EMA_FILE)
     model_check.check_weight_dtypes(info.weights)
     return info
@@ -208,8 +214,6 @@ def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
@@ -263,7 +267,9 @@ def append_evaluation(folder: Path, record: dict) -> None:
 def evaluations(info: ModelInfo) -> list[dict]:
     """The evaluation records of a model, oldest first (malformed entries left out)."""
     records = info.extra.get(EVALUATIONS_KEY) or []
-    return [r for r in records if isinstance(r, dict) and "metric" in r and "value" in r] if isinstance(records, list) else []
+    if not isinstance(records, list):
+        return []
+    return [r for r in records if isinstance(r, dict) and "metric" in r and "value" in r]
 
 
 def describe_evaluation(record: dict) -> str:
@@ -352,7 +358,8 @@ def load_loss_history(path: Path | str) -> np.ndarray:
     except ModelError:
         raise
     except (OSError, ValueError, EOFError) as error:
-        raise ModelError(f"{loss_path} is damaged ({str(error).splitlines()[0][:80] if str(error) else type(error).__name__}).") from None
+        reason = str(error).splitlines()[0][:80] if str(error) else type(error).__name__
+        raise ModelError(f"{loss_path} is damaged ({reason}).") from None
     if not isinstance(losses, np.ndarray):  # a zip file (an .npz archive, a torch.save file) opens as an NpzFile
         losses.close()
         raise ModelError(f"{loss_path} is not a loss history.")
@@ -404,8 +411,6 @@ def default_user_models_dir() -> Path:
 
 def bundled_models_dir() -> Path:
     """The repository's ``models/`` folder, where the demo model ships."""
-    from ddpm_studio.paths import BUNDLED_MODELS_DIR
-
     return BUNDLED_MODELS_DIR
 
 
@@ -420,7 +425,8 @@ def read_entry(path: Path) -> ModelEntry:
     except ModelError as error:
         return ModelEntry(Path(path), None, str(error))
     preview = info.path / PREVIEW_FILE
-    return ModelEntry(info.path, info, preview_problem=model_check.preview_problem(preview) if preview.exists() else None)
+    problem = model_check.preview_problem(preview) if preview.exists() else None
+    return ModelEntry(info.path, info, preview_problem=problem)
 
 
 def list_models(folders: list[Path] | None = None) -> list[ModelEntry]:

@@ -19,9 +19,13 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_studio.core.model.unet import UNet, UNetConfig
 from ddpm_studio.core.system.devices import available_memory_bytes
+from ddpm_studio.core.training.plain_step import plain_training_step
 
 # float32 weights, their gradients, Adam's first and second moments, and the EMA weights.
 BYTES_PER_PARAMETER = 4 * 5
@@ -79,8 +83,6 @@ def _measure(config: UNetConfig, bf16: bool) -> tuple[int, int, int]:
     applies to them, so under bf16 what stays float32 (the GroupNorms, the softmax) counts at four
     bytes, and autocast's bf16 copies of the weights count once per pass, not per image.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     with FakeTensorMode():
         model = UNet(config)
         parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -134,11 +136,8 @@ def measure_training_peak(config: UNetConfig, batch_size: int, bf16: bool = Fals
     return int(result.stdout.split()[-1])
 
 
-def _training_peak_here(config: UNetConfig, batch_size: int, bf16: bool, device: torch.device, steps: int) -> int | None:
-    from ddpm_studio.core.diffusion.process import GaussianDiffusion
-    from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig
-    from ddpm_studio.core.training.plain_step import plain_training_step
-
+def _training_peak_here(config: UNetConfig, batch_size: int, bf16: bool, device: torch.device,
+                        steps: int) -> int | None:
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(ScheduleConfig("linear", 1000)).to(device))
     x0 = torch.rand(batch_size, config.image_channels, config.image_size, config.image_size, device=device) * 2 - 1
 
@@ -238,4 +237,5 @@ def format_bytes(count: int) -> str:
 if __name__ == "__main__":  # the CPU peak probe that measure_training_peak starts in a fresh process
     request = json.loads(sys.argv[1])
     probe_config = UNetConfig.from_dict(request["config"])
-    print(_training_peak_here(probe_config, request["batch_size"], request["bf16"], torch.device("cpu"), request["steps"]))
+    print(_training_peak_here(probe_config, request["batch_size"], request["bf16"], torch.device("cpu"),
+                              request["steps"]))

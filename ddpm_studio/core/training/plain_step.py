@@ -1,7 +1,7 @@
 """One plain training step, the one that benchmarks, the self-check and the memory probe time or measure.
 
 L_simple on a batch under optional bf16 autocast, then Adam (or any optimizer), with the trainer's gradient
-clipping when asked. The trainer's own loop (``training.py``) adds accumulation, EMA, DDP and its checks.
+clipping when asked. The trainer's own loop (``loop.py``) adds accumulation, EMA, DDP and its checks.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,15 +20,11 @@ from ddpm_studio.core.data.cache import CachedImages, CachedScanResult
 from ddpm_studio.core.data.folders import ScanResult
 from ddpm_studio.core.errors import SettingError, UserError
 from ddpm_studio.core.model import store as model_store
-from ddpm_studio.core.training.loop import TrainingConfig, train, train_from_folder
+from ddpm_studio.core.training.config import RESUMABLE_IN_WORDS, RESUMABLE_SETTINGS, TrainingConfig
+from ddpm_studio.core.training.loop import TrainingOptions, train, train_from_folder
 
-# What a resumed run may change: how long it goes on and how it reports. Everything else (the
-# architecture, the schedule, the batch size, the EMA decay, the seed...) is the model's own, so
-# that a resumed run continues the same optimisation instead of quietly starting a different one.
-RESUMABLE_SETTINGS = ("steps", "learning_rate", "precision", "checkpoint_every", "preview_every", "preview_count",
-                      "log_every", "eval_every", "eval_num", "accumulate", "micro_batch", "checkpoint_activations")
-RESUMABLE_IN_WORDS = ("the steps, the learning rate, the precision, how often it saves, previews, logs and "
-                      "measures KID, and how it saves memory (micro-batches, activation checkpointing)")
+# What a resumed run may change (RESUMABLE_SETTINGS, and RESUMABLE_IN_WORDS, the sentence that names them) is
+# declared with each setting in config.py: how long it goes on, how it reports and how it saves memory.
 _NAME_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -92,17 +88,15 @@ class RunPlan:
     data_paths: list[Path] = field(default_factory=list)  # otherwise: scanned first, at the run's resolution
     use_cache: bool = True  # a scan goes through the decoded-dataset cache
 
-    def events(self, command: str | None = None, device: str | None = None, cpu_threads: int | None = None,
-               stop_requested: Callable[[], bool] | None = None, inception_weights: Path | None = None,
-               feature_extractor: str | None = None) -> Iterator:
+    def events(self, options: TrainingOptions | None = None, **chosen) -> Iterator:
         """The run: ``ScanProgress`` and a ``ScanResult`` first if the folders are scanned, then training events
-        (with ``config.eval_every``, the features of the dataset for KID before the first step)."""
-        options = dict(resume=self.resume, command=command, device=device, cpu_threads=cpu_threads,
-                       stop_requested=stop_requested, inception_weights=inception_weights,
-                       feature_extractor=feature_extractor)
+        (with ``config.eval_every``, the features of the dataset for KID before the first step). ``options``, or
+        its fields as keywords (``device=``, ``stop_requested=``...), say how it is driven; the plan says whether
+        it resumes."""
+        options = replace(options or TrainingOptions(), **chosen, resume=self.resume)
         if self.images is not None:
-            return train(self.config, self.images, self.out_dir, self.dataset_summary, **options)
-        return train_from_folder(self.data_paths, self.config, self.out_dir, use_cache=self.use_cache, **options)
+            return train(self.config, self.images, self.out_dir, self.dataset_summary, options)
+        return train_from_folder(self.data_paths, self.config, self.out_dir, options, use_cache=self.use_cache)
 
     def describe(self) -> str:
         if self.resume:
@@ -148,8 +142,8 @@ def resumed_config(info: model_store.ModelInfo, changes: dict) -> TrainingConfig
         stored = getattr(config, name)
         same = math.isclose(value, stored, rel_tol=1e-9) if isinstance(stored, float) else value == stored
         if name not in RESUMABLE_SETTINGS and not same:
-            raise SettingError(f"The {setting_label(name)} cannot change when resuming {info.name} (it is {stored}, not "
-                               f"{value}); only {RESUMABLE_IN_WORDS} can.")
+            raise SettingError(f"The {setting_label(name)} cannot change when resuming {info.name} (it is {stored}, "
+                               f"not {value}); only {RESUMABLE_IN_WORDS} can.")
         setattr(config, name, type(stored)(value) if stored is not None and not isinstance(value, str) else value)
     config.validate()
     if config.steps <= info.step:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ddpm_studio.core.errors import UserError
 from ddpm_studio.core.sampling.imaging import make_grid
-from ddpm_studio.core.training.loop import (
+from ddpm_studio.core.training.events import (
     EvaluationEvent,
     FailedEvent,
     FinishedEvent,

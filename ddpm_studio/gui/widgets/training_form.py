@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from ddpm_studio.core.diffusion.schedule import SCHEDULE_KINDS
 from ddpm_studio.core.model.unet import PRESETS
 from ddpm_studio.core.system.devices import PRECISIONS
-from ddpm_studio.core.training.loop import TrainingConfig
+from ddpm_studio.core.training.config import FORM_CONTROLS, TrainingConfig
 from ddpm_studio.gui.pages.dataset import CHANNEL_CHOICES, RESOLUTIONS
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE
 from ddpm_studio.gui.widgets.log_spin_box import LogStepSpinBox
@@ -32,13 +32,18 @@ from ddpm_studio.gui.widgets.log_spin_box import LogStepSpinBox
 DEFAULT_PRESET = "small"
 # A first run on a CPU: long enough to learn the demo shapes, with previews and checkpoints along the way.
 FIRST_RUN = {"steps": 5000, "preview_every": 250, "checkpoint_every": 500}
-REMEMBERED_SETTINGS = ("batch_size", "learning_rate", "steps", "ema_decay", "precision", "schedule", "num_timesteps",
-                       "preview_every", "preview_count", "checkpoint_every", "eval_every", "variance")
 VARIANCE_CHOICES = (("Fixed (L_simple)", "fixed"), ("Learned (L_hybrid, Nichol & Dhariwal)", "learned"))
+# The TrainingConfig fields the form shows, each in the control its declaration names (config.py); the rest
+# come from the preset.
+FORM_FIELDS = tuple(FORM_CONTROLS)
 # How a step saves memory: shown (and kept by a resumed run), not remembered between sessions.
 MEMORY_SAVING_SETTINGS = ("accumulate", "micro_batch", "checkpoint_activations")
-# The TrainingConfig fields the form shows (the rest come from the preset).
-FORM_FIELDS = ("preset", "image_size", "image_channels", *REMEMBERED_SETTINGS, *MEMORY_SAVING_SETTINGS)
+# Remembered between sessions; the preset apart, the resolution and channels are the dataset's.
+REMEMBERED_SETTINGS = tuple(name for name in FORM_FIELDS
+                            if name not in ("preset", "image_size", "image_channels", *MEMORY_SAVING_SETTINGS))
+# Shown by code of their own: the preset (and its description), an unusual resolution, and the micro-batches (a
+# number of them, or the check box "as large as fits").
+SHOWN_APART = ("preset", "image_size", "accumulate", "micro_batch")
 
 
 def select_data(combo: QComboBox, value) -> None:
@@ -48,6 +53,25 @@ def select_data(combo: QComboBox, value) -> None:
         index = combo.findText(str(value))
     if index >= 0:
         combo.setCurrentIndex(index)
+
+
+def control_value(widget: QWidget):
+    """The value a control shows: a combo box's item data (or else text), a check box's state, a spin box's value."""
+    if isinstance(widget, QComboBox):
+        data = widget.currentData()
+        return widget.currentText() if data is None else data
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    return widget.value()
+
+
+def show_value(widget: QWidget, value) -> None:
+    if isinstance(widget, QComboBox):
+        select_data(widget, value)
+    elif isinstance(widget, QCheckBox):
+        widget.setChecked(value)
+    else:
+        widget.setValue(value)
 
 
 def spin_box(minimum: int, maximum: int, single_step: int = 1, tooltip: str = "") -> QSpinBox:
@@ -70,7 +94,8 @@ class TrainingForm(QWidget):
         self.preset_combo = QComboBox()
         for name, preset in PRESETS.items():
             self.preset_combo.addItem(name, name)
-            self.preset_combo.setItemData(self.preset_combo.count() - 1, preset.description, Qt.ItemDataRole.ToolTipRole)
+            self.preset_combo.setItemData(self.preset_combo.count() - 1, preset.description,
+                                          Qt.ItemDataRole.ToolTipRole)
         self.preset_description = QLabel()
         self.preset_description.setWordWrap(True)
         self.preset_description.setStyleSheet(MUTED_TEXT_STYLE)
@@ -113,9 +138,10 @@ class TrainingForm(QWidget):
         self.variance_combo = QComboBox()
         for label, name in VARIANCE_CHOICES:
             self.variance_combo.addItem(label, name)
-        self.variance_combo.setToolTip("Fixed: the paper's L_simple, σ_t² chosen when sampling. Learned: the network also "
-                                       "outputs σ_t² between β̃_t and β_t, trained with L_simple + 0.001 L_vlb; it samples "
-                                       "well in fewer respaced DDPM steps and gives a tighter likelihood bound.")
+        self.variance_combo.setToolTip("Fixed: the paper's L_simple, σ_t² chosen when sampling. Learned: the network "
+                                       "also outputs σ_t² between β̃_t and β_t, trained with L_simple + 0.001 L_vlb; "
+                                       "it samples well in fewer respaced DDPM steps and gives a tighter likelihood "
+                                       "bound.")
         self.preview_every_spin = spin_box(1, 10_000_000, 100)
         self.preview_count_spin = spin_box(0, 64, tooltip="Images in each preview grid, sampled at a fixed seed "
                                            "(0: no previews).")
@@ -143,7 +169,8 @@ class TrainingForm(QWidget):
         for label, widget in (("Precision", self.precision_combo), ("Noise schedule", self.schedule_combo),
                               ("Timesteps T", self.timesteps_spin), ("Variance σ_t²", self.variance_combo),
                               ("Preview every", self.preview_every_spin),
-                              ("Preview images", self.preview_count_spin), ("Checkpoint every", self.checkpoint_every_spin),
+                              ("Preview images", self.preview_count_spin),
+                              ("Checkpoint every", self.checkpoint_every_spin),
                               ("KID every", self.eval_every_spin), ("Micro-batches", micro_batches),
                               ("Activations", self.checkpoint_check)):
             self.advanced_rows.addRow(label, widget)
@@ -168,10 +195,7 @@ class TrainingForm(QWidget):
 
     def value_widgets(self) -> list[QWidget]:
         """Every widget that shows a setting."""
-        return [self.preset_combo, self.resolution_combo, self.channels_combo, self.precision_combo,
-                self.schedule_combo, self.variance_combo, self.batch_spin, self.learning_rate_spin, self.steps_spin,
-                self.ema_spin, self.timesteps_spin, self.preview_every_spin, self.preview_count_spin,
-                self.checkpoint_every_spin, self.eval_every_spin, self.accumulate_spin, self.auto_micro_batch_check, self.checkpoint_check]
+        return [getattr(self, control) for control in FORM_CONTROLS.values()]
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced_box.setVisible(shown)
@@ -183,26 +207,10 @@ class TrainingForm(QWidget):
 
     def config(self) -> TrainingConfig:
         """The training settings as shown."""
-        return TrainingConfig.for_preset(
-            self.preset(),
-            image_size=int(self.resolution_combo.currentData()),
-            image_channels=int(self.channels_combo.currentData()),
-            batch_size=self.batch_spin.value(),
-            learning_rate=self.learning_rate_spin.value(),
-            steps=self.steps_spin.value(),
-            ema_decay=self.ema_spin.value(),
-            precision=self.precision_combo.currentText(),
-            schedule=self.schedule_combo.currentText(),
-            num_timesteps=self.timesteps_spin.value(),
-            preview_every=self.preview_every_spin.value(),
-            preview_count=self.preview_count_spin.value(),
-            checkpoint_every=self.checkpoint_every_spin.value(),
-            eval_every=self.eval_every_spin.value(),
-            accumulate=1 if self.auto_micro_batch_check.isChecked() else self.accumulate_spin.value(),
-            micro_batch="auto" if self.auto_micro_batch_check.isChecked() else None,
-            checkpoint_activations=self.checkpoint_check.isChecked(),
-            variance=str(self.variance_combo.currentData()),
-        )
+        shown = {name: control_value(getattr(self, control)) for name, control in FORM_CONTROLS.items()}
+        auto = shown["micro_batch"]  # the check box: micro-batches as large as fit
+        shown.update(accumulate=1 if auto else shown["accumulate"], micro_batch="auto" if auto else None)
+        return TrainingConfig.for_preset(shown.pop("preset"), **shown)
 
     def use_micro_batches(self, count: int) -> None:
         """Reach the batch size in ``count`` micro-batches (the answer to a run that would not fit)."""
@@ -222,26 +230,16 @@ class TrainingForm(QWidget):
         select_data(self.preset_combo, config.preset)
         self.preset_description.setText(PRESETS[self.preset()].description)
         self.select_size(config.image_size)
-        select_data(self.channels_combo, config.image_channels)
-        select_data(self.precision_combo, config.precision)
-        select_data(self.schedule_combo, config.schedule)
-        select_data(self.variance_combo, config.variance)
-        self.batch_spin.setValue(config.batch_size)
-        self.learning_rate_spin.setValue(config.learning_rate)
-        self.steps_spin.setValue(config.steps)
-        self.ema_spin.setValue(config.ema_decay)
-        self.timesteps_spin.setValue(config.num_timesteps)
-        self.preview_every_spin.setValue(config.preview_every)
-        self.preview_count_spin.setValue(config.preview_count)
-        self.checkpoint_every_spin.setValue(config.checkpoint_every)
-        self.eval_every_spin.setValue(config.eval_every)
+        for name, control in FORM_CONTROLS.items():
+            if name not in SHOWN_APART:
+                show_value(getattr(self, control), getattr(config, name))
         # A run split by --micro-batch M shows as its number of micro-batches at its batch size.
         auto = config.micro_batch == "auto"
-        split = config.accumulate if config.micro_batch in (None, "auto") else math.ceil(config.batch_size / config.micro_batch)
+        split = (config.accumulate if config.micro_batch in (None, "auto")
+                 else math.ceil(config.batch_size / config.micro_batch))
         self.accumulate_spin.setValue(1 if auto else split)
         self.accumulate_spin.setEnabled(not auto)
         self.auto_micro_batch_check.setChecked(auto)
-        self.checkpoint_check.setChecked(config.checkpoint_activations)
         for widget in widgets:
             widget.blockSignals(False)
         self.changed.emit()
@@ -249,7 +247,8 @@ class TrainingForm(QWidget):
     def select_size(self, size: int) -> None:
         """Show ``size`` as the resolution, adding it to the list if a model or dataset uses an unusual one."""
         if self.resolution_combo.findData(size) < 0:
-            sizes = sorted({int(self.resolution_combo.itemData(i)) for i in range(self.resolution_combo.count())} | {size})
+            shown = {int(self.resolution_combo.itemData(i)) for i in range(self.resolution_combo.count())}
+            sizes = sorted(shown | {size})
             self.resolution_combo.insertItem(sizes.index(size), f"{size} × {size} px", size)
         select_data(self.resolution_combo, size)
 
@@ -261,7 +260,8 @@ class TrainingForm(QWidget):
         suggested = TrainingConfig.for_preset(self.preset())
         self.preset_description.setText(PRESETS[self.preset()].description)
         self.preset_combo.setToolTip(PRESETS[self.preset()].description)
-        for widget, value in ((self.batch_spin, suggested.batch_size), (self.learning_rate_spin, suggested.learning_rate)):
+        for widget, value in ((self.batch_spin, suggested.batch_size),
+                              (self.learning_rate_spin, suggested.learning_rate)):
             widget.blockSignals(True)
             widget.setValue(value)
             widget.blockSignals(False)
