@@ -13,3 +13,19 @@ class UserError(Exception):
 
 class SettingError(UserError, ValueError):
     """An impossible setting (a value out of range, an unknown choice). Also a ``ValueError``, as before."""
+
+
+def check_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise SettingError unless ``value`` is one of ``choices``: the one sentence for every named choice.
+
+    ``setting`` names it as a user would ("sampler", "variance", "precision").
+    """
+    if value not in choices:
+        raise SettingError(f"Unknown {setting} '{value}'; choose one of {', '.join(choices)}.")
+
+
+def describe_os_error(error: OSError) -> str:
+    """The system's sentence for a failed file operation, with the file it concerns when it names one."""
+    if error.filename:
+        return f"{error.strerror or error}: {error.filename}"
+    return str(error)

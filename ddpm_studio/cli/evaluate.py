@@ -1,0 +1,89 @@
+"""``ddpm-studio evaluate``: the likelihood bound (--nll, likelihood.py) and sample quality (--fid, --kid, --is)
+of a model, with progress bars; the results are recorded in its model.json unless --no-record."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from ddpm_studio.cli import likelihood
+from ddpm_studio.cli.common import StopRequest, check_device, resolve_model_path
+from ddpm_studio.cli.reporting import EXIT_INTERRUPTED, fail, warn
+from ddpm_studio.core.evaluation.quality import EvaluationProgress, EvaluationRequest, EvaluationResult, run_evaluation
+from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.system.devices import choose_device
+
+
+def run(args) -> int:
+    metrics = [name for name, on in (("nll", args.nll), ("fid", args.fid), ("kid", args.kid),
+                                     ("is", args.inception_score)) if on]
+    if not metrics:
+        fail("Choose what to measure: --nll, --fid, --kid or --is.")
+    check_device(args.device)
+    model_path = resolve_model_path(args.model)
+    quality = tuple(name for name in metrics if name != "nll")
+    request = None
+    if quality:
+        request = EvaluationRequest(
+            model_path=model_path, data_paths=[args.data] if args.data else [], against=args.against, metrics=quality,
+            num_samples=args.num, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+            variance=args.variance,
+            clip=not args.no_clip, seed=args.seed, batch_size=args.batch_size or 100, device=args.device,
+            feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
+            record=not args.no_record,
+        )
+        request.validate()
+    if "nll" in metrics and args.data is None:
+        fail("--nll needs a folder of held-out images as DATA.")
+    if "nll" in metrics and not args.data.is_dir():
+        fail(f"No folder of images at {args.data}.")
+    if request:
+        for note in request.warnings():
+            warn(note)
+    model = model_store.load_model(model_path, choose_device(args.device))
+    if "nll" in metrics:
+        likelihood.report_bound(args, model_path, model)
+    if request:
+        return report_sample_quality(request, model)
+    return 0
+
+
+def report_sample_quality(request: EvaluationRequest, model) -> int:
+    """FID, KID and IS with progress bars; Ctrl-C stops between two sampling steps and records nothing."""
+    events = run_evaluation(request, model)
+    bar = None
+    stop = StopRequest()
+    stop.install()
+    try:
+        for event in events:
+            if stop.requested:
+                raise KeyboardInterrupt
+            if isinstance(event, EvaluationProgress):
+                if bar is None or bar.desc != event.phase.capitalize():
+                    if bar is not None:
+                        bar.close()
+                    unit = "file" if event.phase == "reading dataset" else "img"
+                    bar = tqdm(total=event.total, desc=event.phase.capitalize(), unit=unit, dynamic_ncols=True)
+                bar.update(event.done - bar.n)
+                if event.detail:
+                    bar.set_postfix_str(event.detail, refresh=False)
+            elif isinstance(event, EvaluationResult):
+                if bar is not None:
+                    bar.close()
+                if event.reference_from_cache:
+                    print(f"Dataset features from the cache: {event.reference}")
+                for record in event.records:
+                    print(model_store.describe_evaluation(record))
+                if request.record:
+                    print(f"Recorded in {event.model_path / model_store.CONFIG_FILE}")
+    except KeyboardInterrupt:
+        events.close()
+        if bar is not None:
+            bar.close()
+        print("Stopped; nothing was recorded.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        stop.uninstall()
+        events.close()
+    return 0
