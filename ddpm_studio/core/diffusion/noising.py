@@ -44,6 +44,8 @@ class ForwardProcessView:
     """One image (uint8, (C, H, W)) under a schedule's forward process, with noise fixed by ``seed``."""
 
     def __init__(self, image: np.ndarray | torch.Tensor, schedule: NoiseSchedule, seed: int = 0):
+        if isinstance(image, np.ndarray) and not image.flags.writeable:
+            image = image.copy()  # a decoded grey picture is read-only, and torch warns about sharing it
         image = torch.as_tensor(np.asarray(image))
         if image.dtype != torch.uint8 or image.ndim != 3:
             raise TypeError(f"expected one uint8 image (C, H, W), got {image.dtype} {tuple(image.shape)}")

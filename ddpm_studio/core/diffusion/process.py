@@ -1,4 +1,4 @@
-"""The forward process, the training loss and the reverse process (ancestral and DDIM sampling).
+"""The forward process, the training loss with the bound's term it needs, and the reverse process (the samplers).
 
 Names follow Ho et al. (2020). Timestep tensors ``t`` hold array indices 0..T-1 for the
 paper's t = 1..T (see ``schedule.py``). The model predicts eps; a model that learned its
@@ -11,19 +11,19 @@ process over those steps alone, with beta'_i = 1 - alpha_bar_{t_i} / alpha_bar_{
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ddpm_studio.core.diffusion.losses import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule
-from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.errors import SettingError, check_choice
 
 VARIANCES = ("fixed_large", "fixed_small", "learned")
 FIXED_VARIANCES = ("fixed_large", "fixed_small")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 # The weight of L_vlb in L_hybrid = L_simple + lambda * L_vlb (Nichol and Dhariwal 2021, section 3.1).
 HYBRID_VLB_WEIGHT = 0.001
 
@@ -78,10 +78,12 @@ class GaussianDiffusion:
         self.timestep_map = None if timestep_map is None else torch.tensor(timestep_map, dtype=torch.long)
 
     def model_output(self, model: EpsModel, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The model at (x_t, t), with t translated to the original process's index when respaced; float32."""
+        """The model at (x_t, t), with t translated to the original process's index when respaced; float32
+        (float64 stays float64, for checks against a reference in full precision)."""
         if self.timestep_map is not None:
             t = self.timestep_map.to(t.device)[t]
-        return model(x_t, t).float()
+        output = model(x_t, t)
+        return output if output.dtype == torch.float64 else output.float()
 
     def original_index(self, index: int) -> int:
         return index if self.timestep_map is None else int(self.timestep_map[index])
@@ -129,7 +131,8 @@ class GaussianDiffusion:
         """Mean mu~, variance beta~_t and clipped log variance of q(x_{t-1} | x_t, x_0)."""
         s = self.schedule
         mean = extract(s.posterior_mean_coef1, t, x_t.shape) * x0 + extract(s.posterior_mean_coef2, t, x_t.shape) * x_t
-        return mean, extract(s.posterior_variance, t, x_t.shape), extract(s.posterior_log_variance_clipped, t, x_t.shape)
+        return (mean, extract(s.posterior_variance, t, x_t.shape),
+                extract(s.posterior_log_variance_clipped, t, x_t.shape))
 
     # --- the model's view --------------------------------------------------------------
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -177,8 +180,7 @@ class GaussianDiffusion:
         max_log = extract(s.log_betas, t, shape)
         if variance == "fixed_large":
             return torch.where(t.reshape(min_log.shape) == 0, min_log, max_log)
-        if variance != "learned":
-            raise SettingError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
+        check_choice("variance", variance, VARIANCES)
         if v is None:
             raise SettingError("This model did not learn its variance; choose fixed_large or fixed_small.")
         fraction = (v + 1) / 2  # v in [-1, 1] spans [beta~_t, beta_t]; the network is not forced into it
@@ -242,12 +244,31 @@ class GaussianDiffusion:
         loss_simple = torch.nn.functional.mse_loss(eps_hat, noise.float())
         if v is None:
             return loss_simple
-        from ddpm_studio.core.diffusion.variational_bound import vb_term  # the bound builds on this module
-
         frozen = torch.cat([eps_hat.detach(), v], dim=1)
-        terms = vb_term(self, frozen, x0.float(), x_t.float(), t, "learned", clip=False)
-        bits_per_dim = terms / (math.log(2.0) * x0[0].numel())
-        return loss_simple + HYBRID_VLB_WEIGHT * self.num_timesteps * bits_per_dim.mean()
+        terms = self.vb_term(frozen, x0.float(), x_t.float(), t, "learned", clip=False)
+        return loss_simple + HYBRID_VLB_WEIGHT * self.num_timesteps * bits_per_dim(terms, x0[0].numel()).mean()
+
+    def vb_term(
+        self,
+        output: torch.Tensor,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        variance: str,
+        clip: bool = False,
+    ) -> torch.Tensor:
+        """The variational bound's term at index t per image, in nats, from the model's ``output`` at (x_t, t).
+
+        L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) where t > 1 (index > 0), and the
+        discretized decoder's L_0 = -log p_theta(x_0 | x_1) where t = 1 (index 0). ``variance`` names
+        sigma_t^2: "fixed_large", "fixed_small" or "learned". The whole bound is ``variational_bound.py``'s.
+        """
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
+        mean, log_var, _ = self.p_mean_log_variance(output, x_t, t, variance, clip)
+        log_var = log_var.expand_as(x0)
+        kl = normal_kl(true_mean, true_log_var.expand_as(x0), mean, log_var).flatten(1).sum(1)
+        decoder_nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var).flatten(1).sum(1)
+        return torch.where(t == 0, decoder_nll, kl)
 
     # --- sampling ----------------------------------------------------------------------
     def ddpm_sample_progressive(
@@ -269,8 +290,7 @@ class GaussianDiffusion:
         that many evenly spaced timesteps (``respaced``); every step reproduces the default.
         Settings are checked here, before the first step.
         """
-        if variance not in VARIANCES:
-            raise SettingError(f"Unknown variance '{variance}'; choose one of {', '.join(VARIANCES)}.")
+        check_choice("variance", variance, VARIANCES)
         start_t = self._check_start(start_t)
         if num_steps is None:
             return self._ddpm_steps(model, shape, generator, variance, clip, x_start, start_t, device)
@@ -323,7 +343,9 @@ class GaussianDiffusion:
         return self._ddim_steps(model, shape, num_steps, eta, generator, clip, x_start, start_t, device)
 
     @torch.inference_mode()
-    def _ddim_steps(self, model, shape, num_steps, eta, generator, clip, x_start, start_t, device) -> Iterator[SampleStep]:
+    def _ddim_steps(
+        self, model, shape, num_steps, eta, generator, clip, x_start, start_t, device
+    ) -> Iterator[SampleStep]:
         timesteps = self.ddim_timesteps(num_steps, start_t)
         # Python floats from the float64 arrays: no device-to-host read per step.
         alphas_cumprod = self.schedule.float64["alphas_cumprod"]
@@ -359,23 +381,6 @@ class GaussianDiffusion:
             return [start_t]
         spaced = torch.linspace(start_t, 0, num_steps, dtype=torch.float64).round().long().tolist()
         return list(dict.fromkeys(spaced))  # drop repeats, keep order
-
-    def sample_progressive(self, model: EpsModel, shape: tuple[int, ...], sampler: str = "ddpm", **options) -> Iterator[SampleStep]:
-        """Dispatch to the DDPM or DDIM sampler by name; options go to that sampler."""
-        if sampler == "ddpm":
-            options.pop("eta", None)
-            return self.ddpm_sample_progressive(model, shape, **options)
-        if sampler == "ddim":
-            options.pop("variance", None)
-            return self.ddim_sample_progressive(model, shape, **options)
-        raise SettingError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
-
-    def sample(self, model: EpsModel, shape: tuple[int, ...], sampler: str = "ddpm", **options) -> torch.Tensor:
-        """Run a sampler to the end and return only the final images x_0, in [-1, 1]."""
-        final = None
-        for step in self.sample_progressive(model, shape, sampler, **options):
-            final = step.x_prev
-        return final.clamp(-1.0, 1.0)
 
     @staticmethod
     def _initial_noise(shape, generator, device) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.errors import SettingError, check_choice
 
 SCHEDULE_KINDS = ("linear", "cosine")
 
@@ -33,12 +33,24 @@ class ScheduleConfig:
     max_beta: float = 0.999  # cosine only
 
     def validate(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise SettingError(f"Unknown schedule '{self.kind}'; choose one of {', '.join(SCHEDULE_KINDS)}.")
+        check_choice("schedule", self.kind, SCHEDULE_KINDS)
         if self.num_timesteps < 1:
             raise SettingError(f"The number of timesteps must be at least 1, not {self.num_timesteps}.")
         if self.kind == "linear" and not (0 < self.beta_start <= self.beta_end < 1):
             raise SettingError("Linear betas need 0 < beta_start <= beta_end < 1.")
+
+    def betas(self) -> np.ndarray:
+        """beta_1..beta_T in float64, the one place a config becomes betas; SettingError if they cannot be made."""
+        self.validate()
+        if self.kind == "linear":
+            betas = linear_betas(self.num_timesteps, self.beta_start, self.beta_end)
+        else:
+            betas = cosine_betas(self.num_timesteps, self.cosine_s, self.max_beta)
+        # A linear schedule is rescaled by 1000 / T, which can push its betas past 1 at a small T.
+        if not ((betas > 0).all() and (betas < 1).all()):
+            raise SettingError(f"This {self.kind} schedule's betas do not all lie in (0, 1) "
+                               f"at T = {self.num_timesteps}.")
+        return betas
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -129,12 +141,7 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
-        config.validate()
-        if config.kind == "linear":
-            betas = linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
-        else:
-            betas = cosine_betas(config.num_timesteps, config.cosine_s, config.max_beta)
-        return cls(betas, config)
+        return cls(config.betas(), config)
 
     @classmethod
     def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:

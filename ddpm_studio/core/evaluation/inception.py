@@ -25,8 +25,26 @@ LIBRARY_EXTRACTOR_NAME = "inception-v3-compat"
 OFFLINE_VARIABLE = "DDPM_STUDIO_OFFLINE"  # set to 1: never download, say what is missing instead
 
 
+# How the command's user names the weights file; the window names its own field instead (see ``worded``).
+COMMAND_WEIGHTS_WORDS = ("--inception-weights", "pass --inception-weights PATH")
+
+
 class MetricsUnavailable(UserError, ValueError):
-    """The Inception metrics cannot run here; the message says why and what to do, in one sentence."""
+    """The Inception metrics cannot run here; the message says why and what to do, in one sentence.
+
+    ``needs`` is what is missing: "packages" (the eval extra) or "weights" (the FID Inception weights
+    file), so that the window can show the sentence beside the control it concerns. A sentence about
+    the weights names the command's way of choosing the file (``COMMAND_WEIGHTS_WORDS``);
+    ``worded(chosen_by, how_to_choose)`` gives it with another, such as the window's own field.
+    """
+
+    def __init__(self, template: str, needs: str = "packages"):
+        self.template, self.needs = template, needs
+        super().__init__(self.worded(*COMMAND_WEIGHTS_WORDS))
+
+    def worded(self, chosen_by: str, how_to_choose: str) -> str:
+        """The sentence with ``{chosen_by}`` (what named the file) and ``{how_to_choose}`` (a way to name it) filled."""
+        return self.template.replace("{chosen_by}", chosen_by).replace("{how_to_choose}", how_to_choose)
 
 
 _torchvision_placeholders = None  # keeps the placeholder operator schemas alive (see import_torch_fidelity)
@@ -73,7 +91,7 @@ def cached_weights_path() -> Path:
 def missing_weights_message(reason: str) -> str:
     return (f"The FID Inception weights {WEIGHTS_FILE} (SHA-256 starting {WEIGHTS_SHA256_PREFIX}) are not on this "
             f"machine and {reason}: download them elsewhere from {WEIGHTS_URL} and put the file at "
-            f"{cached_weights_path()}, or pass --inception-weights PATH.")
+            f"{cached_weights_path()}, or {{how_to_choose}}.")
 
 
 def offline() -> bool:
@@ -86,22 +104,22 @@ def find_weights(explicit: Path | str | None = None, download: bool = True) -> P
     if explicit is not None:
         explicit = Path(explicit).expanduser()
         if not explicit.is_file():
-            raise MetricsUnavailable(f"--inception-weights {explicit}: no such file; it should be {WEIGHTS_FILE} "
-                                     f"(SHA-256 starting {WEIGHTS_SHA256_PREFIX}), from {WEIGHTS_URL}.")
+            raise MetricsUnavailable(f"{{chosen_by}} {explicit}: no such file; it should be {WEIGHTS_FILE} "
+                                     f"(SHA-256 starting {WEIGHTS_SHA256_PREFIX}), from {WEIGHTS_URL}.", "weights")
         return verified(explicit)
     cached = cached_weights_path()
     if cached.is_file():
         return verified(cached)
     if not download or offline():
         raise MetricsUnavailable(missing_weights_message(f"downloads are off ({OFFLINE_VARIABLE}=1)" if offline()
-                                                          else "downloads are off"))
+                                                          else "downloads are off"), "weights")
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(WEIGHTS_URL, str(cached), hash_prefix=WEIGHTS_SHA256_PREFIX, progress=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a hash mismatch is a RuntimeError
         reason = str(getattr(error, "reason", None) or error).strip().splitlines()
         reason = reason[0] if reason else type(error).__name__
-        raise MetricsUnavailable(missing_weights_message(f"the download failed ({reason})")) from None
+        raise MetricsUnavailable(missing_weights_message(f"the download failed ({reason})"), "weights") from None
     return verified(cached)
 
 
@@ -113,11 +131,12 @@ def verified(path: Path) -> Path:
             digest.update(chunk)
     if not digest.hexdigest().startswith(WEIGHTS_SHA256_PREFIX):
         raise MetricsUnavailable(f"{path} is not {WEIGHTS_FILE}: its SHA-256 starts {digest.hexdigest()[:8]}, "
-                                 f"not {WEIGHTS_SHA256_PREFIX}; fetch it again from {WEIGHTS_URL}.")
+                                 f"not {WEIGHTS_SHA256_PREFIX}; fetch it again from {WEIGHTS_URL}.", "weights")
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means the file is unusable
-        raise MetricsUnavailable(f"{path} cannot be read as plain weights ({type(error).__name__}).") from None
+        raise MetricsUnavailable(f"{path} cannot be read as plain weights ({type(error).__name__}).",
+                                 "weights") from None
     return path
 
 

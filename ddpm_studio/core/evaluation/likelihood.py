@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from ddpm_studio.core.data.folders import scan_images, to_model_range, usable_scan
-from ddpm_studio.core.diffusion.variational_bound import bits_per_dim, prior_kl, vb_term_of_model
+from ddpm_studio.core.diffusion.losses import bits_per_dim
+from ddpm_studio.core.diffusion.variational_bound import prior_kl, vb_term_of_model
 from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.model.store import LoadedModel, load_model
+from ddpm_studio.core.system.devices import choose_device
 
 NLL_METRIC = "nll_bpd"
 
@@ -46,9 +48,6 @@ class LikelihoodRequest:
         if self.timesteps is not None and not 1 <= self.timesteps <= max(num_timesteps - 1, 1):
             raise SettingError(f"Estimate from between 1 and {max(num_timesteps - 1, 1)} timesteps per image "
                              f"(this model has T = {num_timesteps}), not {self.timesteps}; or use all.")
-
-    def describe_timesteps(self) -> str:
-        return "all" if self.timesteps is None else str(self.timesteps)
 
 
 @dataclass
@@ -134,7 +133,8 @@ def evaluate_likelihood(
         raise SettingError("There are no images to evaluate.")
     variance = request.variance or default_variance(model)
     if variance == "learned" and not model.info.unet.learned_variance:
-        raise SettingError(f"{model.info.name} did not learn its variance; evaluate it with fixed_large or fixed_small.")
+        raise SettingError(f"{model.info.name} did not learn its variance; "
+                           "evaluate it with fixed_large or fixed_small.")
     device = next(model.unet.parameters()).device
     dims = int(np.prod(model.image_shape))
     columns_per_image = T if request.timesteps is None or T == 1 else request.timesteps + 1
@@ -194,8 +194,6 @@ def evaluate_likelihood_of_folder(
 ) -> Iterator:
     """Load the model, scan the image folders at its resolution, then evaluate: yields ``ScanProgress``
     events, the ``ScanResult``, then the events of ``evaluate_likelihood``."""
-    from ddpm_studio.core.system.devices import choose_device
-
     model = model or load_model(model_path, choose_device(request.device))
     request.validate(model.diffusion.num_timesteps)
     channels, size, _ = model.image_shape

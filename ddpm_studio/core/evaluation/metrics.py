@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.evaluation.inception import create_inception
 
 INCEPTION = "inception-v3-compat"
 STANDIN = "standin-random-features"
@@ -118,7 +119,9 @@ def kernel_inception_distance(
     return KernelDistance(float(values.mean()), float(values.std()), subsets, size)
 
 
-def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS, seed: int | None = SHUFFLE_SEED) -> tuple[float, float]:
+def inception_score(
+    logits: torch.Tensor, splits: int = IS_SPLITS, seed: int | None = SHUFFLE_SEED
+) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))), per split of the (shuffled) samples; returns the mean and std over splits."""
     logits = logits.double()
     if seed is not None:
@@ -154,8 +157,6 @@ def create_feature_extractor(name: str, device: torch.device, weights: Path | No
 
 
 def _inception(device: torch.device, weights: Path | None) -> torch.nn.Module:
-    from ddpm_studio.core.evaluation.inception import create_inception
-
     return create_inception(device, weights)
 
 

@@ -12,7 +12,6 @@ steps and records nothing.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -32,8 +31,12 @@ from ddpm_studio.core.data.folders import (
     find_image_files,
     scan_images,
 )
+from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_SPACING
+from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_STEPS as DPM_SOLVER_STEPS
 from ddpm_studio.core.diffusion.process import GaussianDiffusion, SampleStep
+from ddpm_studio.core.diffusion.samplers import sample
 from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.evaluation.inception import import_torch_fidelity
 from ddpm_studio.core.evaluation.metrics import (
     INCEPTION,
     METRICS,
@@ -49,6 +52,7 @@ from ddpm_studio.core.model.store import LoadedModel
 from ddpm_studio.core.sampling.imaging import to_uint8
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, run_sampling
 from ddpm_studio.core.system.devices import choose_device
+from ddpm_studio.core.timestamps import now_iso
 
 FID_MINIMUM = 2048  # below the features' 2048 dimensions the sample covariance is singular and FID biased upward
 KID_REFERENCE_MAX = 10_000  # dataset features kept for KID's subsets (all of them enter FID's statistics)
@@ -66,7 +70,8 @@ class EvaluationRequest:
     metrics: tuple[str, ...] = METRICS
     num_samples: int = 10_000
     sampler: str = "ddim"
-    steps: int | None = None  # DDIM: 50 if None; DDPM: every timestep if None, else respaced to this many
+    steps: int | None = None  # DDIM: 50 if None; DPM-Solver++: 20; DDPM: every timestep, else respaced to this many
+    spacing: str = DEFAULT_SPACING  # DPM-Solver++'s timesteps
     eta: float = 0.0
     variance: str | None = None  # DDPM: None is the model's learned variance if it has one, else fixed_large
     clip: bool = True
@@ -81,7 +86,8 @@ class EvaluationRequest:
     def validate(self) -> None:
         unknown = [metric for metric in self.metrics if metric not in METRICS]
         if not self.metrics or unknown:
-            raise SettingError(f"Choose metrics among {', '.join(METRICS)}" + (f", not {', '.join(unknown)}." if unknown else "."))
+            raise SettingError(f"Choose metrics among {', '.join(METRICS)}"
+                               + (f", not {', '.join(unknown)}." if unknown else "."))
         if self.num_samples < 2:
             raise SettingError(f"Evaluating needs at least 2 samples, not {self.num_samples}.")
         if self.batch_size < 1:
@@ -102,10 +108,14 @@ class EvaluationRequest:
     def needs_reference(self) -> bool:
         return any(metric in self.metrics for metric in ("fid", "kid"))
 
+    def default_steps(self) -> int:
+        return DPM_SOLVER_STEPS if self.sampler == "dpm-solver++" else 50
+
     def sampling_request(self, count: int, batch_index: int = 0) -> SamplingRequest:
         return SamplingRequest(
             model_path=self.model_path, num_images=count, seed=self.seed + batch_index, sampler=self.sampler,
-            steps=50 if self.steps is None else self.steps, eta=self.eta, variance=self.variance or "fixed_large",
+            steps=self.default_steps() if self.steps is None else self.steps, eta=self.eta, spacing=self.spacing,
+            variance=self.variance or "fixed_large",
             ddpm_steps=self.steps if self.sampler == "ddpm" else None, clip=self.clip, device=self.device,
             keep_trajectory_of=[],
         )
@@ -268,9 +278,8 @@ def library_reference(
     name: str, image_size: int, channels: int, extractor_name: str, extractor: torch.nn.Module, device: torch.device,
     batch_size: int = 100, cache_dir: Path | None = None,
 ) -> Iterator[EvaluationProgress | ReferenceFeatures]:
-    """A torch-fidelity registered input (``cifar10-train``), read from its cache under $TORCH_HOME, never downloaded."""
-    from ddpm_studio.core.evaluation.inception import import_torch_fidelity
-
+    """A torch-fidelity registered input (``cifar10-train``), read from its cache under $TORCH_HOME, never
+    downloaded."""
     if (image_size, channels) != (32, 3):
         raise SettingError(f"{name} holds 32x32 colour images; this model makes {image_size}x{image_size}x{channels}.")
     cache_path = reference_cache_path(name, image_size, channels, extractor_name, cache_dir)
@@ -310,7 +319,8 @@ def sample_features(
         result = None
         for event in run_sampling(request.sampling_request(count, batch_index), model):
             if isinstance(event, SampleStep):
-                yield EvaluationProgress("sampling", done, request.num_samples, f"step {event.step + 1}/{event.num_steps}")
+                yield EvaluationProgress("sampling", done, request.num_samples,
+                                         f"step {event.step + 1}/{event.num_steps}")
             elif isinstance(event, SamplingResult):
                 result = event
         (pool, logit), = extract_features(extractor, [result.images], device)
@@ -325,12 +335,11 @@ def sampler_fields(request: EvaluationRequest, model: LoadedModel) -> dict:
     sampling = request.sampling_request(1)
     if request.sampler == "ddim":
         return {"sampler": "ddim", "steps": sampling.steps, "eta": sampling.eta}
+    if request.sampler == "dpm-solver++":
+        return {"sampler": "dpm-solver++", "steps": min(sampling.steps, model.diffusion.num_timesteps),
+                "spacing": sampling.spacing}
     steps = min(sampling.ddpm_steps or model.diffusion.num_timesteps, model.diffusion.num_timesteps)
     return {"sampler": "ddpm", "steps": steps, "variance": sampling.variance}
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def compute_records(metrics: tuple[str, ...], pool: torch.Tensor, logits: torch.Tensor,
@@ -350,7 +359,9 @@ def compute_records(metrics: tuple[str, ...], pool: torch.Tensor, logits: torch.
     return records
 
 
-def run_evaluation(request: EvaluationRequest, model: LoadedModel | None = None) -> Iterator[EvaluationProgress | EvaluationResult]:
+def run_evaluation(
+    request: EvaluationRequest, model: LoadedModel | None = None
+) -> Iterator[EvaluationProgress | EvaluationResult]:
     """Measure the request's metrics; yields progress, then the result (already appended to ``model.json``)."""
     request.validate()
     device = choose_device(request.device)
@@ -412,15 +423,16 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
 def kid_of_network(
     network: torch.nn.Module, diffusion: GaussianDiffusion, shape: tuple[int, int, int], reference: ReferenceFeatures,
     extractor: torch.nn.Module, device: torch.device, num_samples: int, batch_size: int, steps: int = 50,
-    seed: int = 0, use_bf16: bool = False,
+    seed: int = 0, use_bf16: bool = False, sampler: str = "ddim",
 ) -> tuple[float, float]:
-    """KID of ``num_samples`` DDIM samples of ``network`` (the EMA weights in training) against ``reference``."""
+    """KID of ``num_samples`` samples of ``network`` (the EMA weights in training) against ``reference``, drawn with
+    ``sampler`` ("ddim" or "dpm-solver++") in ``steps`` steps."""
     pools = []
     generator = torch.Generator(device=device).manual_seed(seed)
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            images = diffusion.sample(network, (count, *shape), "ddim", num_steps=min(steps, diffusion.num_timesteps),
+            images = sample(diffusion, network, (count, *shape), sampler, num_steps=min(steps, diffusion.num_timesteps),
                                       generator=generator, device=device)
         (pool, _), = extract_features(extractor, [to_uint8(images)], device)
         pools.append(pool)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm_studio.core.model.unet import UNet, UNetConfig
 
@@ -42,8 +43,6 @@ class SamplingCost:
 @functools.lru_cache(maxsize=16)
 def flops_per_call(config: UNetConfig) -> float:
     """Floating-point operations of one U-Net call on one image, counted without computing anything."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         model = UNet(config)
         x = torch.zeros(1, config.image_channels, config.image_size, config.image_size)

@@ -28,7 +28,9 @@ def to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return array[:, :, 0] if array.shape[2] == 1 else array
 
 
-def make_grid(images: torch.Tensor | np.ndarray, columns: int | None = None, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+def make_grid(
+    images: torch.Tensor | np.ndarray, columns: int | None = None, padding: int = 2, pad_value: int = 255
+) -> np.ndarray:
     """Tile uint8 images (N, C, H, W) into one (H', W', C) array, or (H', W') for one channel."""
     images = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     count, channels, height, width = images.shape
@@ -62,7 +64,9 @@ def png_bytes(image: Image.Image, metadata: dict[str, str] | None = None) -> byt
     return buffer.getvalue()
 
 
-def save_png(path: Path | str, image: Image.Image | np.ndarray | torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
+def save_png(
+    path: Path | str, image: Image.Image | np.ndarray | torch.Tensor, metadata: dict[str, str] | None = None
+) -> Path:
     """Save a PNG atomically, with text metadata."""
     if not isinstance(image, Image.Image):
         image = to_pil(image)

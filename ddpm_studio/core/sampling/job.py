@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ddpm_studio.core.data.folders import from_model_range
+from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_SPACING, SPACINGS
 from ddpm_studio.core.diffusion.process import SAMPLERS, VARIANCES, SampleStep
-from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.diffusion.samplers import sample_progressive
+from ddpm_studio.core.errors import SettingError, check_choice
 from ddpm_studio.core.model.store import LoadedModel, load_model
 from ddpm_studio.core.sampling.imaging import make_grid, make_strip, save_animation, save_png, to_hwc, to_uint8
 from ddpm_studio.core.system.devices import PRECISIONS, choose_device, use_bf16
@@ -35,8 +38,9 @@ class SamplingRequest:
     num_images: int = 16
     seed: int = 0
     sampler: str = "ddpm"
-    steps: int = 50  # DDIM only
+    steps: int = 50  # DDIM and DPM-Solver++ (model calls)
     eta: float = 0.0  # DDIM only
+    spacing: str = DEFAULT_SPACING  # DPM-Solver++ only: "logsnr" (uniform in log-SNR) or diffusers' "linspace"
     variance: str = "fixed_large"  # DDPM only; "learned" for a model that learned it
     ddpm_steps: int | None = None  # DDPM only: None, every step; K, the process respaced to K steps
     clip: bool = True
@@ -50,22 +54,24 @@ class SamplingRequest:
     def validate(self) -> None:
         if self.num_images < 1 or self.num_images > 4096:
             raise SettingError(f"The number of images must be between 1 and 4096, not {self.num_images}.")
-        if self.sampler not in SAMPLERS:
-            raise SettingError(f"Unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}.")
-        if self.variance not in VARIANCES:
-            raise SettingError(f"Unknown variance '{self.variance}'; choose one of {', '.join(VARIANCES)}.")
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("variance", self.variance, VARIANCES)
         if self.sampler == "ddim" and self.steps < 1:
             raise SettingError(f"DDIM needs at least 1 step, not {self.steps}.")
+        if self.sampler == "dpm-solver++" and self.steps < 1:
+            raise SettingError(f"DPM-Solver++ needs at least 1 step, not {self.steps}.")
+        check_choice("DPM-Solver++ spacing", self.spacing, SPACINGS)
         if self.sampler == "ddpm" and self.ddpm_steps is not None and self.ddpm_steps < 1:
             raise SettingError(f"DDPM needs at least 1 step, not {self.ddpm_steps}.")
         if not 0.0 <= self.eta <= 1.0:
             raise SettingError(f"DDIM's eta must lie in [0, 1], not {self.eta}.")
-        if self.precision not in PRECISIONS:
-            raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
+        check_choice("precision", self.precision, PRECISIONS)
 
     def describe(self) -> str:
         if self.sampler == "ddim":
             return f"DDIM {self.steps} steps, eta {self.eta:g}"
+        if self.sampler == "dpm-solver++":
+            return f"DPM-Solver++ {self.steps} steps" + (", linspace spacing" if self.spacing == "linspace" else "")
         steps = "every step" if self.ddpm_steps is None else f"{self.ddpm_steps} respaced steps"
         return f"DDPM {steps}, {self.variance.replace('_', ' ')} variance"
 
@@ -96,7 +102,9 @@ class SamplingResult:
     request: SamplingRequest
 
 
-def frames_to_keep(num_steps: int, bytes_per_frame: int, budget_bytes: int, detail_steps: int = DETAIL_STEPS) -> set[int]:
+def frames_to_keep(
+    num_steps: int, bytes_per_frame: int, budget_bytes: int, detail_steps: int = DETAIL_STEPS
+) -> set[int]:
     """Which step numbers (0..num_steps-1) to record: the last ``detail_steps`` always, the rest at a stride."""
     affordable = max(budget_bytes // max(bytes_per_frame, 1), detail_steps + 2)
     if num_steps <= affordable:
@@ -149,8 +157,11 @@ def sampling_metadata(model: LoadedModel, request: SamplingRequest) -> dict[str,
     }
     if request.sampler == "ddim":
         metadata.update(steps=str(request.steps), eta=f"{request.eta:g}")
+    elif request.sampler == "dpm-solver++":
+        metadata.update(steps=str(request.steps), spacing=request.spacing)
     else:
-        metadata.update(steps=str(min(request.ddpm_steps or math.inf, model.diffusion.num_timesteps)), variance=request.variance)
+        metadata.update(steps=str(min(request.ddpm_steps or math.inf, model.diffusion.num_timesteps)),
+                        variance=request.variance)
     if request.start_t is not None:
         metadata["start_t"] = str(request.start_t + 1)
     return metadata
@@ -170,18 +181,23 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
     diffusion = model.diffusion
     shape = (request.num_images, *model.image_shape)
     generator = torch.Generator(device=device).manual_seed(request.seed)
-    options = dict(generator=generator, clip=request.clip, device=device, x_start=request.x_start, start_t=request.start_t)
+    options = dict(generator=generator, clip=request.clip, device=device, x_start=request.x_start,
+                   start_t=request.start_t)
     if request.sampler == "ddim":
         first_t = diffusion.num_timesteps - 1 if request.start_t is None else request.start_t
         options.update(num_steps=min(request.steps, first_t + 1), eta=request.eta)
+    elif request.sampler == "dpm-solver++":
+        first_t = diffusion.num_timesteps - 1 if request.start_t is None else request.start_t
+        options.update(num_steps=min(request.steps, first_t + 1), spacing=request.spacing)
     else:
         options.update(variance=request.variance)
         if request.ddpm_steps is not None:
             first_t = diffusion.num_timesteps - 1 if request.start_t is None else request.start_t
             options.update(num_steps=min(request.ddpm_steps, first_t + 1))
-    steps = diffusion.sample_progressive(model.unet, shape, request.sampler, **options)
+    steps = sample_progressive(diffusion, model.unet, shape, request.sampler, **options)
 
-    recorded = list(range(request.num_images)) if request.keep_trajectory_of is None else list(request.keep_trajectory_of)
+    recorded = (list(range(request.num_images)) if request.keep_trajectory_of is None
+                else list(request.keep_trajectory_of))
     bytes_per_frame = 2 * len(recorded) * int(np.prod(model.image_shape))
     trajectory = Trajectory([], recorded)
     frames = FrameCopier(trajectory, recorded, device, bytes_per_frame)
@@ -260,8 +276,6 @@ def export_trajectory(result: SamplingResult, image: int, path: Path | str, kind
         bottom = [trajectory.frame(k, image)[1] for k in picks]
         strip = np.concatenate([make_strip(top), make_strip(bottom)], axis=0)
         timesteps = ",".join(str(trajectory.timesteps[k]) for k in picks)
-        from PIL import Image
-
         image_out = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
         return save_png(path.with_suffix(".png"), image_out, {**result.metadata, "timesteps": timesteps,
                                                              "rows": "x_t, x0_hat"})

@@ -3,22 +3,39 @@ against L_simple, and the throughput of the NLL bound's terms."""
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ddpm_studio.core.data.demo import make_demo_images
+from ddpm_studio.core.data.folders import to_model_range
 from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.diffusion.samplers import sample
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 from ddpm_studio.core.diffusion.variational_bound import vb_term_of_model
-from ddpm_studio.core.model.unet import UNet, count_parameters
-from ddpm_studio.core.system.devices import choose_device, describe_device, use_bf16, use_channels_last
-from ddpm_studio.core.training.loop import TrainingConfig
+from ddpm_studio.core.evaluation.inception import MetricsUnavailable, find_weights
+from ddpm_studio.core.evaluation.metrics import (
+    INCEPTION,
+    KID_SUBSETS,
+    create_feature_extractor,
+    extract_features,
+    kernel_inception_distance,
+)
+from ddpm_studio.core.evaluation.quality import KID_REFERENCE_MAX
+from ddpm_studio.core.model.store import load_model
+from ddpm_studio.core.model.unet import UNet, UNetConfig, count_parameters
+from ddpm_studio.core.sampling.job import SamplingRequest, sample_images
+from ddpm_studio.core.system.devices import choose_device, describe_device, has_native_bf16, use_bf16, use_channels_last
+from ddpm_studio.core.training.config import TrainingConfig
 from ddpm_studio.core.training.plain_step import plain_training_step
+from ddpm_studio.paths import BUNDLED_MODELS_DIR
 
 
 @dataclass
@@ -40,8 +57,53 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class BenchRun:
+    """What the measurements of one ``run_benchmark`` share: the preset's network, its optimiser and one batch."""
+
+    config: TrainingConfig
+    device: torch.device
+    bf16: bool
+    unet_config: UNetConfig
+    model: UNet
+    channels_last: bool
+    network: torch.nn.Module
+    diffusion: GaussianDiffusion
+    optimizer: torch.optim.Optimizer
+    shape: tuple[int, int, int, int]
+    x0: torch.Tensor
+
+
 def run_benchmark(settings: BenchSettings) -> Iterator[str]:
     """Yield report lines as measurements complete."""
+    run = prepare_benchmark(settings)
+    unet_config, bf16, channels_last = run.unet_config, run.bf16, run.channels_last
+    yield f"device        {describe_device(run.device)}"
+    yield (f"torch         {torch.__version__} (Python {platform.python_version()}, "
+           f"{torch.get_num_threads()} CPU threads)")
+    yield f"dtype         {'bfloat16 autocast' if bf16 else 'float32'}{', channels_last' if channels_last else ''}"
+    yield (f"model         {settings.preset}: {count_parameters(run.model):,} parameters at "
+           f"{unet_config.image_size}x{unet_config.image_size}x{unet_config.image_channels}, "
+           f"batch {settings.batch_size}")
+
+    learned, learned_network, seconds = time_training(settings, run)
+    elapsed = seconds["simple"]
+    steps_per_second = settings.train_steps / elapsed
+    yield (f"training      {steps_per_second * settings.batch_size:,.1f} images/s "
+           f"({steps_per_second:.2f} steps/s, {settings.train_steps} steps in {elapsed:.2f} s)")
+
+    solver_images_per_second = yield from time_sampling(settings, run)
+
+    yield (f"L_hybrid      {seconds['hybrid'] / seconds['simple']:.2f} x the step time of L_simple "
+           f"({settings.train_steps / seconds['hybrid']:.2f} steps/s with the learned variance, steps interleaved)")
+
+    yield from time_nll_terms(settings, run, learned, learned_network)
+    if settings.eval_num:
+        yield from kid_cost(settings, run.device, solver_images_per_second, steps_per_second, unet_config.image_size)
+
+
+def prepare_benchmark(settings: BenchSettings) -> BenchRun:
+    """The preset's network on the chosen device, its optimiser and one random batch."""
     config = TrainingConfig.for_preset(settings.preset, image_size=settings.image_size, batch_size=settings.batch_size,
                                        precision=settings.precision)
     config.validate()
@@ -61,23 +123,25 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    return BenchRun(config, device, bf16, unet_config, model, channels_last, network, diffusion, optimizer, shape, x0)
 
-    yield f"device        {describe_device(device)}"
-    yield f"torch         {torch.__version__} (Python {platform.python_version()}, {torch.get_num_threads()} CPU threads)"
-    yield f"dtype         {'bfloat16 autocast' if bf16 else 'float32'}{', channels_last' if channels_last else ''}"
-    yield (f"model         {settings.preset}: {count_parameters(model):,} parameters at "
-           f"{unet_config.image_size}x{unet_config.image_size}x{unet_config.image_channels}, batch {settings.batch_size}")
+
+def time_training(settings: BenchSettings, run: BenchRun) -> tuple[UNet, torch.nn.Module, dict[str, float]]:
+    """Time L_simple's training steps and L_hybrid's, interleaved; returns the learned-variance network (and its
+    compiled form) and each loss's total seconds."""
+    device, diffusion, x0, bf16 = run.device, run.diffusion, run.x0, run.bf16
 
     def make_train_step(network, model, optimizer):
         return lambda: plain_training_step(network, optimizer, diffusion, x0, bf16, clip=model.parameters())
 
     # The same preset with a learned variance (2C outputs) trains with L_hybrid. Its steps alternate with
     # L_simple's, so that a busy machine slows both alike and their ratio stays meaningful.
+    unet_config = run.unet_config
     learned = UNet(type(unet_config)(**{**unet_config.to_dict(), "learned_variance": True})).to(device)
     if device.type == "cuda":
         learned = learned.to(memory_format=torch.channels_last)
     learned_network = torch.compile(learned) if settings.compile else learned
-    steps = {"simple": make_train_step(network, model, optimizer),
+    steps = {"simple": make_train_step(run.network, run.model, run.optimizer),
              "hybrid": make_train_step(learned_network, learned, torch.optim.Adam(learned.parameters(), lr=1e-4))}
     seconds = {name: 0.0 for name in steps}
     for _ in range(3):
@@ -90,12 +154,14 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
             step()
             synchronize(device)
             seconds[name] += time.perf_counter() - start
-    elapsed = seconds["simple"]
-    steps_per_second = settings.train_steps / elapsed
-    yield (f"training      {steps_per_second * settings.batch_size:,.1f} images/s "
-           f"({steps_per_second:.2f} steps/s, {settings.train_steps} steps in {elapsed:.2f} s)")
+    return learned, learned_network, seconds
 
-    model.eval()
+
+def time_sampling(settings: BenchSettings, run: BenchRun) -> Generator[str, None, float]:
+    """Time the model's forward pass and a whole DPM-Solver++ grid; yields the sampling line (and the peak memory)
+    and returns DPM-Solver++'s images per second."""
+    device, diffusion, network, x0, bf16 = run.device, run.diffusion, run.network, run.x0, run.bf16
+    run.model.eval()
     t = torch.full((settings.batch_size,), diffusion.num_timesteps // 2, device=device, dtype=torch.long)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for _ in range(2):
@@ -108,15 +174,28 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
     elapsed = time.perf_counter() - start
     calls_per_second = settings.sample_steps / elapsed
     images_per_call = calls_per_second * settings.batch_size
-    yield (f"sampling      {images_per_call:,.1f} image-steps/s: {images_per_call / 50:,.2f} images/s with DDIM 50, "
-           f"{images_per_call / diffusion.num_timesteps:,.3f} images/s with DDPM {diffusion.num_timesteps}")
+    # A whole 20-call DPM-Solver++ grid, timed with its own arithmetic (it adds no model call to the 20).
+    solver_steps = min(20, diffusion.num_timesteps)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        synchronize(device)
+        start = time.perf_counter()
+        sample(diffusion, network, run.shape, "dpm-solver++", num_steps=solver_steps, generator=generator,
+               device=device)
+        synchronize(device)
+    solver_images_per_second = settings.batch_size / (time.perf_counter() - start)
+    yield (f"sampling      {images_per_call:,.1f} image-steps/s: {solver_images_per_second:,.2f} images/s with "
+           f"DPM-Solver++ {solver_steps} (a timed grid), {images_per_call / 50:,.2f} with DDIM 50, "
+           f"{images_per_call / diffusion.num_timesteps:,.3f} with DDPM {diffusion.num_timesteps}")
     if device.type == "cuda":
         yield f"peak memory   {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    return solver_images_per_second
 
-    yield (f"L_hybrid      {seconds['hybrid'] / seconds['simple']:.2f} x the step time of L_simple "
-           f"({settings.train_steps / seconds['hybrid']:.2f} steps/s with the learned variance, steps interleaved)")
 
-    # NLL evaluation: one term of the bound (a model call, the KL or the decoder) per image and timestep.
+def time_nll_terms(settings: BenchSettings, run: BenchRun, learned: UNet,
+                   learned_network: torch.nn.Module) -> Iterator[str]:
+    """NLL evaluation: one term of the bound (a model call, the KL or the decoder) per image and timestep."""
+    device, diffusion, x0 = run.device, run.diffusion, run.x0
     learned.eval()
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.inference_mode():
@@ -136,28 +215,17 @@ def run_benchmark(settings: BenchSettings) -> Iterator[str]:
     per_second = settings.sample_steps * settings.batch_size / nll_elapsed
     yield (f"NLL terms     {per_second:,.1f} image-timesteps/s: {per_second / diffusion.num_timesteps:,.3f} images/s "
            f"with all {diffusion.num_timesteps} terms (float32)")
-    if settings.eval_num:
-        yield from kid_cost(settings, device, images_per_call / 50, steps_per_second, unet_config.image_size)
 
 
-def kid_cost(settings: BenchSettings, device: torch.device, ddim50_images_per_second: float, steps_per_second: float,
+def kid_cost(settings: BenchSettings, device: torch.device, solver_images_per_second: float, steps_per_second: float,
              image_size: int) -> Iterator[str]:
     """What one ``train --eval-every`` measurement costs: sampling (from the measured speed), Inception features
     (timed on one batch, when the weights are here) and KID's 100 subsets (a few timed, the rest extrapolated)."""
-    from ddpm_studio.core.evaluation.inception import MetricsUnavailable, find_weights
-    from ddpm_studio.core.evaluation.metrics import (
-        INCEPTION,
-        KID_SUBSETS,
-        create_feature_extractor,
-        extract_features,
-        kernel_inception_distance,
-    )
-    from ddpm_studio.core.evaluation.quality import KID_REFERENCE_MAX
-
     n = settings.eval_num
-    sampling = n / ddim50_images_per_second
+    sampling = n / solver_images_per_second
     try:
-        extractor = create_feature_extractor(INCEPTION, device, find_weights(settings.inception_weights, download=False))
+        extractor = create_feature_extractor(INCEPTION, device,
+                                             find_weights(settings.inception_weights, download=False))
         batch = torch.randint(0, 256, (min(n, 50), 3, image_size, image_size), dtype=torch.uint8)
         list(extract_features(extractor, [batch[:2]], device))  # warm-up
         synchronize(device)
@@ -178,7 +246,8 @@ def kid_cost(settings: BenchSettings, device: torch.device, ddim50_images_per_se
     kid = (time.perf_counter() - start) * KID_SUBSETS / timed_subsets
     total = sampling + features + kid
     in_steps = total * steps_per_second
-    yield (f"KID in train  one --eval-num {n} measurement: sampling {sampling:.1f} s (DDIM 50) + {features_text} + "
+    yield (f"KID in train  one --eval-num {n} measurement: sampling {sampling:.1f} s (DPM-Solver++ 20) + "
+           f"{features_text} + "
            f"KID {kid:.1f} s = {total:.1f} s, the time of {in_steps:,.0f} training steps; --eval-every "
            f"{math.ceil(10 * in_steps):,} or more keeps it under 10% of training time")
 
@@ -190,17 +259,6 @@ def compare_bf16(settings: BenchSettings, model_path=None) -> Iterator[str]:
     """bf16 autocast against float32 on this device: the speed-up of training and of the model's
     forward pass, training loss curves from the same start on the same batches and noise, and
     samples of a trained model from the same seed (a statistic of the images, not only a timing)."""
-    import copy
-
-    import numpy as np
-
-    from ddpm_studio.core.data.demo import make_demo_images
-    from ddpm_studio.core.data.folders import to_model_range
-    from ddpm_studio.core.model.store import load_model
-    from ddpm_studio.core.sampling.job import SamplingRequest, sample_images
-    from ddpm_studio.core.system.devices import has_native_bf16
-    from ddpm_studio.paths import BUNDLED_MODELS_DIR
-
     config = TrainingConfig.for_preset(settings.preset, image_size=settings.image_size, batch_size=settings.batch_size)
     device = choose_device(settings.device)
     unet_config = config.unet_config()

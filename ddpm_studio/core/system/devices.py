@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_studio.core.errors import SettingError
+from ddpm_studio.core.errors import SettingError, check_choice
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Caps the memory a run may count on, for example "8G" on a shared machine (and a small one in tests).
@@ -122,8 +122,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     "auto" picks bf16 where the device has it natively and it pays: GPUs from Ampere on, and
     CPUs where ``cpu_prefers_bf16`` says so.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{precision}'.")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "bf16":
         return True
     if precision != "auto":

@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from ddpm_studio.core.diffusion.process import GaussianDiffusion
+from ddpm_studio.core.diffusion.samplers import sample_progressive
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_studio.core.model.unet import UNet, UNetConfig, preset_config
 from ddpm_studio.core.system.devices import (
@@ -99,8 +102,6 @@ def sizes_for(settings: DoctorSettings, device: torch.device) -> Sizes:
 
 
 def environment() -> dict:
-    import torch.distributed as dist
-
     capabilities = cpu_capabilities()
     info = {
         "python": platform.python_version(),
@@ -142,7 +143,8 @@ def describe_environment(info: dict) -> Iterator[str]:
     yield (f"CPU    {cpu['name']}, {cpu['threads']} threads, {cpu['capability']}, "
            f"{(cpu['memory_bytes'] or 0) / 2**30:.1f} GiB; bf16 {'native' if cpu['native_bf16'] else 'emulated'}")
     for gpu in info["gpus"]:
-        yield (f"GPU {gpu['index']}  {gpu['name']}, {gpu['memory_bytes'] / 2**30:.1f} GiB, compute {gpu['compute_capability']}, "
+        yield (f"GPU {gpu['index']}  {gpu['name']}, {gpu['memory_bytes'] / 2**30:.1f} GiB, "
+               f"compute {gpu['compute_capability']}, "
                f"bf16 {'native' if gpu['native_bf16'] else 'emulated'}")
     if not info["gpus"]:
         yield "GPU    none found by PyTorch"
@@ -257,8 +259,6 @@ def check_two_processes(backend: str, quick: bool) -> Check:
             return Check(name, SKIPPED, f"needs 2 or more GPUs; PyTorch finds {count}")
     if quick:
         return Check(name, SKIPPED, "not run with --quick")
-    import torch.multiprocessing as mp
-
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -284,8 +284,6 @@ def check_two_processes(backend: str, quick: bool) -> Check:
 
 def _ddp_worker(rank: int, world_size: int, port: int, backend: str, results) -> None:
     """One rank of a 3-step DDP run on different data per rank: the weights must end identical."""
-    import torch.distributed as dist
-
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
@@ -359,8 +357,8 @@ def sampling_image_steps_per_second(config: UNetConfig, device: torch.device, ba
     def run() -> None:
         generator = torch.Generator(device=device).manual_seed(0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and mode == "autocast"):
-            for index, step in enumerate(diffusion.sample_progressive(network, shape, sampler, generator=generator,
-                                                                      device=device, **options)):
+            for index, _step in enumerate(sample_progressive(diffusion, network, shape, sampler, generator=generator,
+                                                                       device=device, **options)):
                 if index + 1 >= steps:
                     break
 
@@ -382,6 +380,21 @@ def run_doctor(settings: DoctorSettings, report: DoctorReport) -> Iterator[str]:
         torch.backends.cudnn.benchmark = True  # as training does
     native_bf16 = cpu_has_native_bf16() if device.type == "cpu" else cuda_has_native_bf16(device)
 
+    yield from run_checks(settings, report, device, sizes)
+    precisions = [False, True] if native_bf16 and not settings.quick else [False]
+    yield from measure_throughput(report, device, sizes, precisions)
+    yield from measure_gpu_options(report, device, sizes, native_bf16)
+    yield from measure_memory(settings, report, device, sizes, precisions)
+    report.seconds = time.monotonic() - started
+    failed = [check.name for check in report.checks if check.status == FAILED]
+    yield ""
+    yield (f"Done in {report.seconds:.0f} s: {sum(c.status == PASSED for c in report.checks)} checks passed, "
+           f"{len(failed)} failed{' (' + ', '.join(failed) + ')' if failed else ''}, "
+           f"{sum(c.status == SKIPPED for c in report.checks)} skipped.")
+
+
+def run_checks(settings: DoctorSettings, report: DoctorReport, device: torch.device, sizes: Sizes) -> Iterator[str]:
+    """The correctness checks, each added to ``report`` and yielded as a line."""
     yield ""
     yield f"Checks on {describe_device(device)}"
     check_config = preset_config(sizes.check_preset, sizes.check_size)
@@ -397,57 +410,73 @@ def run_doctor(settings: DoctorSettings, report: DoctorReport) -> Iterator[str]:
         report.checks.append(check)
         yield f"  {check.status:8s} {check.name}: {check.detail}"
 
+
+def measure(report: DoctorReport, name: str, unit: str, function: Callable[[], float | None],
+            detail: str = "") -> Iterator[str]:
+    """Run one measurement, add it to ``report`` and yield its line; a failure is a result, not the end of the run."""
+    try:
+        value = function()
+    except Exception as error:  # noqa: BLE001 (a failed option is a result, not the end of the run)
+        first_line = str(error).splitlines()[0][:200] if str(error) else ""
+        value, detail = None, f"failed: {type(error).__name__}: {first_line}"
+    report.measurements.append(Measurement(name, value, unit, detail))
+    shown = f"{value:,.1f} {unit}" if value is not None else "-"
+    yield f"  {name:48s} {shown}{'  ' + detail if detail else ''}"
+
+
+def measure_throughput(report: DoctorReport, device: torch.device, sizes: Sizes,
+                       precisions: list[bool]) -> Iterator[str]:
+    """Training and sampling speed of the presets, in each precision."""
     yield ""
     yield f"Throughput on {describe_device(device)}"
-
-    def measure(name: str, unit: str, function: Callable[[], float], detail: str = "") -> Iterator[str]:
-        try:
-            value = function()
-        except Exception as error:  # noqa: BLE001 (a failed option is a result, not the end of the run)
-            value, detail = None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-        report.measurements.append(Measurement(name, value, unit, detail))
-        shown = f"{value:,.1f} {unit}" if value is not None else "-"
-        yield f"  {name:48s} {shown}{'  ' + detail if detail else ''}"
-
-    precisions = [False, True] if native_bf16 and not settings.quick else [False]
     for preset in sizes.presets:
         config = preset_config(preset, sizes.image_size)
         for bf16 in precisions:
             label = f"train {preset} batch {sizes.batch_size} {'bf16' if bf16 else 'fp32'}"
-            yield from measure(label, "images/s", lambda: training_images_per_second(config, device, sizes.batch_size,
-                                                                                      bf16, sizes))
+            yield from measure(report, label, "images/s", lambda config=config, bf16=bf16: training_images_per_second(
+                config, device, sizes.batch_size, bf16, sizes))
     sample_config = preset_config(sizes.presets[-1], sizes.image_size)
     sample_batch = min(sizes.batch_size, 16)
     for sampler in ("ddpm", "ddim"):
         for bf16 in precisions:
             label = f"sample {sampler.upper()} {sizes.presets[-1]} batch {sample_batch} {'bf16' if bf16 else 'fp32'}"
-            yield from measure(label, "image-steps/s", lambda: sampling_image_steps_per_second(
-                sample_config, device, sample_batch, sampler, sizes, bf16=bf16))
+            yield from measure(report, label, "image-steps/s",
+                               lambda sampler=sampler, bf16=bf16: sampling_image_steps_per_second(
+                                   sample_config, device, sample_batch, sampler, sizes, bf16=bf16))
 
+
+def measure_gpu_options(report: DoctorReport, device: torch.device, sizes: Sizes, native_bf16: bool) -> Iterator[str]:
+    """What each GPU speed option gains, by training or sampling without it (skipped without a GPU)."""
     yield ""
     yield "GPU speed options"
     if device.type != "cuda":
         report.measurements.append(Measurement("GPU speed options", None, "", "skipped: no GPU"))
         yield "  skipped: no GPU (fused Adam, cudnn.benchmark, channels_last, bf16 cast, CUDA graphs)"
-    else:
-        config = preset_config(sizes.presets[0], sizes.image_size)
-        bf16 = native_bf16
-        yield from measure("train, Adam foreach (not fused)", "images/s", lambda: training_images_per_second(
-            config, device, sizes.batch_size, bf16, sizes, fused=False))
-        yield from measure("train, NCHW (not channels_last)", "images/s", lambda: training_images_per_second(
-            config, device, sizes.batch_size, bf16, sizes, channels_last=False))
-        torch.backends.cudnn.benchmark = False
-        yield from measure("train, cudnn.benchmark off", "images/s", lambda: training_images_per_second(
-            config, device, sizes.batch_size, bf16, sizes))
-        torch.backends.cudnn.benchmark = True
-        if native_bf16:
-            yield from measure(f"sample DDIM {sizes.presets[-1]}, model cast to bf16", "image-steps/s",
-                               lambda: sampling_image_steps_per_second(sample_config, device, sample_batch, "ddim",
-                                                                       sizes, mode="cast"))
-        yield from measure(f"sample DDIM {sizes.presets[-1]}, CUDA graphs (compile)", "image-steps/s",
+        return
+    config = preset_config(sizes.presets[0], sizes.image_size)
+    sample_config = preset_config(sizes.presets[-1], sizes.image_size)
+    sample_batch = min(sizes.batch_size, 16)
+    bf16 = native_bf16
+    yield from measure(report, "train, Adam foreach (not fused)", "images/s", lambda: training_images_per_second(
+        config, device, sizes.batch_size, bf16, sizes, fused=False))
+    yield from measure(report, "train, NCHW (not channels_last)", "images/s", lambda: training_images_per_second(
+        config, device, sizes.batch_size, bf16, sizes, channels_last=False))
+    torch.backends.cudnn.benchmark = False
+    yield from measure(report, "train, cudnn.benchmark off", "images/s", lambda: training_images_per_second(
+        config, device, sizes.batch_size, bf16, sizes))
+    torch.backends.cudnn.benchmark = True
+    if native_bf16:
+        yield from measure(report, f"sample DDIM {sizes.presets[-1]}, model cast to bf16", "image-steps/s",
                            lambda: sampling_image_steps_per_second(sample_config, device, sample_batch, "ddim",
-                                                                   sizes, mode="graphs"))
+                                                                   sizes, mode="cast"))
+    yield from measure(report, f"sample DDIM {sizes.presets[-1]}, CUDA graphs (compile)", "image-steps/s",
+                       lambda: sampling_image_steps_per_second(sample_config, device, sample_batch, "ddim",
+                                                               sizes, mode="graphs"))
 
+
+def measure_memory(settings: DoctorSettings, report: DoctorReport, device: torch.device, sizes: Sizes,
+                   precisions: list[bool]) -> Iterator[str]:
+    """The measured peak of training memory against the estimate, in each precision (skipped with --quick)."""
     yield ""
     yield "Memory"
     memory_config = preset_config(sizes.presets[0], sizes.image_size)
@@ -459,11 +488,6 @@ def run_doctor(settings: DoctorSettings, report: DoctorReport) -> Iterator[str]:
             continue
         measured = measure_training_peak(memory_config, sizes.batch_size, bf16, device)
         ratio = f"estimate {estimate / 2**20:,.0f} MiB, {estimate / measured:.2f} x the peak" if measured else ""
-        yield from measure(f"peak training {sizes.presets[0]} batch {sizes.batch_size} {'bf16' if bf16 else 'fp32'}",
-                           "MiB", lambda: measured / 2**20 if measured else None, ratio)
-    report.seconds = time.monotonic() - started
-    failed = [check.name for check in report.checks if check.status == FAILED]
-    yield ""
-    yield (f"Done in {report.seconds:.0f} s: {sum(c.status == PASSED for c in report.checks)} checks passed, "
-           f"{len(failed)} failed{' (' + ', '.join(failed) + ')' if failed else ''}, "
-           f"{sum(c.status == SKIPPED for c in report.checks)} skipped.")
+        yield from measure(report, f"peak training {sizes.presets[0]} batch {sizes.batch_size} "
+                                   f"{'bf16' if bf16 else 'fp32'}",
+                           "MiB", lambda measured=measured: measured / 2**20 if measured else None, ratio)

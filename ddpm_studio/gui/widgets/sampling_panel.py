@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_STEPS as DPM_SOLVER_STEPS
 from ddpm_studio.core.diffusion.process import SampleStep
 from ddpm_studio.core.sampling.cost import SamplingCost, cpu_sampling_cost
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, run_sampling
@@ -33,21 +34,35 @@ from ddpm_studio.core.system.devices import choose_device
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.jobs.controller import JobController
 from ddpm_studio.gui.jobs.workers import JobRunner
-from ddpm_studio.gui.style import ACTION_BUTTON_HEIGHT, SETTINGS_PANEL_WIDTH, WARNING_TEXT_STYLE, make_bold
+from ddpm_studio.gui.style import (
+    ACTION_BUTTON_HEIGHT,
+    MUTED_TEXT_STYLE,
+    SETTINGS_PANEL_WIDTH,
+    WARNING_TEXT_STYLE,
+    make_bold,
+)
 from ddpm_studio.gui.widgets.model_chooser import ModelChooser
+from ddpm_studio.gui.widgets.stacked_box import BoxItem, add_items
 
-SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"))
+SAMPLERS = (("DDPM: every step", "ddpm"), ("DDIM: fewer steps", "ddim"), ("DPM-Solver++: 10-25 steps", "dpm-solver++"))
+SAMPLER_NOTES = {
+    "ddpm": "The paper's ancestral sampler: one model call per timestep, fresh noise at each.",
+    "ddim": "The same model in fewer, evenly spaced steps; deterministic at η = 0.",
+    "dpm-solver++": "An ODE solver for the same model: 10-25 calls give what DDIM needs 50-100 for.",
+}
+STEPS_OF_SAMPLERS = {"ddim": 50, "dpm-solver++": DPM_SOLVER_STEPS}  # the samplers the steps apply to, and defaults
 VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
 LEARNED_VARIANCE = ("Learned (the model's σ_t²)", "learned")  # offered only for a model that learned it
 MAX_SEED = 2**31 - 1
 COSTED_SIZE = 128  # models at least this large get a time forecast on the CPU (a 256 px call takes seconds there)
 
 
-def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -> QVBoxLayout:
+def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout, *items: BoxItem) -> QVBoxLayout:
     """Lay ``page`` out as a fixed-width column of settings beside ``right``; returns the column's layout.
 
-    The column scrolls when the window is too short for it: squeezed instead, its word-wrapped
-    explanations lost their first and last lines.
+    ``items`` fill the column from the top, then a stretch unless one of them takes the room left
+    (given as (item, stretch)). The column scrolls when the window is too short for it: squeezed
+    instead, its word-wrapped explanations lost their first and last lines.
     """
     column = QWidget()
     column.setFixedWidth(SETTINGS_PANEL_WIDTH)
@@ -66,6 +81,9 @@ def settings_column(page: QWidget, right: QWidget | QHBoxLayout | QVBoxLayout) -
         layout.addWidget(right, 1)
     else:
         layout.addLayout(right, 1)
+    add_items(column_layout, items)
+    if items and not any(isinstance(item, tuple) for item in items):
+        column_layout.addStretch(1)
     return column_layout
 
 
@@ -81,10 +99,18 @@ class SamplingControls:
         self.sampler_box = QComboBox()
         for label, name in SAMPLERS:
             self.sampler_box.addItem(label, name)
+        self.sampler_note = QLabel(SAMPLER_NOTES[self.sampler()])  # one line on the chosen sampler
+        self.sampler_note.setWordWrap(True)
+        self.sampler_note.setStyleSheet(MUTED_TEXT_STYLE)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1000)
         self.steps_spin.setValue(50)
         self.steps_spin.setToolTip(steps_tooltip)
+        self._ddim_steps_tooltip = steps_tooltip
+        # The spin shows the chosen sampler's own count: DDIM's and DPM-Solver++'s are kept apart.
+        self._steps_of = dict(STEPS_OF_SAMPLERS)
+        self._stepped_sampler: str | None = None  # whose count the spin shows
+        self.sampler_box.currentIndexChanged.connect(self._sampler_changed)
         self.eta_spin = QDoubleSpinBox()
         self.eta_spin.setRange(0.0, 1.0)
         self.eta_spin.setSingleStep(0.1)
@@ -112,13 +138,15 @@ class SamplingControls:
         self.cost_label.hide()
         self.estimates = JobController(jobs.page, "sampling estimate", with_controls=False)
         self._costed: set = set()  # architectures whose forecast is cheap now (counted and measured once)
+        self._page_spins: dict[str, QSpinBox] = {}  # the page's own numbers kept with these settings (see keep)
         self.model_chooser.picker.modelChanged.connect(self._model_changed)
 
     # --- layout ------------------------------------------------------------------------------------
     def sampler_form(self) -> QFormLayout:
         form = QFormLayout()
         form.addRow("Sampler", self.sampler_box)
-        form.addRow("DDIM steps", self.steps_spin)
+        form.addRow(self.sampler_note)
+        form.addRow("Steps", self.steps_spin)
         form.addRow("DDIM η", self.eta_spin)
         if self.variance_box is not None:
             form.addRow("DDPM steps", self.ddpm_steps_spin)
@@ -162,6 +190,13 @@ class SamplingControls:
             if every_step:
                 self.ddpm_steps_spin.setValue(num_timesteps)
 
+    def fit_to_model(self) -> None:
+        """Fit the steps and the variances offered to the chosen model (none chosen: leave them)."""
+        info = self.model_chooser.current_info()
+        if info is not None:
+            self.set_max_steps(info.schedule.num_timesteps)
+            self.offer_learned_variance(info.unet.learned_variance)
+
     def offer_learned_variance(self, learned: bool) -> None:
         """Offer "learned" only for a model that learned its variance (its sampling defaults then choose it)."""
         if self.variance_box is None:
@@ -175,12 +210,12 @@ class SamplingControls:
     def update_enabled(self, can_run: bool) -> None:
         """Enable the widgets for the job's state; ``can_run``: whether the page has what a run needs."""
         running = self.jobs.is_running()
-        is_ddim = self.sampler() == "ddim"
-        self.steps_spin.setEnabled(is_ddim and not running)
-        self.eta_spin.setEnabled(is_ddim and not running)
+        sampler = self.sampler()
+        self.steps_spin.setEnabled(sampler in STEPS_OF_SAMPLERS and not running)
+        self.eta_spin.setEnabled(sampler == "ddim" and not running)
         if self.variance_box is not None:
-            self.variance_box.setEnabled(not is_ddim and not running)
-            self.ddpm_steps_spin.setEnabled(not is_ddim and not running)
+            self.variance_box.setEnabled(sampler == "ddpm" and not running)
+            self.ddpm_steps_spin.setEnabled(sampler == "ddpm" and not running)
         self.run_button.setEnabled(not running and can_run)
         self.model_chooser.setEnabled(not running)
         self.sampler_box.setEnabled(not running)
@@ -192,7 +227,7 @@ class SamplingControls:
             self.cost_label.hide()
             return
         steps = start_t + 1 if start_t is not None else info.schedule.num_timesteps
-        calls = min(self.steps_spin.value(), steps) if self.sampler() == "ddim" else steps
+        calls = min(self.steps_spin.value(), steps) if self.sampler() in STEPS_OF_SAMPLERS else steps
         config = info.unet
         if config in self._costed:  # only arithmetic left: no thread needed
             self._show_cost_result(cpu_sampling_cost(config, images, calls))
@@ -203,6 +238,19 @@ class SamplingControls:
             yield cpu_sampling_cost(config, images, calls)
 
         self.estimates.run(estimate, on_event=self._show_cost_result)
+
+    def _sampler_changed(self) -> None:
+        """Explain the chosen sampler, and show its own step count in the spin (keeping the last one's)."""
+        sampler = self.sampler()
+        self.sampler_note.setText(SAMPLER_NOTES[sampler])
+        if sampler not in STEPS_OF_SAMPLERS:
+            return
+        if self._stepped_sampler is not None:
+            self._steps_of[self._stepped_sampler] = self.steps_spin.value()
+        self._stepped_sampler = sampler
+        self.steps_spin.setValue(self._steps_of[sampler])
+        self.steps_spin.setToolTip(self._ddim_steps_tooltip if sampler == "ddim" else
+                                   "DPM-Solver++'s model calls: 10 for a quick look, 20-25 for the finished images")
 
     def _model_changed(self, _path) -> None:
         """A model brings its own sampling variance (an imported model's scheduler chose it)."""
@@ -216,8 +264,11 @@ class SamplingControls:
 
     def restore_settings(self) -> None:
         settings, prefix = self.context.settings, self.prefix
+        self._steps_of["ddim"] = int(settings.value(f"{prefix}/ddim_steps", STEPS_OF_SAMPLERS["ddim"]))
+        self._steps_of["dpm-solver++"] = int(settings.value(f"{prefix}/dpm_solver_steps", DPM_SOLVER_STEPS))
+        self._stepped_sampler = None  # the counts just read win over the spin's
         self.sampler_box.setCurrentIndex(max(0, self.sampler_box.findData(settings.value(f"{prefix}/sampler", "ddpm"))))
-        self.steps_spin.setValue(int(settings.value(f"{prefix}/ddim_steps", 50)))
+        self._sampler_changed()  # also when the index stayed
         try:
             self.eta_spin.setValue(float(settings.value(f"{prefix}/eta", 0.0)))
         except (TypeError, ValueError):
@@ -229,17 +280,31 @@ class SamplingControls:
         model = settings.value(f"{prefix}/model", "")
         if model and Path(model).is_dir():
             self.model_chooser.picker.select(model)
+        for name, spin in self._page_spins.items():
+            spin.setValue(int(settings.value(f"{prefix}/{name}", spin.value())))
+
+    def keep(self, name: str, spin: QSpinBox) -> None:
+        """Restore and save the page's ``spin`` (a count, a seed) with these settings, as ``name`` under the prefix.
+
+        Its value when this is called is its default.
+        """
+        self._page_spins[name] = spin
 
     def save_settings(self) -> None:
         settings, prefix = self.context.settings, self.prefix
         settings.setValue(f"{prefix}/sampler", self.sampler())
-        settings.setValue(f"{prefix}/ddim_steps", self.steps_spin.value())
+        if self._stepped_sampler is not None:
+            self._steps_of[self._stepped_sampler] = self.steps_spin.value()
+        settings.setValue(f"{prefix}/ddim_steps", self._steps_of["ddim"])
+        settings.setValue(f"{prefix}/dpm_solver_steps", self._steps_of["dpm-solver++"])
         settings.setValue(f"{prefix}/eta", self.eta())
         if self.variance_box is not None:
             settings.setValue(f"{prefix}/variance", self.variance())
             settings.setValue(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.value())
         path = self.model_chooser.current_path()
         settings.setValue(f"{prefix}/model", str(path) if path else "")
+        for name, spin in self._page_spins.items():
+            settings.setValue(f"{prefix}/{name}", spin.value())
 
     # --- running -----------------------------------------------------------------------------------
     def run(
