@@ -79,7 +79,8 @@ class BatchSource:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-        self.resident = device.type == "cuda" and rows.numel() < torch.cuda.mem_get_info(device)[0] // GPU_RESIDENT_SHARE
+        self.resident = (device.type == "cuda"
+                         and rows.numel() < torch.cuda.mem_get_info(device)[0] // GPU_RESIDENT_SHARE)
         if self.resident:
             self.rows = rows.to(device)
             if self.mapping is not None:
@@ -111,7 +112,8 @@ class BatchSource:
         assert produced_step == step, "the batch thread fell out of step"
         # From pinned memory the copy is asynchronous; torch's pinned-memory allocator keeps the
         # buffer from being reused until the copy has finished.
-        return StepImages(step, images.to(self.device, non_blocking=self.pin), flips.to(self.device, non_blocking=self.pin))
+        return StepImages(step, images.to(self.device, non_blocking=self.pin),
+                          flips.to(self.device, non_blocking=self.pin))
 
     def close(self) -> None:
         if self._thread is None:

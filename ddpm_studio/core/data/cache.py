@@ -6,10 +6,13 @@ Each entry is a folder ``cache_dir()/datasets/<key>/`` holding
     index.json   what the rows are: their count and shape, the files they came from, the files
                  that were skipped and why, the original sizes, and the fingerprint
 
-The key hashes the file list (absolute paths, sizes and modification times), the resolution,
-the channels and ``DECODING_RULES_VERSION``. A changed, added or removed file, another
-resolution or new decoding rules give another key, so a stale entry is never used; the new
-entry replaces the old ones of the same folders, resolution and channels.
+The key hashes the files and folders the user gave (absolute paths), the file list found in
+them (absolute paths, sizes and modification times), the resolution, the channels and
+``DECODING_RULES_VERSION``. A changed, added or removed file, another resolution or new decoding
+rules give another key, so a stale entry is never used; the new entry replaces the old ones of
+the same folders, resolution and channels. The folders are part of the key because two folders
+without an image file have the same (empty) file list, and each entry records its folders for
+the messages about it.
 
 An entry is written atomically: it is built in a folder whose name is no key
 (``<key>.partial-<pid>``), ``index.json`` last, each file flushed to disk, and the folder is
@@ -166,14 +169,15 @@ def _sources_key(sources: Sequence[Path], image_size: int, channels: int) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def dataset_key(files: Sequence[str | Path], image_size: int, channels: int) -> str:
-    """The cache key of decoding ``files`` (absolute paths) at ``image_size`` and ``channels`` under the
-    current decoding rules.
+def dataset_key(sources: Sequence[str | Path], files: Sequence[str | Path], image_size: int, channels: int) -> str:
+    """The cache key of decoding ``files`` (absolute paths), found in ``sources`` (the files and folders
+    given), at ``image_size`` and ``channels`` under the current decoding rules.
 
     A file that cannot be stat-ed (it vanished) enters the key as missing, so that its
     return makes another key.
     """
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{DECODING_RULES_VERSION}:{image_size}:{channels}\n".encode())
+    digest.update(json.dumps([_absolute(Path(source)) for source in sources]).encode("utf-8", "surrogateescape"))
     for path in files:
         try:
             status = os.stat(path)
@@ -226,7 +230,8 @@ def _read_entry(folder: Path, key: str, image_size: int, channels: int) -> dict:
     try:
         count, row_bytes, data_bytes = int(index["count"]), int(index["row_bytes"]), int(index["data_bytes"])
         consistent = (
-            index["format"] == CACHE_FORMAT and index["key"] == key and index["decoding_rules"] == DECODING_RULES_VERSION
+            index["format"] == CACHE_FORMAT and index["key"] == key
+            and index["decoding_rules"] == DECODING_RULES_VERSION
             and index["image_size"] == image_size and index["channels"] == channels
             and row_bytes == channels * image_size * image_size
             and len(index["files"]) == count == len(index["source_sizes"]) and count * row_bytes <= data_bytes
@@ -279,7 +284,7 @@ def open_cached_dataset(
     sources = _as_path_list(paths)
     ignored: list[str] = []  # found again at every opening: the entry depends on the images only
     files, _ = find_image_paths([_absolute(source) for source in sources], ignored)  # absolute, so the key is too
-    key = dataset_key(files, image_size, channels)
+    key = dataset_key(sources, files, image_size, channels)
     folder = datasets_dir() / key
     announced_wait = False
     while True:
@@ -290,7 +295,9 @@ def open_cached_dataset(
         except DamagedEntry as error:
             damage = str(error)
         else:
-            yield CacheMessage(f"Opened {index['count']:,} decoded images from the cache ({folder}); nothing to decode.")
+            if index["count"]:  # of nothing usable, the caller's sentence says why
+                yield CacheMessage(f"Opened {index['count']:,} decoded images from the cache ({folder}); "
+                                   "nothing to decode.")
             yield _result_from_entry(folder, index, decoded=False, ignored=ignored)
             return
         if builder:
@@ -304,7 +311,9 @@ def open_cached_dataset(
         yield CacheMessage(f"The cached images in {folder} are damaged ({damage}); decoding the images again.")
     yield from _build_entry(sources, files, key, image_size, channels, workers)
     index = _read_entry(folder, key, image_size, channels)
-    yield CacheMessage(f"Cached {index['count']:,} decoded images in {folder}; the next start opens them without decoding.")
+    if index["count"]:
+        yield CacheMessage(f"Cached {index['count']:,} decoded images in {folder}; "
+                           "the next start opens them without decoding.")
     yield _result_from_entry(folder, index, decoded=True, ignored=ignored)
 
 

@@ -99,7 +99,8 @@ def _choose_background(rng: np.random.Generator, shape_colour: RGB) -> DemoBackg
     tone_group = LIGHT_BACKGROUNDS if rng.random() < 0.5 else DARK_BACKGROUNDS
     tones = _contrasting_tones(tone_group, shape_colour)
     if len(tones) < 2:  # no palette colour is that close to a whole group, but stay safe if the palette changes
-        tones = _contrasting_tones(DARK_BACKGROUNDS if tone_group is LIGHT_BACKGROUNDS else LIGHT_BACKGROUNDS, shape_colour)
+        other_group = DARK_BACKGROUNDS if tone_group is LIGHT_BACKGROUNDS else LIGHT_BACKGROUNDS
+        tones = _contrasting_tones(other_group, shape_colour)
     if rng.random() < 0.5:
         return DemoBackground("plain", (tones[rng.integers(len(tones))],))
     first, second = rng.choice(len(tones), size=2, replace=False)
@@ -267,7 +268,7 @@ def write_demo_dataset(
     paths: list[Path] = []
     for index, (image, _spec) in enumerate(iter_demo_images(count, size, seed)):
         path = out_dir / demo_file_name(index)
-        atomic_write(path, lambda temporary: image.save(temporary, format="PNG"), durable=False)
+        atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"), durable=False)
         paths.append(path)
         yield DemoProgress(index + 1, count)
     readme_text = _readme_text(count, size, seed)

@@ -15,7 +15,7 @@ Decoding rules, the same for every file:
 - Embedded colour profiles are ignored; CMYK is converted with Pillow's plain formula.
 
 A change to any of these rules must raise ``DECODING_RULES_VERSION``: the decoded-dataset
-cache (``dataset_cache.py``) keys its files by it, so caches decoded by older rules are rebuilt.
+cache (``core/data/cache.py``) keys its files by it, so caches decoded by older rules are rebuilt.
 """
 
 from __future__ import annotations

@@ -45,11 +45,14 @@ def _box(scale: int, left: float, top: float, right: float, bottom: float) -> tu
 
 
 def _hill(
-    draw: ImageDraw.ImageDraw, scale: int, centre_x: float, crest_y: float, half_width: float, colour: tuple[int, int, int]
+    draw: ImageDraw.ImageDraw, scale: int, centre_x: float, crest_y: float, half_width: float,
+    colour: tuple[int, int, int],
 ) -> None:
-    """A hill as the top of a wide, flattened ellipse whose crest is at (centre_x, crest_y), in fractions of the picture."""
+    """A hill as the top of a wide, flattened ellipse whose crest is at (centre_x, crest_y), in fractions of the
+    picture."""
     half_height = half_width * 0.55
-    draw.ellipse(_box(scale, centre_x - half_width, crest_y, centre_x + half_width, crest_y + 2 * half_height), fill=colour)
+    draw.ellipse(_box(scale, centre_x - half_width, crest_y, centre_x + half_width, crest_y + 2 * half_height),
+                 fill=colour)
 
 
 def make_sample_picture(size: int = 256) -> Image.Image:

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ddpm_studio.core.diffusion.schedule import SCHEDULE_KINDS, ScheduleConfig, cosine_betas, linear_betas
-from ddpm_studio.core.errors import SettingError, UserError
+from ddpm_studio.core.diffusion.schedule import SCHEDULE_KINDS, ScheduleConfig
+from ddpm_studio.core.errors import SettingError, UserError, check_choice
 from ddpm_studio.core.model.unet import UNet, UNetConfig
 
 
@@ -81,8 +82,8 @@ def check_unet_config(config: UNetConfig) -> None:
         _whole(f"unet.channel_multipliers[{level}]", multiplier, 1, MAX_LEVEL_CHANNELS)
         if config.base_channels * multiplier > MAX_LEVEL_CHANNELS:
             raise SettingError(
-                f"unet.channel_multipliers[{level}] = {multiplier} makes {config.base_channels * multiplier:,} channels, "
-                f"above the limit of {MAX_LEVEL_CHANNELS:,}."
+                f"unet.channel_multipliers[{level}] = {multiplier} makes {config.base_channels * multiplier:,} "
+                f"channels, above the limit of {MAX_LEVEL_CHANNELS:,}."
             )
     if len(config.attention_resolutions) > MAX_LEVELS:
         raise SettingError(f"unet.attention_resolutions lists {len(config.attention_resolutions)} resolutions, "
@@ -107,8 +108,7 @@ def check_unet_config(config: UNetConfig) -> None:
 
 def check_schedule_config(config: ScheduleConfig) -> None:
     """Raise SettingError, in one sentence, for a schedule that cannot be made or is too long for any real model."""
-    if config.kind not in SCHEDULE_KINDS:
-        raise SettingError(f"Unknown schedule {config.kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}.")
+    check_choice("schedule", config.kind, SCHEDULE_KINDS)
     _whole("schedule.num_timesteps (T)", config.num_timesteps, 1, MAX_TIMESTEPS, " steps")
     numbers = {"beta_start": config.beta_start, "beta_end": config.beta_end, "cosine_s": config.cosine_s,
                "max_beta": config.max_beta}
@@ -117,14 +117,7 @@ def check_schedule_config(config: ScheduleConfig) -> None:
             raise SettingError(f"schedule.{name} must be a finite number, not {value!r}.")
     if config.kind == "cosine" and not (0 <= config.cosine_s < 1 and 0 < config.max_beta < 1):
         raise SettingError("A cosine schedule needs 0 <= cosine_s < 1 and 0 < max_beta < 1.")
-    config.validate()
-    # The betas themselves (T numbers, bounded above): a linear schedule is rescaled by 1000 / T, which can push them past 1.
-    if config.kind == "linear":
-        betas = linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
-    else:
-        betas = cosine_betas(config.num_timesteps, config.cosine_s, config.max_beta)
-    if not ((betas > 0).all() and (betas < 1).all()):
-        raise SettingError(f"This {config.kind} schedule's betas do not all lie in (0, 1) at T = {config.num_timesteps}.")
+    config.betas()  # validated, and the betas themselves made (T numbers, T bounded above) and checked
 
 
 # --- the weights file's header ------------------------------------------------------------------------
@@ -299,8 +292,6 @@ def check_weights_fit(config: UNetConfig, header: WeightsHeader, described_by: s
 @contextmanager
 def _opened_preview(path: Path) -> Iterator:
     """Open a preview PNG, refusing it when its header promises more pixels than any preview has."""
-    from PIL import Image
-
     refused = f"{path} is refused: it has more pixels than the {MAX_PREVIEW_PIXELS:,} a preview may have"
     try:
         with warnings.catch_warnings():

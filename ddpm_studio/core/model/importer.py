@@ -23,7 +23,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from ddpm_studio.core.diffusion.schedule import ScheduleConfig
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import ModelError, ModelInfo
 from ddpm_studio.core.model.unet import UNet, UNetConfig
-from ddpm_studio.core.training.loop import now_iso
+from ddpm_studio.core.timestamps import now_iso
 
 CONFIG_NAME = "config.json"
 SCHEDULER_NAME = "scheduler_config.json"
@@ -164,9 +164,34 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
                          f"(UNet2DModel) can be imported.")
     c = settings_with_defaults(source, config, UNET_DEFAULTS, set(UNET_DEFAULTS),
                                "whether it would compute the same network")
+    check_fixed_unet_settings(c, source)
+    channels, attention_levels = check_unet_blocks(c, source)
+    size = check_unet_sizes(c, source, channels, attention_levels)
+    base, groups = channels[0], c["norm_num_groups"]
+    unet = UNetConfig(
+        image_size=size, image_channels=c["in_channels"], base_channels=base,
+        channel_multipliers=tuple(n // base for n in channels), num_res_blocks=c["layers_per_block"],
+        attention_resolutions=tuple(size // 2**i for i in attention_levels), dropout=float(c["dropout"]),
+        norm_groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
+        learned_variance=c["out_channels"] == 2 * c["in_channels"],
+    )
+    try:
+        unet.validate()
+    except ValueError as error:
+        raise ModelError(f"{source} describes a network DDPM Studio cannot build ({str(error).rstrip('.')}).") from None
+    return unet
+
+
+def refusal(source: Path | str, c: dict, name: str, why: str) -> ModelError:
+    """The ModelError that refuses the setting ``name`` of the U-Net settings ``c``, saying ``why``."""
+    return ModelError(f"{source} has {name} = {c[name]!r}; {why}.")
+
+
+def check_fixed_unet_settings(c: dict, source: Path | str) -> None:
+    """The settings that must have the one value (or the few values) this U-Net computes."""
 
     def refuse(name: str, why: str) -> ModelError:
-        return ModelError(f"{source} has {name} = {c[name]!r}; {why}.")
+        return refusal(source, c, name, why)
 
     required = {
         "center_input_sample": (False, "this U-Net does not rescale its input"),
@@ -192,8 +217,16 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
     if c["downsample_padding"] not in (0, 1):
         raise refuse("downsample_padding", "only 0 (TensorFlow 'SAME', the paper's) or 1 can be imported")
 
+
+def check_unet_blocks(c: dict, source: Path | str) -> tuple[list[int], list[int]]:
+    """The levels' widths and block types; returns the widths and the levels (from 0) that have attention."""
+
+    def refuse(name: str, why: str) -> ModelError:
+        return refusal(source, c, name, why)
+
     channels = c["block_out_channels"]
-    if not isinstance(channels, (list, tuple)) or not channels or not all(isinstance(n, int) and n > 0 for n in channels):
+    if (not isinstance(channels, (list, tuple)) or not channels
+            or not all(isinstance(n, int) and n > 0 for n in channels)):
         raise refuse("block_out_channels", "it must list positive channel counts")
     base = channels[0]
     if any(n % base for n in channels):
@@ -210,7 +243,16 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
     attention_levels = [i for i, t in enumerate(down) if t.startswith("Attn")]
     if [levels - 1 - i for i, t in enumerate(up) if t.startswith("Attn")][::-1] != attention_levels:
         raise refuse("up_block_types", "the up path must have attention at the levels where the down path has it")
+    return channels, attention_levels
 
+
+def check_unet_sizes(c: dict, source: Path | str, channels: list[int], attention_levels: list[int]) -> int:
+    """The image size, channels, groups, widths, depth and dropout; returns the (square) image size."""
+
+    def refuse(name: str, why: str) -> ModelError:
+        return refusal(source, c, name, why)
+
+    base, levels = channels[0], len(channels)
     size = c["sample_size"]
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
@@ -240,19 +282,7 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
     dropout = c["dropout"]
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise refuse("dropout", "it must lie in [0, 1)")
-
-    unet = UNetConfig(
-        image_size=size, image_channels=c["in_channels"], base_channels=base,
-        channel_multipliers=tuple(n // base for n in channels), num_res_blocks=c["layers_per_block"],
-        attention_resolutions=tuple(size // 2**i for i in attention_levels), dropout=float(dropout),
-        norm_groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
-        learned_variance=c["out_channels"] == 2 * c["in_channels"],
-    )
-    try:
-        unet.validate()
-    except ValueError as error:
-        raise ModelError(f"{source} describes a network DDPM Studio cannot build ({str(error).rstrip('.')}).") from None
-    return unet
+    return size
 
 
 # --- the scheduler's configuration ----------------------------------------------------------------------
@@ -419,7 +449,8 @@ def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
         raise ModelError(f"{path} is damaged or not a PyTorch weights file "
                          f"({str(error).splitlines()[0][:80] if str(error) else type(error).__name__}).") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise ModelError(f"{path} is not a flat dictionary of named tensors.")
     return data
 
@@ -465,13 +496,44 @@ def import_diffusers(
     started = time.monotonic()
     parts = locate(source)
     root = parts.root.resolve()
+    out = import_destination(root, out_dir, name)
+
+    yield ImportProgress("checking", 0, 1)
+    unet, scheduler = read_configs(parts)
+    plans = tensor_plan(unet)
+    weights = parts.weights_path
+    renamed = check_weights_header(parts, plans) if weights.suffix == ".safetensors" else None
+    yield ImportProgress("checking", 1, 1)
+
+    size = weights.stat().st_size
+    # The file's fingerprint for the record, computed in a second thread while the tensors are read
+    # (hashlib releases the GIL), so that it costs no time of its own on two cores or more.
+    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-import-hash")
+    digest_future = hashing.submit(sha256_of, weights)
+    hashing.shutdown(wait=False)
+
+    tensors = yield from read_tensors(parts, plans, renamed, unet)
+
+    yield ImportProgress("writing", 0, 1)
+    digest = digest_future.result()
+    info = imported_model_info(parts, root, out, unet, scheduler, digest, size, command)
+    write_model_folder(out, info, tensors)
+    yield ImportProgress("writing", 1, 1)
+    yield ImportFinished(out, model_store.read_model_info(out), size, time.monotonic() - started)
+
+
+def import_destination(root: Path, out_dir: Path | str | None, name: str | None) -> Path:
+    """The new model folder (default: the user models folder / name); ModelError if it holds anything already."""
     out = Path(out_dir) if out_dir is not None else model_store.default_user_models_dir() / (name or root.name)
     if (out / model_store.CONFIG_FILE).exists():
         raise ModelError(f"{out} already holds a model; choose another --name or --out.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelError(f"{out} already exists and is not an empty folder; choose another --name or --out.")
+    return out
 
-    yield ImportProgress("checking", 0, 1)
+
+def read_configs(parts: DiffusersFolder) -> tuple[UNetConfig, SchedulerSettings]:
+    """The U-Net's and the scheduler's configurations, checked to agree on the variance."""
     unet = unet_config_from_diffusers(read_json_object(parts.config_path), parts.config_path)
     scheduler = scheduler_from_diffusers(
         read_json_object(parts.scheduler_path) if parts.scheduler_path else None, parts.scheduler_path or SCHEDULER_NAME
@@ -484,25 +546,26 @@ def import_diffusers(
     if scheduler.variance == "learned" and not unet.learned_variance:
         raise ModelError(f"{parts.root}'s scheduler has variance_type learned_range, but its U-Net outputs no "
                          f"variance (out_channels equals in_channels).")
-    plans = tensor_plan(unet)
+    return unet, scheduler
+
+
+def check_weights_header(parts: DiffusersFolder, plans: dict[str, TensorPlan]) -> dict[str, str]:
+    """Check a safetensors file's names and shapes from its header; returns each modern name's name in the file."""
     weights = parts.weights_path
-    safetensors = weights.suffix == ".safetensors"
-    if safetensors:
-        header = read_header(weights)
-        renamed = {modern_name(n): n for n in header}
-        available = {modern_name(n): spec for n, spec in header.items()}
-        check_against_plan(available, plans, weights, parts.config_path)  # before a single tensor is read
-    yield ImportProgress("checking", 1, 1)
+    header = read_header(weights)
+    renamed = {modern_name(n): n for n in header}
+    available = {modern_name(n): spec for n, spec in header.items()}
+    check_against_plan(available, plans, weights, parts.config_path)  # before a single tensor is read
+    return renamed
 
-    size = weights.stat().st_size
-    # The file's fingerprint for the record, computed in a second thread while the tensors are read
-    # (hashlib releases the GIL), so that it costs no time of its own on two cores or more.
-    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddpm-import-hash")
-    digest_future = hashing.submit(sha256_of, weights)
-    hashing.shutdown(wait=False)
 
+def read_tensors(parts: DiffusersFolder, plans: dict[str, TensorPlan], renamed: dict[str, str] | None,
+                 unet: UNetConfig) -> Generator[ImportProgress, None, dict[str, torch.Tensor]]:
+    """Read the weights as this U-Net's tensors (a safetensors file when ``renamed`` is given, else a pickle),
+    yielding "reading" progress; the generator's value is the state dict."""
+    weights = parts.weights_path
     tensors: dict[str, torch.Tensor] = {}
-    if safetensors:
+    if renamed is not None:
         try:
             with safe_open(str(weights), framework="pt") as handle:
                 for index, (name_, plan) in enumerate(plans.items()):
@@ -515,17 +578,20 @@ def import_diffusers(
         yield ImportProgress("reading", 0, 1)
         tensors = convert_state_dict(load_pickle_weights(weights), unet, weights, parts.config_path.name)
         yield ImportProgress("reading", 1, 1)
+    return tensors
 
-    yield ImportProgress("writing", 0, 1)
-    digest = digest_future.result()
-    info = ModelInfo(
+
+def imported_model_info(parts: DiffusersFolder, root: Path, out: Path, unet: UNetConfig, scheduler: SchedulerSettings,
+                        digest: str, size: int, command: str | None) -> ModelInfo:
+    """The record of the imported model, with its sampling defaults and where it came from."""
+    return ModelInfo(
         path=out, unet=unet, schedule=scheduler.schedule, created=now_iso(), command=command,
         extra={
             "sampling": {"variance": scheduler.variance, "clip": scheduler.clip},
             "source": {
                 "format": "diffusers",
                 "path": str(root),
-                "weights": str(weights.relative_to(parts.root)),
+                "weights": str(parts.weights_path.relative_to(parts.root)),
                 "sha256": digest,
                 "bytes": size,
                 "config": read_json_object(parts.config_path),
@@ -534,9 +600,6 @@ def import_diffusers(
             },
         },
     )
-    write_model_folder(out, info, tensors)
-    yield ImportProgress("writing", 1, 1)
-    yield ImportFinished(out, model_store.read_model_info(out), size, time.monotonic() - started)
 
 
 def convert_state_dict(tensors: dict[str, torch.Tensor], config: UNetConfig, source: Path | str = "the weights",
