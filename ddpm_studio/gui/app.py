@@ -5,30 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
+from ddpm_studio.gui.display import display_problem
+from ddpm_studio.gui.system_libraries import missing_libraries_message
+
 EXIT_NO_DISPLAY = 3  # the window cannot open here: no display, or not the libraries to draw on it
-
-NO_DISPLAY_MESSAGE = (
-    "ddpm-studio: no display found, so the studio window cannot open. On a desktop, run it there; over SSH use "
-    "'ssh -X' or a virtual display (xvfb-run ddpm-studio); headless, train with 'ddpm-studio train DATA_DIR' "
-    "(see 'ddpm-studio --help'), or set QT_QPA_PLATFORM=offscreen to start the window without showing it."
-)
-
-
-def display_available() -> bool:
-    """False on Linux when neither X11 nor Wayland is reachable and no headless Qt platform was chosen."""
-    if os.environ.get("QT_QPA_PLATFORM"):
-        return True
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
 
 
 def run_app(argv: list[str] | None = None) -> int:
-    if not display_available():
-        print(NO_DISPLAY_MESSAGE, file=sys.stderr)
+    problem = display_problem()  # before Qt's platform plugin tries the display, and aborts the process
+    if problem:
+        print(problem, file=sys.stderr)
         return EXIT_NO_DISPLAY
-    from ddpm_studio.gui.system_libraries import missing_libraries_message
-
     missing = missing_libraries_message()  # before Qt loads its platform plugin, which would abort the process
     if missing:
         print(missing, file=sys.stderr)

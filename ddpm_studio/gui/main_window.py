@@ -1,4 +1,5 @@
-"""The studio window: six pages (Dataset, Train, Generate, Noising, Evaluate, Likelihood), menus, drops and the status bar."""
+"""The studio window: six pages (Dataset, Train, Generate, Noising, Evaluate, Likelihood), menus, drops and the
+status bar."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
+from ddpm_studio import __version__
 from ddpm_studio.core.data.cache import cache_dir, clear_cache, list_cache_entries
 from ddpm_studio.core.model.importer import (
     ImportFinished,
@@ -32,6 +34,7 @@ from ddpm_studio.gui.pages.noising import NoisingPage
 from ddpm_studio.gui.pages.page import paths_from_mime
 from ddpm_studio.gui.pages.train import TrainPage
 from ddpm_studio.gui.session_memory import reopen_dataset
+from ddpm_studio.gui.widgets.wheel_guard import guard_wheel_in_scroll_areas
 
 
 def device_status() -> str:
@@ -71,6 +74,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
         self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page, self.evaluate_page,
                       self.likelihood_page]
+        self.wheel_guard = guard_wheel_in_scroll_areas(self.tabs)  # scrolling a column changes no setting
 
         self.dataset_page.datasetReady.connect(self.train_page.set_dataset)
         self.dataset_page.nextRequested.connect(lambda: self.tabs.setCurrentWidget(self.train_page))
@@ -163,7 +167,8 @@ class MainWindow(QMainWindow):
 
         def progress(event: ImportProgress) -> None:
             if event.stage == "reading" and event.total:
-                self.show_message(f"Importing {source.name}: reading its weights, {100 * event.done // event.total}%…", 0)
+                self.show_message(
+                    f"Importing {source.name}: reading its weights, {100 * event.done // event.total}%…", 0)
 
         def finished(event) -> None:
             if isinstance(event, ImportFinished):
@@ -181,8 +186,7 @@ class MainWindow(QMainWindow):
                          progress_types=(ImportProgress,), on_progress=progress, on_event=finished, on_error=failed)
 
     def choose_image(self) -> None:
-        start = self.settings.value("last_image_dir", str(Path.home()))
-        file, _ = QFileDialog.getOpenFileName(self, "Choose an image", start,
+        file, _ = QFileDialog.getOpenFileName(self, "Choose an image", self.noising_page.image_folder(),
                                               "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff)")
         if file:
             self.settings.setValue("last_image_dir", str(Path(file).parent))
@@ -209,10 +213,12 @@ class MainWindow(QMainWindow):
             self.show_message(f"Cleared the dataset cache: {count} dataset{'s' if count != 1 else ''}, "
                               f"{freed / 2**20:,.0f} MiB.")
 
+    def about_text(self) -> str:
+        return (f"<b>DDPM Studio {__version__}</b><br>DDPM Studio trains Denoising Diffusion Probabilistic Models "
+                "(Ho, Jain and Abbeel, 2020) on your images and shows every step of the process.")
+
     def show_about(self) -> None:
-        QMessageBox.about(self, "About DDPM Studio",
-                          "DDPM Studio trains Denoising Diffusion Probabilistic Models (Ho, Jain and Abbeel, 2020) "
-                          "on your images and shows every step of the process.")
+        QMessageBox.about(self, f"About DDPM Studio {__version__}", self.about_text())
 
     def show_message(self, message: str, timeout_ms: int = 8000) -> None:
         if self.closed:
@@ -251,7 +257,8 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1280, 860)
         self.tabs.setCurrentIndex(int(self.settings.value("current_tab", 0)))
-        reopen_dataset(self.dataset_page)  # now that the Train page hears of it
+        # Now that the Train page hears of it.
+        reopen_dataset(self.settings, self.dataset_page.scan_again, self.dataset_page.show_note)
 
     def closeEvent(self, event) -> None:
         if self.closing.waiting:

@@ -10,6 +10,7 @@ before Qt loads the plugin.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import re
@@ -91,8 +92,6 @@ def unresolved_libraries(library: Path) -> list[str]:
             missing = re.findall(r"^\s*(\S+)\s+=>\s+not found", listing, flags=re.MULTILINE)
             return list(dict.fromkeys(missing))
     # Without ldd, loading the plugin names the first library missing (and loads nothing else on failure).
-    import ctypes
-
     try:
         ctypes.CDLL(str(library))
     except OSError as error:

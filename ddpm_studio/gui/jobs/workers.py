@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from ddpm_studio.core.errors import UserError
+from ddpm_studio.core.errors import UserError, describe_os_error
 
 PROGRESS_INTERVAL = 1 / 20
 IMAGE_INTERVAL = 1 / 4
@@ -30,7 +30,7 @@ def readable_error(error: BaseException) -> str:
     if isinstance(error, UserError):
         return str(error)
     if isinstance(error, OSError):
-        return f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
+        return describe_os_error(error)
     return f"A bug in DDPM Studio stopped this job ({type(error).__name__}: {error}); the log has the details."
 
 

@@ -1,4 +1,5 @@
-"""The Dataset page: drop or choose a folder of images, scan it in the background, see what is usable and what was skipped.
+"""The Dataset page: drop or choose a folder of images, scan it in the background, see what is usable and what
+was skipped.
 
 The scan is core's ``open_cached_dataset`` iterator, run through the page's job controller: a
 folder is decoded once into the dataset cache, and later scans of the same files open it. When it ends the page
@@ -8,6 +9,7 @@ large folder) and every skipped file with its reason, then hands the result to t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +19,15 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
     QSplitter,
     QStackedWidget,
-    QTreeWidget,
-    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ddpm_studio.core.data.cache import CacheMessage, open_cached_dataset
+from ddpm_studio.core.data.cache import CachedScanResult, CacheMessage, datasets_dir, open_cached_dataset
 from ddpm_studio.core.data.demo import DEFAULT_DEMO_COUNT, DemoProgress, is_complete_demo_dataset, write_demo_dataset
 from ddpm_studio.core.data.folders import (
     IMAGE_EXTENSIONS,
@@ -43,8 +42,9 @@ from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted, format_image_size
 from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.session_memory import remember_dataset
-from ddpm_studio.gui.style import MUTED_TEXT_STYLE, error_box
+from ddpm_studio.gui.style import MUTED_TEXT_STYLE, WARNING_TEXT_STYLE, error_box
 from ddpm_studio.gui.widgets.image_view import ThumbnailGrid
+from ddpm_studio.gui.widgets.skipped_files import SkippedFilesList
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 DEFAULT_RESOLUTION = 32
@@ -71,6 +71,31 @@ def sample_indices(count: int, limit: int | None = None) -> np.ndarray:
     if count <= limit:
         return np.arange(count)
     return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
+
+
+def looks_grayscale(pictures: list[np.ndarray]) -> bool:
+    """True when there are pictures and every one is colour with its three channels equal: grey scanned as RGB."""
+    return bool(pictures) and all(
+        picture.ndim == 3 and picture.shape[2] == 3
+        and np.array_equal(picture[..., 0], picture[..., 1]) and np.array_equal(picture[..., 1], picture[..., 2])
+        for picture in pictures)
+
+
+def without_cache_paths(text: str, sources: list[Path]) -> str:
+    """A cache sentence for the status bar: the dataset's folder named, not the cache entry's hashed path."""
+    entry = re.escape(str(datasets_dir())) + r"[/\\][^\s);,]*"
+    text = re.sub(r" \(" + entry + r"\)", "", text)
+    text = re.sub(entry, "the dataset cache", text)
+    return f"{describe_sources(sources)}: {text[:1].lower()}{text[1:]}" if sources else text
+
+
+def describe_scan(result: ScanResult) -> str:
+    """The status bar's line for a scan with usable images: the folder, the counts and what the cache did."""
+    text = (f"{describe_sources(result.sources)}: {counted(len(result.files), 'usable image')}, "
+            f"{len(result.skipped):,} skipped" + (f", {len(result.ignored):,} not images" if result.ignored else ""))
+    if isinstance(result, CachedScanResult):
+        text += "; decoded into the dataset cache" if result.decoded else "; opened from the dataset cache"
+    return text + "."
 
 
 class DropZone(QFrame):
@@ -205,6 +230,14 @@ class DatasetPage(Page):
         summary_row = QHBoxLayout()
         summary_row.addWidget(self.summary_label, 1)
         summary_row.addWidget(self.next_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.grayscale_hint = QLabel(
+            "These images are all grayscale, scanned as colour: <a href='grayscale'>scan them as grayscale</a> "
+            "(Channels above) to train a one-channel model on them.")
+        self.grayscale_hint.setStyleSheet(WARNING_TEXT_STYLE)
+        self.grayscale_hint.setWordWrap(True)
+        self.grayscale_hint.linkActivated.connect(
+            lambda _link: self.channels_combo.setCurrentIndex(self.channels_combo.findData(1)))
+        self.grayscale_hint.hide()
 
         self.sample_label = QLabel()
         self.thumbnails = ThumbnailGrid(thumbnail_size=64)
@@ -216,13 +249,7 @@ class DatasetPage(Page):
 
         self.skipped_label = QLabel()
         self.skipped_label.setWordWrap(True)
-        self.skipped_list = QTreeWidget()
-        self.skipped_list.setHeaderLabels(["File", "Reason"])
-        self.skipped_list.setRootIsDecorated(False)
-        self.skipped_list.setUniformRowHeights(True)
-        # Whole reasons, with a horizontal scroll bar when they are long, rather than cut off.
-        self.skipped_list.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.skipped_list.header().setStretchLastSection(False)
+        self.skipped_list = SkippedFilesList()  # whole reasons, wrapped, beside names that are always in sight
         self.skipped_box = skipped_box = QWidget()
         skipped_layout = QVBoxLayout(skipped_box)
         skipped_layout.setContentsMargins(0, 0, 0, 0)
@@ -240,6 +267,7 @@ class DatasetPage(Page):
         layout = QVBoxLayout(results)
         layout.setContentsMargins(0, 4, 0, 0)
         layout.addLayout(summary_row)
+        layout.addWidget(self.grayscale_hint)
         layout.addWidget(self.splitter, 1)
         return results
 
@@ -311,8 +339,10 @@ class DatasetPage(Page):
         size, channels = self.image_size(), self.channels()
         self._start_scan(paths, lambda: open_cached_dataset(paths, size, channels), quiet)
 
-    def stop_scan(self) -> None:
-        self.jobs.stop()
+    def scan_again(self, paths: list[Path], image_size: int, channels: int) -> None:
+        """Scan the last dataset again, quietly, at the resolution and channels it was scanned at."""
+        self.set_scan_settings(image_size, channels)
+        self.scan(paths, quiet=True)
 
     def is_scanning(self) -> bool:
         """True from the start of a scan until the page has taken in its end."""
@@ -344,7 +374,7 @@ class DatasetPage(Page):
         if isinstance(event, ScanResult):
             self.show_result(event)
         elif isinstance(event, CacheMessage):
-            self.context.show_message(event.text)
+            self.context.show_message(without_cache_paths(event.text, self._sources))
 
     def _on_quiet_event(self, event, paths: list[Path]) -> None:
         if isinstance(event, ScanResult) and not event.files:
@@ -404,31 +434,34 @@ class DatasetPage(Page):
             self.summary_label.setText(f"<b>No usable images</b> in {describe_sources(result.sources)}.")
             self.show_error(explain_no_usable_images(result))
         self.next_button.setVisible(usable > 0)
-        self._show_thumbnails(result)
+        thumbnails = self._show_thumbnails(result)
+        self.grayscale_hint.setVisible(result.channels == 3 and looks_grayscale(thumbnails))
         self._show_skipped(result)
         if usable:
             self.result = result
-            self.context.show_message(f"{counted(usable, 'usable image')}; {len(result.skipped):,} skipped"
-                                      + (f"; {counted(len(result.ignored), 'other file')} ignored (not images)." if result.ignored else "."))
+            self.context.show_message(describe_scan(result))
             self.datasetReady.emit(result)
 
-    def _show_thumbnails(self, result: ScanResult) -> None:
+    def _show_thumbnails(self, result: ScanResult) -> list[np.ndarray]:
+        """Show the images, or an even sample of them; returns the pictures shown."""
         count = len(result.files)
         indices = sample_indices(count)
         images = [to_hwc(result.images[index]) for index in indices]
-        tooltips = [f"{result.files[index]}\n{format_image_size(result.source_sizes[index])} px originally" for index in indices]
+        tooltips = [f"{result.files[index]}\n{format_image_size(result.source_sizes[index])} px originally"
+                    for index in indices]
         self.thumbnails.set_images(images, tooltips)
         if count == 0:
             self.sample_label.setText("No thumbnails: nothing was usable.")
         elif len(indices) < count:
-            self.sample_label.setText(f"Showing {len(indices):,} of {counted(count, 'image')}, spread evenly through the folder.")
+            self.sample_label.setText(f"Showing {len(indices):,} of {counted(count, 'image')}, "
+                                      "spread evenly through the folder.")
         else:
             self.sample_label.setText("The image, as the model will see it:" if count == 1
                                       else f"All {count:,} images, as the model will see them:")
+        return images
 
     def _show_skipped(self, result: ScanResult) -> None:
         """The files skipped, with their reasons, then the files that are not images (a notes.txt), one list."""
-        self.skipped_list.clear()
         skipped, ignored = result.skipped, result.ignored
         self.skipped_box.setVisible(bool(skipped or ignored))  # nothing to list: the thumbnails take the whole width
         parts = []
@@ -440,10 +473,4 @@ class DatasetPage(Page):
             parts.append(f"<b>{counted(len(ignored), 'file')} ignored</b> (not images)")
         self.skipped_label.setText("; ".join(parts) + ":" if parts else "No files were skipped.")
         rows = [(item.path, item.reason) for item in skipped] + [(path, IGNORED_REASON) for path in ignored]
-        items = []
-        for path, reason in rows:
-            item = QTreeWidgetItem([path.name, reason])
-            item.setToolTip(0, str(path))
-            item.setToolTip(1, reason)
-            items.append(item)
-        self.skipped_list.addTopLevelItems(items)
+        self.skipped_list.set_rows(rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ddpm_studio.core.errors import UserError
+from ddpm_studio.core.evaluation.inception import MetricsUnavailable
 from ddpm_studio.core.evaluation.metrics import INCEPTION, METRIC_EXPLANATIONS, METRIC_NAMES, METRICS
 from ddpm_studio.core.evaluation.quality import (
     FID_MINIMUM,
@@ -43,11 +44,14 @@ from ddpm_studio.core.model import store as model_store
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages.page import Page
-from ddpm_studio.gui.style import MUTED_TEXT_STYLE
+from ddpm_studio.gui.style import MUTED_TEXT_STYLE, error_box
 from ddpm_studio.gui.widgets.sampling_panel import MAX_SEED, SamplingControls, settings_column
+from ddpm_studio.gui.widgets.wheel_guard import enclosing_scroll_area
 
 INCEPTION_WEIGHTS_SETTING = "evaluate/inception_weights"
 TABLE_COLUMNS = ("Date", "Metric", "Value", "±", "N", "Sampler", "Model step", "Compared with")
+# How this page's sentences about the Inception weights name its own field (the command names its option).
+WINDOW_WEIGHTS_WORDS = ("The Inception field's file", "choose it with the Choose… button beside Inception, above")
 
 
 def inception_weights_setting(settings) -> Path | None:
@@ -120,9 +124,16 @@ class EvaluatePage(Page):
         data_form = QFormLayout(data_box)
         data_form.addRow("Images", data_row)
         data_form.addRow("Inception", weights_row)
+        # Why the metrics cannot run, beside the control that can fix it: the weights file here, the packages
+        # under "3 · Metrics". The column scrolls to it, so that it is read where the user is looking.
+        self.weights_problem = error_box()
+        data_form.addRow(self.weights_problem)
+        self.weights_edit.textChanged.connect(self.weights_problem.hide)
+        self.packages_problem = error_box()
 
         metrics_box = QGroupBox("3 · Metrics")
         metrics_layout = QVBoxLayout(metrics_box)
+        metrics_layout.addWidget(self.packages_problem)
         self.metric_boxes: dict[str, QCheckBox] = {}
         for metric in METRICS:
             box = QCheckBox(METRIC_NAMES[metric])
@@ -143,6 +154,8 @@ class EvaluatePage(Page):
         self.count_spin.valueChanged.connect(self._update_enabled)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
+        self.sampling.keep("count", self.count_spin)
+        self.sampling.keep("seed", self.seed_spin)
         counts = QFormLayout()
         counts.addRow("Samples", self.count_spin)
         counts.addRow("Seed", self.seed_spin)
@@ -169,18 +182,12 @@ class EvaluatePage(Page):
         history_layout.addWidget(self.table, 1)
         history_layout.addWidget(self.history_hint)
 
-        settings_layout = settings_column(self, history_box)
-        for box in (model_box, data_box, metrics_box, sampler_box):
-            settings_layout.addWidget(box)
-        settings_layout.addLayout(self.sampling.run_layout())
-        settings_layout.addStretch(1)
+        settings_column(self, history_box, model_box, data_box, metrics_box, sampler_box, self.sampling.run_layout())
 
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         settings = self.context.settings
-        self.sampling.restore_settings()
-        self.count_spin.setValue(int(settings.value("evaluate/count", 1000)))
-        self.seed_spin.setValue(int(settings.value("evaluate/seed", 0)))
+        self.sampling.restore_settings()  # with the count and the seed
         self.weights_edit.setText(str(settings.value(INCEPTION_WEIGHTS_SETTING, "") or ""))
         for metric, box in self.metric_boxes.items():
             box.setChecked(str(settings.value(f"evaluate/{metric}", "true" if metric == "kid" else "false")) == "true")
@@ -188,8 +195,6 @@ class EvaluatePage(Page):
     def save_settings(self) -> None:
         settings = self.context.settings
         self.sampling.save_settings()
-        settings.setValue("evaluate/count", self.count_spin.value())
-        settings.setValue("evaluate/seed", self.seed_spin.value())
         settings.setValue(INCEPTION_WEIGHTS_SETTING, self.weights_edit.text().strip())
         for metric, box in self.metric_boxes.items():
             settings.setValue(f"evaluate/{metric}", "true" if box.isChecked() else "false")
@@ -217,10 +222,7 @@ class EvaluatePage(Page):
             self.context.settings.setValue(INCEPTION_WEIGHTS_SETTING, path)
 
     def _on_model_changed(self, _path) -> None:
-        info = self.model_chooser.current_info()
-        if info is not None:
-            self.sampling.set_max_steps(info.schedule.num_timesteps)
-            self.sampling.offer_learned_variance(info.unet.learned_variance)
+        self.sampling.fit_to_model()
         self.show_history()
         self._update_enabled()
 
@@ -234,7 +236,8 @@ class EvaluatePage(Page):
         return EvaluationRequest(
             model_path=self.model_chooser.current_path(), data_paths=[Path(data)] if data else [],
             metrics=self.chosen_metrics(), num_samples=self.count_spin.value(), sampler=self.sampling.sampler(),
-            steps=self.sampling.steps_spin.value() if self.sampling.sampler() == "ddim" else self.sampling.ddpm_steps(),
+            steps=self.sampling.steps_spin.value() if self.sampling.sampler() in ("ddim", "dpm-solver++")
+            else self.sampling.ddpm_steps(),
             variance=self.sampling.variance(), seed=self.seed_spin.value(), feature_extractor=self.feature_extractor,
             inception_weights=Path(weights) if weights else None,
         )
@@ -276,18 +279,49 @@ class EvaluatePage(Page):
             return None
         request = self.request()
         if request.model_path is None:
-            self.jobs.set_status("Choose a model first.", error=True)
+            self._on_error("Choose a model first.", [])
             return None
         try:
             request.validate()
         except UserError as error:
-            self.jobs.set_status(str(error), error=True)
+            self._on_error(str(error), [])
             return None
         self.save_settings()
         self.model_chooser.clear_error()
-        return self.run_job(lambda: run_evaluation(request), status=f"Evaluating {request.model_path.name}…",
+        self.weights_problem.hide()
+        self.packages_problem.hide()
+        unavailable: list[str] = []  # what the metrics lack, when they cannot run: set in the worker, before on_error
+
+        def evaluation():
+            try:
+                yield from run_evaluation(request)
+            except MetricsUnavailable as error:
+                unavailable.append(error.needs)
+                raise MetricsUnavailable(error.worded(*WINDOW_WEIGHTS_WORDS), error.needs) from None
+
+        return self.run_job(evaluation, status=f"Evaluating {request.model_path.name}…",
                             progress_types=(EvaluationProgress,), on_progress=self._on_progress,
-                            on_event=self._on_event, on_done=self._on_done)
+                            on_event=self._on_event, on_error=lambda message: self._on_error(message, unavailable),
+                            on_done=self._on_done)
+
+    def _on_error(self, message: str, unavailable: list[str]) -> None:
+        """A failure: what the metrics lack goes beside its control, anything else on the status line; in view."""
+        if unavailable:
+            problem, place = ((self.weights_problem, "2 · Compare with") if unavailable[0] == "weights"
+                              else (self.packages_problem, "3 · Metrics"))
+            problem.setText(message)
+            problem.show()
+            self.jobs.set_status(f"Nothing was evaluated: see {place}.", error=True)
+        else:
+            problem = self.jobs.status_box
+            self.jobs.set_status(message, error=True)
+        self._bring_into_view(problem)
+
+    def _bring_into_view(self, widget: QWidget) -> None:
+        """Scroll the settings column to ``widget`` once the column's layout has made room for it."""
+        column = enclosing_scroll_area(widget)
+        if column is not None:
+            QTimer.singleShot(0, column, lambda: column.ensureWidgetVisible(widget, 0, 8))
 
     def _on_progress(self, event: EvaluationProgress) -> None:
         self.progress_bar.setFormat(f"{event.phase.capitalize()}: %v of %m")

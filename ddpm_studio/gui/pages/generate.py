@@ -44,6 +44,7 @@ from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted, format_duration
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages.page import Page
+from ddpm_studio.gui.style import MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
 from ddpm_studio.gui.widgets.image_view import ImageView, ThumbnailGrid
 from ddpm_studio.gui.widgets.sampling_panel import MAX_SEED, SamplingControls, settings_column
 from ddpm_studio.gui.widgets.timeline import Timeline
@@ -62,6 +63,7 @@ class GeneratePage(Page):
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
         super().__init__(context, parent, job_name="sampling")
         self.result: SamplingResult | None = None
+        self._running_request: SamplingRequest | None = None  # the run under way, to name it if it is stopped
         self._sampling_started: tuple[float, int | None] = (0.0, None)  # (when, step) the rate is counted from
         self._preview_kind = ["x_t"]  # read by the worker thread; a list so the closure sees changes
         self._build()
@@ -94,6 +96,8 @@ class GeneratePage(Page):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setToolTip("The same seed, model and sampler give the same images")
+        self.sampling.keep("count", self.count_spin)
+        self.sampling.keep("seed", self.seed_spin)
         self.random_seed_button = QPushButton("Random")
         self.random_seed_button.setToolTip("Pick a new random seed")
         self.random_seed_button.clicked.connect(self.randomize_seed)
@@ -112,7 +116,7 @@ class GeneratePage(Page):
         self.results_hint = QLabel(IDLE_RESULTS_HINT)
         self.results_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.results_hint.setEnabled(False)
-        self.grid = ThumbnailGrid(thumbnail_size=96)
+        self.grid = ThumbnailGrid(thumbnail_size=96, smallest_size=48)  # smaller, when that shows every image
         self.grid.imageActivated.connect(self.show_on_timeline)
         self.grid.itemSelectionChanged.connect(self._update_enabled)
         self.results_stack = QStackedWidget()
@@ -127,8 +131,12 @@ class GeneratePage(Page):
         save_row.addStretch(1)
         save_row.addWidget(self.save_selected_button)
         save_row.addWidget(self.save_all_button)
+        self.results_caption = QLabel()  # which model and settings drew the images in the grid
+        self.results_caption.setWordWrap(True)
+        self.results_caption.hide()
         results_box = QGroupBox("Results · click an image to follow it on the timeline")
         results_layout = QVBoxLayout(results_box)
+        results_layout.addWidget(self.results_caption)
         results_layout.addWidget(self.results_stack, 1)
         results_layout.addLayout(save_row)
 
@@ -184,25 +192,17 @@ class GeneratePage(Page):
         right.setStretchFactor(0, 2)
         right.setStretchFactor(1, 3)
         right.setSizes([300, 480])  # two rows of thumbnails above, the timeline as large as the rest allows
-        settings_layout = settings_column(self, right)
-        for box in (model_box, sampler_box, images_box):
-            settings_layout.addWidget(box)
-        settings_layout.addLayout(self.sampling.run_layout())
-        settings_layout.addStretch(1)
+        settings_column(self, right, model_box, sampler_box, images_box, self.sampling.run_layout())
 
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         settings = self.context.settings
-        self.sampling.restore_settings()
-        self.count_spin.setValue(int(settings.value("generate/count", 16)))
-        self.seed_spin.setValue(int(settings.value("generate/seed", 0)))
+        self.sampling.restore_settings()  # with the count and the seed
         self.preview_x0.setChecked(settings.value("generate/preview", "x_t") == "x0_hat")
 
     def save_settings(self) -> None:
         settings = self.context.settings
         self.sampling.save_settings()
-        settings.setValue("generate/count", self.count_spin.value())
-        settings.setValue("generate/seed", self.seed_spin.value())
         settings.setValue("generate/preview", self._preview_kind[0])
 
     # --- choosing ----------------------------------------------------------------------------------------
@@ -217,10 +217,8 @@ class GeneratePage(Page):
         self.seed_spin.setValue(random.randint(0, MAX_SEED))
 
     def _on_model_changed(self, _path) -> None:
-        info = self.model_chooser.current_info()
-        if info is not None:
-            self.sampling.set_max_steps(info.schedule.num_timesteps)
-            self.sampling.offer_learned_variance(info.unet.learned_variance)
+        self.sampling.fit_to_model()
+        self._show_results_caption()
         self._update_enabled()
 
     def _on_preview_kind(self) -> None:
@@ -279,6 +277,7 @@ class GeneratePage(Page):
         self.preview_view.set_image(None)
         self.preview_view.placeholder = "Starting…"
         self.show_process("preview")
+        self._running_request = request
         return self.sampling.run(
             request, "sampling", f"Loading {request.model_path.name}…",
             image_from=lambda event: preview_picture(event, preview_kind[0]), on_image=self.preview_view.set_image,
@@ -311,6 +310,34 @@ class GeneratePage(Page):
                             if self.result is None else "Stopped; the grid shows the last finished images.")
             if self.result is not None:
                 self.show_process("timeline")
+                self._show_results_caption(stopped_run=self._running_request)
+        self._running_request = None
+
+    def _show_results_caption(self, stopped_run: SamplingRequest | None = None) -> None:
+        """Name the model and settings of the images in the grid; in warning colour when they are not what the
+        page now shows: another model is chosen, or a run was stopped before it replaced them."""
+        if self.result is None:
+            self.results_caption.hide()
+            return
+        request = self.result.request
+        drawn = (f"{counted(len(self.result.images), 'image')} from {self.result.metadata['model']} "
+                 f"({request.describe()}, seed {request.seed})")
+        chosen = self.model_chooser.current_path()
+        same_model = chosen is not None and Path(chosen).resolve() == Path(request.model_path).resolve()
+        if stopped_run is not None:
+            text = (f"The run of {stopped_run.model_path.name} was stopped: the grid still shows the last "
+                    f"finished images, {drawn}.")
+        elif not same_model:
+            text = f"The grid shows {drawn}, not from the chosen model" + (
+                f": Generate samples {chosen.name}." if chosen is not None else ".")
+        else:
+            self.results_caption.setText(f"{drawn}.")
+            self.results_caption.setStyleSheet(MUTED_TEXT_STYLE)
+            self.results_caption.show()
+            return
+        self.results_caption.setText(text)
+        self.results_caption.setStyleSheet(WARNING_TEXT_STYLE)
+        self.results_caption.show()
 
     def show_result(self, result: SamplingResult) -> None:
         """Show finished images in the grid and the first one on the timeline."""
@@ -320,9 +347,10 @@ class GeneratePage(Page):
                 f"the same seed, number of images and sampler draw it again" for index in range(len(images))]
         self.grid.set_images(images, tips)
         self.results_stack.setCurrentWidget(self.grid)
+        self._show_results_caption()
         self.show_process("timeline")
-        self.set_status(f"{counted(len(images), 'image')} from {result.metadata['model']} ({result.request.describe()}, "
-                        f"seed {result.request.seed}).")
+        self.set_status(f"{counted(len(images), 'image')} from {result.metadata['model']} "
+                        f"({result.request.describe()}, seed {result.request.seed}).")
         self.show_on_timeline(0)
 
     def show_process(self, which: str) -> None:

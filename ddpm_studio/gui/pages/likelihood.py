@@ -8,6 +8,7 @@ that the model's tooltip, and the Evaluate page's history, show it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ from ddpm_studio.gui.widgets.model_chooser import ModelChooser
 from ddpm_studio.gui.widgets.sampling_panel import settings_column
 
 TIMESTEP_CHOICES = (("Every timestep (exact sum)", "all"), ("K random t per image (unbiased)", "sampled"))
-VARIANCE_CHOICES = (("The model's own", None), ("Fixed large (β_t)", "fixed_large"), ("Fixed small (β̃_t)", "fixed_small"))
+VARIANCE_CHOICES = (("The model's own", None), ("Fixed large (β_t)", "fixed_large"),
+                    ("Fixed small (β̃_t)", "fixed_small"))
 
 
 def evaluation_job(model_path: Path, data: Path, request: LikelihoodRequest):
@@ -54,11 +56,31 @@ def evaluation_job(model_path: Path, data: Path, request: LikelihoodRequest):
         yield event
 
 
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def power_of_ten(exponent: float) -> str:
+    """A log axis' tick as a power of ten, "10⁻⁵", or "2·10⁻⁵" between decades: one notation for every tick."""
+    decade = math.floor(exponent + 1e-9)
+    mantissa = round(10 ** (exponent - decade), 6)
+    if mantissa >= 10:
+        decade, mantissa = decade + 1, 1.0
+    power = "10" + str(decade).translate(SUPERSCRIPTS)
+    return power if mantissa == 1 else f"{mantissa:g}·{power}"
+
+
+class PowerOfTenAxis(pg.AxisItem):
+    """A log axis labelled 10⁻⁴, 10⁻⁵, … throughout (pyqtgraph's own writes 0.0001 beside 10⁻⁵)."""
+
+    def logTickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph's name)
+        return [power_of_ten(value + math.log10(scale)) for value in values]
+
+
 class RatePlot(pg.PlotWidget):
     """L_{t-1} in bits/dim against t on a log axis; L_0 at t = 1 marked apart."""
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent, background="w")
+        super().__init__(parent, background="w", axisItems={"left": PowerOfTenAxis("left")})
         self.setLogMode(x=False, y=True)
         self.showGrid(x=True, y=True, alpha=0.25)
         self.setLabel("bottom", "t")
@@ -67,7 +89,7 @@ class RatePlot(pg.PlotWidget):
         self.terms = self.plot([], [], pen=pg.mkPen("#1f5fa8", width=2), connect="finite")
         self.samples = self.plot([], [], pen=None, symbol="o", symbolSize=5, symbolBrush="#1f5fa8", symbolPen=None)
         self.decoder = self.plot([], [], pen=None, symbol="s", symbolSize=9, symbolBrush="#c0392b", symbolPen=None)
-        self.addLegend(offset=(-10, 10)).addItem(self.decoder, "L_0 (decoder)")
+        self.legend = self.addLegend(offset=(-10, 10))
         self.empty_text = pg.TextItem("The terms appear here, t by t, as the evaluation runs.", color=(120, 120, 120),
                                       anchor=(0.5, 0.5))
         self.addItem(self.empty_text, ignoreBounds=True)
@@ -91,7 +113,17 @@ class RatePlot(pg.PlotWidget):
         finite = np.isfinite(kl)
         self.samples.setData(t[finite], kl[finite]) if not every_timestep else self.samples.setData([], [])
         self.decoder.setData(t[:1], values[:1]) if np.isfinite(values[0]) else self.decoder.setData([], [])
+        self._show_legend(every_timestep)
         self._show_empty(False)
+
+    def _show_legend(self, every_timestep: bool) -> None:
+        """One entry for each kind of mark drawn: the line (or points) of L_(t-1), and L_0."""
+        self.legend.clear()
+        if every_timestep:
+            self.legend.addItem(self.terms, "L_(t-1), every t (KL terms)")
+        else:
+            self.legend.addItem(self.samples, "L_(t-1), sampled t (KL terms)")
+        self.legend.addItem(self.decoder, "L_0 (decoder)")
 
     def clear_terms(self) -> None:
         for item in (self.terms, self.samples, self.decoder):
@@ -186,7 +218,8 @@ class LikelihoodPage(Page):
         settings = self.context.settings
         self.data_edit.setText(str(settings.value("likelihood/data", "")))
         self.count_spin.setValue(int(settings.value("likelihood/count", 64)))
-        self.timesteps_combo.setCurrentIndex(max(0, self.timesteps_combo.findData(settings.value("likelihood/terms", "all"))))
+        terms = settings.value("likelihood/terms", "all")
+        self.timesteps_combo.setCurrentIndex(max(0, self.timesteps_combo.findData(terms)))
         self.k_spin.setValue(int(settings.value("likelihood/k", 50)))
         model = settings.value("likelihood/model", "")
         if model and Path(model).is_dir():
@@ -288,4 +321,5 @@ def describe_result(result: LikelihoodResult) -> str:
     terms = "all timesteps" if result.timesteps is None else f"{result.timesteps} random t per image"
     return (f"<b>{result.bits_per_dim:.3f}{error} bits/dim</b> on {counted(result.num_images, 'image')} ({terms}, "
             f"{result.variance.replace('_', ' ')} variance)<br>"
-            f"L_0 {result.decoder_bpd:.3f} + Σ L_(t-1) {result.kl_bpd:.3f} + L_T {result.prior_bpd:.5f}")
+            # the precision of the record's own line (model_store.describe_evaluation), so the two agree
+            f"L_0 {result.decoder_bpd:.3f} + Σ L_(t-1) {result.kl_bpd:.3f} + L_T {result.prior_bpd:.4f}")

@@ -16,7 +16,6 @@ from PySide6.QtGui import QKeyEvent, QPalette
 from PySide6.QtWidgets import (
     QFileDialog,
     QGraphicsItem,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -37,9 +36,10 @@ from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages.page import Page, paths_from_mime
 from ddpm_studio.gui.session_memory import remember_picture, reopen_picture
-from ddpm_studio.gui.style import ERROR_TEXT_STYLE, hold_size, make_bold
+from ddpm_studio.gui.style import ERROR_TEXT_STYLE, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE, hold_size, make_bold
 from ddpm_studio.gui.widgets.image_view import ImageView
 from ddpm_studio.gui.widgets.sampling_panel import MAX_SEED, SamplingControls, settings_column
+from ddpm_studio.gui.widgets.stacked_box import stacked_box
 from ddpm_studio.gui.widgets.timeline import Timeline
 from ddpm_studio.paths import SAMPLE_PICTURE
 
@@ -123,11 +123,7 @@ class NoisingPage(Page):
         self.image_message.setWordWrap(True)
         self.image_message.setStyleSheet(ERROR_TEXT_STYLE)
         self.image_message.hide()
-        picture_box = QGroupBox("1 · Picture")
-        picture_layout = QVBoxLayout(picture_box)
-        picture_layout.addWidget(self.open_button)
-        picture_layout.addWidget(self.source_label)
-        picture_layout.addWidget(self.image_message)
+        picture_box = stacked_box("1 · Picture", self.open_button, self.source_label, self.image_message)
 
         self.alpha_bar_plot = SchedulePlot("ᾱ_t")
         self.log_snr_plot = SchedulePlot("log SNR")
@@ -139,13 +135,8 @@ class NoisingPage(Page):
         hold_size(self.log_snr_label, "log SNR = log(ᾱ_t / (1 − ᾱ_t)): −00.00")
         self.schedule_label = QLabel()
         self.schedule_label.setWordWrap(True)
-        schedule_box = QGroupBox("Schedule")
-        schedule_layout = QVBoxLayout(schedule_box)
-        schedule_layout.addWidget(self.schedule_label)
-        schedule_layout.addWidget(self.alpha_bar_label)
-        schedule_layout.addWidget(self.alpha_bar_plot, 1)
-        schedule_layout.addWidget(self.log_snr_label)
-        schedule_layout.addWidget(self.log_snr_plot, 1)
+        schedule_box = stacked_box("Schedule", self.schedule_label, self.alpha_bar_label, (self.alpha_bar_plot, 1),
+                                   self.log_snr_label, (self.log_snr_plot, 1))
 
         self.sampling = SamplingControls(self.context, self.jobs, "noising", "Denoise from t", with_variance=True,
                                          steps_tooltip="DDIM's number of steps from t down to 0")
@@ -155,15 +146,13 @@ class NoisingPage(Page):
         self.variance_box = self.sampling.variance_box
         self.stop_button, self.progress_bar = self.jobs.stop_button, self.jobs.progress_bar
         self.status_label = self.jobs.status_label
-        self.status_label.setText("Choose a model, set t, then denoise: the model runs the reverse process from this x_t.")
+        self.status_label.setText("Choose a model, set t, then denoise: the model runs the reverse process from "
+                                  "this x_t.")
         self.model_chooser.modelChanged.connect(self._on_model_changed)
         self.sampler_box.currentIndexChanged.connect(self._update_enabled)
         self.denoise_button.clicked.connect(self.denoise)
-        denoise_box = QGroupBox("3 · Denoise with a model")
-        denoise_layout = QVBoxLayout(denoise_box)
-        denoise_layout.addWidget(self.model_chooser)
-        denoise_layout.addLayout(self.sampling.sampler_form())
-        denoise_layout.addLayout(self.sampling.run_layout())
+        denoise_box = stacked_box("3 · Denoise with a model", self.model_chooser, self.sampling.sampler_form(),
+                                  self.sampling.run_layout())
 
         # The forward process: x_t at the working size and at the model's resolution, and the t slider.
         self.working_image_view = ImageView("Open or drop a picture.", f"x_t at {WORKING_SIZE}×{WORKING_SIZE}")
@@ -189,22 +178,19 @@ class NoisingPage(Page):
         slider_row.addWidget(self.t_slider, 1)
         slider_row.addWidget(self.t_label)
         slider_row.addWidget(self.seed_spin)
-        forward_box = QGroupBox("2 · Noise it: x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, drag t")
-        forward_layout = QVBoxLayout(forward_box)
-        forward_layout.addLayout(views, 1)
-        forward_layout.addLayout(slider_row)
+        forward_box = stacked_box("2 · Noise it: x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, drag t", (views, 1), slider_row)
 
         self.timeline = Timeline("Denoise from t (step 3) to watch the model\ntake this x_t back to an image.")
-        reverse_box = QGroupBox("The model's reverse process, from t down to 0")
-        QVBoxLayout(reverse_box).addWidget(self.timeline)
+        self.reverse_caption = QLabel()  # whose reverse process is shown, and whether it is the chosen model's
+        self.reverse_caption.setWordWrap(True)
+        self.reverse_caption.hide()
+        reverse_box = stacked_box("The model's reverse process, from t down to 0", self.reverse_caption,
+                                  (self.timeline, 1))
 
         right = QVBoxLayout()
         right.addWidget(forward_box, 1)
         right.addWidget(reverse_box, 1)
-        settings_layout = settings_column(self, right)
-        settings_layout.addWidget(picture_box)
-        settings_layout.addWidget(schedule_box, 1)
-        settings_layout.addWidget(denoise_box)
+        settings_column(self, right, picture_box, (schedule_box, 1), denoise_box)
 
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -224,11 +210,18 @@ class NoisingPage(Page):
         super().showEvent(event)
         if not self._offered_sample and self.source_path is None:
             self._offered_sample = True
-            reopen_picture(self)  # the user's last picture, else the sample picture
+            # The user's last picture, else the sample picture.
+            reopen_picture(self.context.settings, self.load_image, self.source_label.setText)
+
+    def image_folder(self) -> str:
+        """Where Open starts: the folder of the picture shown (opened, dropped or reopened at start), else the
+        folder of the last one opened, else the home folder."""
+        if self.source_path is not None and self.source_path != SAMPLE_PICTURE:
+            return str(self.source_path.parent)
+        return str(self.context.settings.value("last_image_dir", "") or Path.home())
 
     def choose_image(self) -> None:
-        start = self.context.settings.value("last_image_dir", str(Path.home()))
-        file, _ = QFileDialog.getOpenFileName(self, "Choose a picture to noise", start, IMAGE_FILTER)
+        file, _ = QFileDialog.getOpenFileName(self, "Choose a picture to noise", self.image_folder(), IMAGE_FILTER)
         if file:
             self.context.settings.setValue("last_image_dir", str(Path(file).parent))
             self.load_image(Path(file))
@@ -311,6 +304,7 @@ class NoisingPage(Page):
         self.t_slider.blockSignals(False)
         self._rebuild_views()
         self._update_enabled()
+        self._show_reverse_caption()
 
     def _rebuild_views(self) -> None:
         """New fixed noise and closed forms for the current picture, schedule and seed; then redraw."""
@@ -385,6 +379,7 @@ class NoisingPage(Page):
         )
         self.result = None
         self.timeline.clear()
+        self._show_reverse_caption()
         return self.sampling.run(request, "denoising", f"Denoising from t = {t} with {path.name}…",
                                  image_from=live_pictures, on_image=self._on_live_pictures, on_result=self._on_result,
                                  on_done=self._on_done)
@@ -403,12 +398,30 @@ class NoisingPage(Page):
         self.result = result
         start = result.trajectory.timesteps[0]
         self.timeline.set_trajectory(result.trajectory, 0, frame=0)
+        self._show_reverse_caption()
         self.set_status(f"Denoised from t = {start} ({result.request.describe()}). Press space or Play to watch.")
         self.timeline.setFocus()
 
     def _on_done(self, stopped: bool) -> None:
         if stopped:
             self.set_status("Stopped.")
+
+    def _show_reverse_caption(self) -> None:
+        """Say whose reverse process the timeline shows; in warning colour when it is not the chosen model's."""
+        if self.result is None:
+            self.reverse_caption.hide()
+            return
+        request = self.result.request
+        shown = f"{request.model_path.name}'s, from t = {self.result.trajectory.timesteps[0]} ({request.describe()})"
+        chosen = self.model_chooser.current_path()
+        if chosen is not None and Path(chosen).resolve() == Path(request.model_path).resolve():
+            self.reverse_caption.setText(f"Shown: {shown}.")
+            self.reverse_caption.setStyleSheet(MUTED_TEXT_STYLE)
+        else:
+            instead = (f"; Denoise from t runs {chosen.name}'s" if chosen is not None else "")
+            self.reverse_caption.setText(f"Shown: {shown}, not the chosen model's{instead}.")
+            self.reverse_caption.setStyleSheet(WARNING_TEXT_STYLE)
+        self.reverse_caption.show()
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         """Space and arrows that no child used drive the timeline."""

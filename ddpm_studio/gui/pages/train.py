@@ -31,13 +31,9 @@ from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import ModelError
 from ddpm_studio.core.model.unet import PRESETS
 from ddpm_studio.core.training import plan as run_plan
-from ddpm_studio.core.training.loop import (
-    CheckpointEvent,
-    StepEvent,
-    TrainingConfig,
-    merge_step_events,
-    threads_beside_a_window,
-)
+from ddpm_studio.core.training.config import FORM_CONTROLS, TRAINING_SETTINGS, TrainingConfig
+from ddpm_studio.core.training.events import CheckpointEvent, StepEvent, merge_step_events
+from ddpm_studio.core.training.loop import threads_beside_a_window
 from ddpm_studio.core.training.plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted
@@ -47,6 +43,7 @@ from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.session_memory import remember_resume_model, reopen_resume_model
 from ddpm_studio.gui.style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
 from ddpm_studio.gui.widgets.memory_guard import MemoryGuard
+from ddpm_studio.gui.widgets.stacked_box import stacked_box
 from ddpm_studio.gui.widgets.training_form import TrainingForm
 from ddpm_studio.gui.widgets.training_monitor import TrainingMonitor
 
@@ -66,7 +63,8 @@ class TrainPage(Page):
         self.form.restore(self.context.settings)
         self._suggest_name()
         self._settings_changed()
-        reopen_resume_model(self)
+        reopen_resume_model(self.context.settings, self.context.library, self.resume_picker,
+                            lambda path: self.show_model(path, fill_form=False))
 
     # --- layout -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -125,13 +123,7 @@ class TrainPage(Page):
         self.start_hint = QLabel()
         self.start_hint.setWordWrap(True)
 
-        new_box = QGroupBox("New model")
-        new_layout = QVBoxLayout(new_box)
-        new_layout.addWidget(self.dataset_label)
-        new_layout.addWidget(self.form)
-        new_layout.addWidget(self.memory_label)
-        new_layout.addLayout(buttons)
-        new_layout.addWidget(self.start_hint)
+        new_box = stacked_box("New model", self.dataset_label, self.form, self.memory_label, buttons, self.start_hint)
 
         self.resume_picker = ModelPicker(self.context.library, resumable_only=True)
         self.resume_picker.activated.connect(lambda _index: self.show_model(self.resume_picker.current_path()))
@@ -176,15 +168,14 @@ class TrainPage(Page):
 
     def config(self) -> TrainingConfig:
         """The training settings as shown; a fine-tune takes its architecture and schedule from its model
-        (ModelError when that model cannot be read)."""
+        (ModelError when that model cannot be read), and the rest of what the form shows."""
         source = self.fine_tune_source()
         if source is None:
             return self.form.config()
         shown = self.form.config()
         return TrainingConfig.for_fine_tune(
             model_store.read_model_info(source),
-            **{key: getattr(shown, key) for key in ("batch_size", "learning_rate", "steps", "ema_decay", "precision",
-                                                    "preview_every", "preview_count", "checkpoint_every")},
+            **{name: getattr(shown, name) for name in FORM_CONTROLS if TRAINING_SETTINGS[name].fine_tune != "model"},
         )
 
     def save_settings(self) -> None:
@@ -309,7 +300,8 @@ class TrainPage(Page):
         except UserError as error:
             return str(error)
         if (self.models_dir() / name).exists():
-            return f"A model named {name} already exists; choose another name, or continue it below."
+            free = run_plan.unique_name(name, self.models_dir())
+            return f"A model named {name} already exists; choose another name ({free} is free), or continue it below."
         return None
 
     # --- running ------------------------------------------------------------------------------------
@@ -322,7 +314,8 @@ class TrainPage(Page):
         if not self.memory_allows(self.config()):
             return
         try:
-            plan = run_plan.plan_new_run(self.config(), self.models_dir() / self.name_edit.text().strip(), scanned=self.dataset)
+            plan = run_plan.plan_new_run(self.config(), self.models_dir() / self.name_edit.text().strip(),
+                                         scanned=self.dataset)
         except UserError as error:
             self.show_error(str(error))
             return
@@ -358,7 +351,8 @@ class TrainPage(Page):
         self.monitor.reset(new_model=not plan.resume)
         threads = threads_beside_a_window()  # one core is left to the window, so that it keeps drawing
         weights = inception_weights_setting(self.context.settings)  # for KID during training, chosen on Evaluate
-        self.run_job(lambda: plan.events(cpu_threads=threads, inception_weights=weights), name=f"training {plan.out_dir.name}",
+        self.run_job(lambda: plan.events(cpu_threads=threads, inception_weights=weights),
+                     name=f"training {plan.out_dir.name}",
                      status=plan.describe(), progress_types=(StepEvent, ScanProgress), merge=merge_step_events,
                      on_progress=self.monitor.show_progress, on_event=self._on_event, on_error=self.show_error,
                      on_done=self._on_done)
@@ -399,8 +393,7 @@ class TrainPage(Page):
                    else "To continue it, raise Steps, then Resume.")
             )
             self.context.show_message(f"Model saved: {path.name} at step {step:,}.")
-        self._name_edited = False
-        self._suggest_name()
+        # The name stays as the user left it: Start then says that it is taken, and which name is free.
 
     def show_error(self, message: str) -> None:
         self.monitor.show_error(message)
@@ -419,6 +412,7 @@ class TrainPage(Page):
             return
         self._loaded_model = path
         config = TrainingConfig.from_dict(info.training)
+        planned_steps = config.steps  # what it was trained towards, before a finished model's Steps are raised
         if config.steps <= info.step:
             config.steps = info.step + max(config.steps, 1000)
         if fill_form:
@@ -430,6 +424,7 @@ class TrainPage(Page):
                 preview = model_check.read_preview(path / model_store.PREVIEW_FILE)
             except ModelError as error:
                 problem = str(error)
-        self.monitor.show_saved_model(info, history, preview, problem)
+        self.monitor.show_saved_model(info, history, preview, problem, planned_steps)
         self.resume_hint.setText(f"{info.name}: {counted(info.step, 'step')} trained; " + (
-            f"Resume continues up to Steps ({steps:,})." if steps > info.step else "to continue it, raise Steps, then Resume."))
+            f"Resume continues up to Steps ({steps:,})." if steps > info.step
+            else "to continue it, raise Steps, then Resume."))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QSizePolicy, QWidget
 
@@ -22,7 +22,8 @@ def to_qimage(array: np.ndarray) -> QImage:
 def scaled_pixmap(array: np.ndarray, size: int) -> QPixmap:
     """A square thumbnail, nearest-neighbour when enlarging so small images stay crisp."""
     image = to_qimage(array)
-    mode = Qt.TransformationMode.FastTransformation if image.width() < size else Qt.TransformationMode.SmoothTransformation
+    mode = (Qt.TransformationMode.FastTransformation if image.width() < size
+            else Qt.TransformationMode.SmoothTransformation)
     return QPixmap.fromImage(image.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, mode))
 
 
@@ -71,8 +72,8 @@ class ImageView(QWidget):
         painter = QPainter(self)
         painter.fillRect(self.rect(), self.palette().window())
         if self.caption:
-            painter.drawText(self.rect().adjusted(0, 2, 0, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
-                             self.caption)
+            painter.drawText(self.rect().adjusted(0, 2, 0, 0),
+                             Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, self.caption)
         target = self.target_rect()
         if self._image is None:
             painter.setPen(QColor(128, 128, 128))
@@ -85,13 +86,19 @@ class ImageView(QWidget):
 
 
 class ThumbnailGrid(QListWidget):
-    """A grid of image thumbnails; ``imageActivated(index)`` when one is clicked."""
+    """A grid of image thumbnails; ``imageActivated(index)`` when one is clicked.
+
+    With ``smallest_size`` set, the thumbnails shrink (down to that size) as far as it takes for every
+    image to be seen without scrolling, and grow back to ``thumbnail_size`` when there is room.
+    """
 
     imageActivated = Signal(int)
 
-    def __init__(self, thumbnail_size: int = 64, parent: QWidget | None = None):
+    def __init__(self, thumbnail_size: int = 64, parent: QWidget | None = None, smallest_size: int | None = None):
         super().__init__(parent)
-        self.thumbnail_size = thumbnail_size
+        self.largest_size = self.thumbnail_size = thumbnail_size
+        self.smallest_size = smallest_size or thumbnail_size
+        self._arrays: list[np.ndarray] = []
         self.setViewMode(QListWidget.ViewMode.IconMode)
         self.setIconSize(QSize(thumbnail_size, thumbnail_size))
         self.setResizeMode(QListWidget.ResizeMode.Adjust)
@@ -100,13 +107,17 @@ class ThumbnailGrid(QListWidget):
         self.setSpacing(4)
         # The selection is a frame, never a tint: a tint changes the picture's colours (pink looks purple).
         self.setStyleSheet("QListView::item { border: 3px solid transparent; }"
-                           "QListView::item:selected { background: transparent; border: 3px solid palette(highlight); }")
+                           "QListView::item:selected { background: transparent; "
+                           "border: 3px solid palette(highlight); }")
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.itemClicked.connect(lambda item: self.imageActivated.emit(self.row(item)))
 
     def set_images(self, images: list[np.ndarray] | np.ndarray, tooltips: list[str] | None = None) -> None:
         """Replace the grid with ``images`` ((H, W, C) or (H, W) uint8 each)."""
         self.clear()
+        self._arrays = list(images)
+        self.thumbnail_size = self.fitting_size()
+        self.setIconSize(QSize(self.thumbnail_size, self.thumbnail_size))
         for index, array in enumerate(images):
             pixmap = scaled_pixmap(array, self.thumbnail_size)
             icon = QIcon(pixmap)
@@ -119,3 +130,29 @@ class ThumbnailGrid(QListWidget):
 
     def selected_indices(self) -> list[int]:
         return sorted(self.row(item) for item in self.selectedItems())
+
+    def fitting_size(self) -> int:
+        """The largest thumbnail size, in steps of 8 px from ``thumbnail_size`` down to ``smallest_size``, at which
+        every image fits the grid's area without scrolling (the smallest when none does)."""
+        count = len(self._arrays)
+        area = self.contentsRect()  # the viewport without a scroll bar: when all fit, there is none
+        spacing = self.spacing()
+        size = self.largest_size
+        while size > self.smallest_size:
+            cell = size + 8 + spacing  # an item's size hint, and the gap after it
+            columns = max(1, (area.width() - spacing) // cell)
+            rows = -(-count // columns)
+            if rows * cell + spacing <= area.height():
+                return size
+            size = max(self.smallest_size, size - 8)
+        return self.smallest_size
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self._arrays and self.smallest_size < self.largest_size and self.fitting_size() != self.thumbnail_size:
+            selected, current = self.selected_indices(), self.currentRow()
+            self.set_images(self._arrays, [self.item(row).toolTip() for row in range(self.count())])
+            for row in selected:
+                self.item(row).setSelected(True)
+            if current >= 0:
+                self.setCurrentRow(current, QItemSelectionModel.SelectionFlag.NoUpdate)

@@ -119,7 +119,8 @@ class LossPlot(QWidget):
         self.smooth_curve = plot.plot(pen=pg.mkPen(20, 70, 170, width=2.5), name="smoothed")
         self._add_kid_axis(plot)
         # Before the first step: a sentence, and no axes (their ticks would mean nothing yet).
-        self.empty_text = pg.TextItem("The loss appears here once training starts.", color=(120, 120, 120), anchor=(0.5, 0.5))
+        self.empty_text = pg.TextItem("The loss appears here once training starts.", color=(120, 120, 120),
+                                      anchor=(0.5, 0.5))
         self.plot_widget.addItem(self.empty_text, ignoreBounds=True)
         self.empty_text.setPos(0.5, 0.5)  # the middle of the empty view
         self._axes_shown = True
@@ -128,7 +129,8 @@ class LossPlot(QWidget):
         self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
         self.smoothing_slider.setRange(0, SLIDER_STEPS)
         self.smoothing_slider.setValue(slider_from_smoothing(DEFAULT_SMOOTHING))
-        self.smoothing_slider.setToolTip("How strongly the bold line averages recent steps (an exponential moving average).")
+        self.smoothing_slider.setToolTip("How strongly the bold line averages recent steps "
+                                         "(an exponential moving average).")
         self.smoothing_slider.valueChanged.connect(lambda position: self.set_smoothing(smoothing_from_slider(position)))
         self.smoothing_label = QLabel()
         self.smoothing_label.setMinimumWidth(40)
@@ -157,10 +159,6 @@ class LossPlot(QWidget):
 
     def smoothed(self) -> np.ndarray:
         return self._smoothed[: self._count].copy()
-
-    @property
-    def smoothing(self) -> float:
-        return self._smoothing
 
     def append(self, losses) -> None:
         """Add the losses of the next steps; the curve redraws at the next timer tick."""

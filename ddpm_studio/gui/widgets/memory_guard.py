@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QLabel, QMessageBox, QWidget
 
 from ddpm_studio.core.errors import UserError
-from ddpm_studio.core.training.loop import TrainingConfig, check_memory
+from ddpm_studio.core.training.config import TrainingConfig
 from ddpm_studio.core.training.memory import MemoryCheck
+from ddpm_studio.core.training.run_memory import check_memory
 from ddpm_studio.gui.formatting import format_bytes
 from ddpm_studio.gui.jobs.controller import JobController
 from ddpm_studio.gui.style import WARNING_TEXT_STYLE
@@ -70,7 +71,8 @@ class MemoryGuard(QLabel):
             self.setStyleSheet(WARNING_TEXT_STYLE)
             return
         estimate = check.estimate
-        text = f"Memory: ≈ {format_bytes(estimate.total_bytes)} on {check.device_name} ({estimate.parameters:,} parameters)"
+        text = (f"Memory: ≈ {format_bytes(estimate.total_bytes)} on {check.device_name} "
+                f"({estimate.parameters:,} parameters)")
         if not check.fits:
             text += f". {check.explain()}"
         self.setStyleSheet("" if check.fits else WARNING_TEXT_STYLE)

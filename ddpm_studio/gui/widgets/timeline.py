@@ -85,7 +85,8 @@ class Timeline(QWidget):
 
     # --- content --------------------------------------------------------------------------------------
     def set_trajectory(self, trajectory: Trajectory, image: int, frame: int | None = None) -> None:
-        """Show ``image`` (an index into the sampled batch) of ``trajectory``, at ``frame`` (default: the last, t = 0)."""
+        """Show ``image`` (an index into the sampled batch) of ``trajectory``, at ``frame`` (default: the last,
+        t = 0)."""
         if image not in trajectory.image_indices:
             raise ValueError(f"The trajectory of image {image} was not recorded.")
         self.pause()

@@ -4,6 +4,7 @@ the loss curve and the latest preview grid. The Train page feeds it the run's ev
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt
@@ -13,15 +14,7 @@ from ddpm_studio.core.data.folders import ScanProgress, ScanResult
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import ModelInfo
 from ddpm_studio.core.sampling.imaging import make_grid
-from ddpm_studio.core.training.loop import (
-    CheckpointEvent,
-    EvaluationEvent,
-    FailedEvent,
-    FinishedEvent,
-    PreviewEvent,
-    StartedEvent,
-    StepEvent,
-)
+from ddpm_studio.core.training import events
 from ddpm_studio.gui.formatting import counted, format_duration
 from ddpm_studio.gui.jobs.controller import JobController
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE, error_box
@@ -41,6 +34,7 @@ class TrainingMonitor(QWidget):
         self.started_time = 0.0
         self.current_step = 0
         self.total_steps = 0
+        self.preview_step: int | None = None  # the step of the preview shown
         self.step_value = QLabel("–")
         self.speed_value = QLabel("–")
         self.eta_value = QLabel("–")
@@ -98,6 +92,7 @@ class TrainingMonitor(QWidget):
             label.setText("–")
         if new_model:
             self.loss_plot.clear()
+            self.preview_step = None
             self.preview_view.set_image(None)
             self.preview_view.placeholder = PREVIEW_PLACEHOLDER
             self.preview_view.setToolTip("")
@@ -106,9 +101,10 @@ class TrainingMonitor(QWidget):
         self.error_label.setText(message)
         self.error_label.show()
 
-    def show_progress(self, event: StepEvent | ScanProgress) -> None:
+    def show_progress(self, event: events.StepEvent | ScanProgress) -> None:
         if isinstance(event, ScanProgress):
-            self.status_label.setText(f"Scanning the images at the chosen resolution: {event.done:,} of {event.total:,}")
+            self.status_label.setText(f"Scanning the images at the chosen resolution: {event.done:,} of "
+                                      f"{event.total:,}")
             return
         self.loss_plot.append(event.losses)
         self.current_step, self.total_steps = event.step, event.total_steps
@@ -125,49 +121,80 @@ class TrainingMonitor(QWidget):
 
     def show_event(self, event: object) -> None:
         """Every event of a run that is not progress: its start, scan result, previews, saves and end."""
-        if isinstance(event, StartedEvent):
+        if isinstance(event, events.StartedEvent):
             self.started_step, self.started_time = event.step, time.monotonic()
             self.total_steps = event.total_steps
             self.device_value.setText(event.device if event.dtype == "float32" else f"{event.device} · {event.dtype}")
             self.loss_plot.set_history(event.loss_history)
             self.jobs.show_progress(event.step, event.total_steps)
             self.step_value.setText(f"{event.step:,} / {event.total_steps:,}")
-            self.status_label.setText(f"Training {event.path.name}: {event.parameters:,} parameters, saved in {event.path}")
+            self.status_label.setText(f"Training {event.path.name}: {event.parameters:,} parameters, saved in "
+                                      f"{event.path}")
         elif isinstance(event, ScanResult):
-            self.status_label.setText(f"Scanned {counted(len(event.files), 'image')} at {event.image_size} px; training starts.")
-        elif isinstance(event, PreviewEvent):
+            self.status_label.setText(f"Scanned {counted(len(event.files), 'image')} at {event.image_size} px; "
+                                      "training starts.")
+        elif isinstance(event, events.PreviewEvent):
+            self.preview_step = event.step
             self.preview_view.set_image(make_grid(event.images, padding=1))
             self.preview_view.set_caption(f"Preview at step {event.step:,} (fixed seed)")
-        elif isinstance(event, EvaluationEvent):
+        elif isinstance(event, events.EvaluationEvent):
             self.loss_plot.add_kid(event.step, event.value)
             self.status_label.setText(f"KID {event.value:.4g} ± {event.std:.2g} at step {event.step:,} "
                                       f"({event.n:,} EMA samples; lower is better)")
-        elif isinstance(event, CheckpointEvent):
+        elif isinstance(event, events.CheckpointEvent):
             self.status_label.setText(f"Saved a checkpoint at step {event.step:,} in {event.path}")
-        elif isinstance(event, FinishedEvent):
+        elif isinstance(event, events.FinishedEvent):
             self.status_label.setText(f"Finished {counted(event.step, 'step')}. The model is saved in {event.path}")
-        elif isinstance(event, FailedEvent):
+        elif isinstance(event, events.FailedEvent):
             self.status_label.setText(f"Training ended early at step {event.step:,}.")
             self.show_error(event.reason)
 
     def run_ended(self) -> None:
-        """Nothing runs now: a speed or a time left would no longer be true."""
+        """Nothing runs now: a speed or a time left would no longer be true, and a preview older than the
+        last step says that it is."""
         for label in (self.speed_value, self.eta_value):
             label.setText("–")
+        if self.preview_step is not None and self.current_step > self.preview_step:
+            self.preview_view.set_caption(f"Preview at step {self.preview_step:,} (fixed seed); "
+                                          f"the run stopped at step {self.current_step:,}")
 
     def show_saved_model(self, info: ModelInfo, history: np.ndarray, preview: np.ndarray | None,
-                         preview_problem: str = "") -> None:
-        """A saved model's curve, last step and loss, and last preview (or the sentence that says why there is none)."""
+                         preview_problem: str = "", planned_steps: int | None = None) -> None:
+        """A saved model's curve, step (of the ``planned_steps`` it was trained towards) and loss, its progress
+        and a line that says what is shown, and its last preview (or the sentence that says why there is none)."""
         self.error_label.hide()
         self.loss_plot.set_history(history)
         self.loss_plot.set_kid_history(training_kid(info))
-        self.step_value.setText(f"{info.step:,}")
+        self.current_step = info.step
+        planned = max(planned_steps or info.step, info.step)
+        self.step_value.setText(f"{info.step:,} / {planned:,}")
         self.loss_value.setText(f"{info.last_loss:.4g}" if info.last_loss is not None else "–")
+        self.jobs.show_progress(info.step, planned)
+        self.status_label.setText(f"{info.name}: {counted(info.step, 'step')} of {planned:,} trained, saved in "
+                                  f"{info.path}" + (". Resume continues it." if info.step < planned else "."))
+        self.preview_step = last_preview_step(info.path) if preview is not None else None
         self.preview_view.set_image(preview)
-        self.preview_view.set_caption(f"Last preview of {info.name}" if preview is not None
-                                      else "No preview" if preview_problem else "Preview")
+        if preview is None:
+            caption = "No preview" if preview_problem else "Preview"
+        elif self.preview_step is None:
+            caption = f"Last preview of {info.name}"
+        else:
+            caption = f"Last preview of {info.name}, at step {self.preview_step:,}" + (
+                f" of {info.step:,}" if self.preview_step < info.step else "")
+        self.preview_view.set_caption(caption)
         self.preview_view.placeholder = preview_problem or PREVIEW_PLACEHOLDER
         self.preview_view.setToolTip(preview_problem)
+
+
+def last_preview_step(folder: Path) -> int | None:
+    """The step of a model's latest preview grid, from the names of its previews (step_0001000.png); None if none."""
+    steps = []
+    for path in (folder / model_store.PREVIEW_DIR).glob("step_*.png"):
+        try:
+            steps.append(int(path.stem.removeprefix("step_")))
+        except ValueError:
+            continue  # a file of another name
+    return max(steps, default=None)
 
 
 def training_kid(info: ModelInfo) -> list[tuple[int, float]]:
