@@ -1,6 +1,7 @@
 """How the window behaves when it is closed while training: the longest stall of the GUI thread until it is gone.
 
     QT_QPA_PLATFORM=offscreen python benchmarks/close_latency.py [--preset small] [--batch 32] [--repeats 3]
+                                                                 [--save-delay 1.5]
 
 The Train page trains ``--preset`` on demo shapes; after a few steps the window is closed (the
 "Stop running work?" question answered Yes). A 5 ms timer on the GUI thread records the gaps
@@ -8,15 +9,20 @@ between its ticks from the close until the window has gone: the largest gap is h
 window stood frozen. Printed separately: the largest gap until the jobs had ended (the window
 waits for them with its event loop, showing "Saving…"), before the last step of closing (the
 settings, a last garbage collection). The time to close and the step saved on disk are printed
-too. The numbers are this machine's: this is a benchmark, never a test.
+too. ``--save-delay S`` makes the last checkpoint take S seconds longer in the job's thread, as a big
+model's does while it is written: the stall while saving should not grow with it (the window waits with its
+event loop). The numbers are this machine's: this is a benchmark, never a test (tests/gui/test_threads.py
+checks the same close by its behaviour).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -24,7 +30,25 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from gui_latency import REPO, StallProbe, wait_until  # noqa: E402  (this folder is the script's)
 
 
-def close_while_training(app, scratch: Path, preset: str, batch: int, run: int) -> dict:
+@contextlib.contextmanager
+def slower_saves(seconds: float) -> Iterator[None]:
+    """Every checkpoint written meanwhile takes ``seconds`` longer, in the thread that writes it."""
+    from ddpm_studio.core.training.state import ModelFolderWriter
+
+    real_save = ModelFolderWriter.save_checkpoint
+
+    def slow_save(writer, state) -> None:
+        time.sleep(seconds)
+        real_save(writer, state)
+
+    ModelFolderWriter.save_checkpoint = slow_save
+    try:
+        yield
+    finally:
+        ModelFolderWriter.save_checkpoint = real_save
+
+
+def close_while_training(app, scratch: Path, preset: str, batch: int, run: int, save_delay: float = 0.0) -> dict:
     from PySide6.QtCore import QSettings
 
     from ddpm_studio.core.model import store as model_store
@@ -59,7 +83,7 @@ def close_while_training(app, scratch: Path, preset: str, batch: int, run: int) 
         window.closing.on_finished = jobs_ended
     started = probe.last = time.perf_counter()  # the first gap starts at the close
     window.close()
-    wait_until(app, lambda: window.closed, timeout_s=120)
+    wait_until(app, lambda: window.closed, timeout_s=120 + save_delay)
     seconds = time.perf_counter() - started
     app.processEvents()  # the probe's tick that ends the last gap
     probe.stop()
@@ -75,6 +99,8 @@ def main() -> int:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save-delay", type=float, default=0.0, metavar="S",
+                        help="seconds added to the checkpoint written while closing (default 0)")
     args = parser.parse_args()
     from PySide6.QtWidgets import QApplication
 
@@ -86,9 +112,11 @@ def main() -> int:
         os.environ["DDPM_STUDIO_MODELS"] = str(scratch / "models")
         for _ in write_demo_dataset(scratch / "shapes", count=200, seed=3):
             pass
-        print(f"closing while training the {args.preset} preset at batch {args.batch}:")
+        slowed = f", its last checkpoint {args.save_delay:g} s slower" if args.save_delay else ""
+        print(f"closing while training the {args.preset} preset at batch {args.batch}{slowed}:")
         for run in range(args.repeats):
-            result = close_while_training(app, scratch, args.preset, args.batch, run)
+            with slower_saves(args.save_delay):  # the one checkpoint of these short runs is the close's
+                result = close_while_training(app, scratch, args.preset, args.batch, run, args.save_delay)
             print(f"  longest GUI-thread stall {result['max_gap_ms']:5.0f} ms (while stopping and saving "
                   f"{result['saving_gap_ms']:4.0f} ms) · closed after {result['close_s']:.2f} s · "
                   f"step {result['saved_step']} saved")

@@ -78,7 +78,8 @@ def open_child(folder: str, size: int) -> None:
     result = [event for event in open_cached_dataset([Path(folder)], size, 3)][-1]
     opened, cpu_after = time.perf_counter(), time.process_time()
     assert isinstance(result, CachedScanResult) and not result.decoded, "the second start decoded again"
-    print(json.dumps({"open_s": opened - imported, "open_cpu_s": cpu_after - cpu_before, "import_s": imported - started, "images": len(result.images)}))
+    print(json.dumps({"open_s": opened - imported, "open_cpu_s": cpu_after - cpu_before, "import_s": imported - started,
+                      "images": len(result.images)}))
 
 
 def train_child(folder: str, size: int, out: str, steps: int) -> None:
@@ -87,7 +88,9 @@ def train_child(folder: str, size: int, out: str, steps: int) -> None:
 
     from ddpm_studio.core.data.batches import BatchSource
     from ddpm_studio.core.data.cache import CachedScanResult, open_cached_dataset
-    from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.events import FinishedEvent
+    from ddpm_studio.core.training.loop import train
 
     torch.set_num_threads(2)
     result = [event for event in open_cached_dataset([Path(folder)], size, 3)][-1]
@@ -118,7 +121,8 @@ def train_child(folder: str, size: int, out: str, steps: int) -> None:
         source.close()
     stream_seconds = time.perf_counter() - started
     print(json.dumps({
-        "rss_before_mib": before, "in_memory_peak_mib": in_memory_peak, "train_peak_mib": train_peak, "train_steps": steps, "train_s": train_seconds,
+        "rss_before_mib": before, "in_memory_peak_mib": in_memory_peak, "train_peak_mib": train_peak,
+        "train_steps": steps, "train_s": train_seconds,
         "stream_before_mib": stream_before, "stream_peak_mib": status_mib("VmHWM"), "stream_rows": batches * BATCH,
         "stream_rows_per_s": batches * BATCH / stream_seconds,
     }))
@@ -177,12 +181,14 @@ def main() -> int:
           f"images in memory; {trained['train_steps']} steps of batch {BATCH} (tiny preset) in "
           f"{trained['train_s']:.1f} s", flush=True)
     print(f"streaming       {trained['stream_rows']:,} random rows at {trained['stream_rows_per_s']:,.0f} rows/s: "
-          f"peak RSS {trained['stream_peak_mib']:,.0f} MiB ({trained['stream_before_mib']:,.0f} MiB before)", flush=True)
+          f"peak RSS {trained['stream_peak_mib']:,.0f} MiB ({trained['stream_before_mib']:,.0f} MiB before)",
+          flush=True)
     within = trained["train_peak_mib"] - trained["in_memory_peak_mib"] < budget and \
         trained["stream_peak_mib"] - trained["stream_before_mib"] < budget
     print(json.dumps({"count": count, "size": args.size, "first_scan_s": first_scan,
                       "first_scan_images_per_s": count / first_scan, "cache_mib": cache_bytes / 2**20,
-                      "second_start_open_s": opened["open_s"], "second_start_open_cpu_s": opened["open_cpu_s"], "budget_mib": budget, **trained,
+                      "second_start_open_s": opened["open_s"], "second_start_open_cpu_s": opened["open_cpu_s"],
+                      "budget_mib": budget, **trained,
                       "growth_within_budget": within}))
     return 0
 

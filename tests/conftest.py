@@ -15,6 +15,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.helpers.images import tiny_images  # noqa: E402
+
 # Test tensors are tiny: one thread is faster than two fighting over small kernels.
 torch.set_num_threads(1)
 
@@ -35,17 +37,12 @@ def cache_folder(tmp_path_factory, monkeypatch) -> Path:
     return folder
 
 
-def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Demo-dataset images as uint8 (N, 3, size, size)."""
-    from ddpm_studio.core.data.demo import make_demo_images
-
-    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny model (16x16, T = 50) trained for a few steps, with a training state; shared read-only."""
-    from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.events import FinishedEvent
+    from ddpm_studio.core.training.loop import train
 
     folder = tmp_path_factory.mktemp("models") / "tiny"
     config = TrainingConfig.for_preset("tiny", steps=12, num_timesteps=50, preview_count=4, preview_every=6,

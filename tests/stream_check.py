@@ -70,7 +70,8 @@ def stream(images, batches: int) -> tuple[int, bool]:
 def main() -> int:
     torch.set_num_threads(1)
     from ddpm_studio.core.data.cache import CachedImages
-    from ddpm_studio.core.training.loop import TrainingConfig, train
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.loop import train
 
     folder, budget = Path(sys.argv[1]), int(sys.argv[2]) * 2**20
     count = 4 * budget // ROW_BYTES + 1

@@ -11,16 +11,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 from PIL import Image
 
 from ddpm_studio import cli
+from ddpm_studio.cli import info as cli_info
 from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.unet import UNet, count_parameters
-from ddpm_studio.core.training.loop import TrainingConfig, train
+from ddpm_studio.core.sampling.job import SamplingRequest, sample_images
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.loop import train
+from ddpm_studio.paths import BUNDLED_MODELS_DIR
+from tests.helpers.cli_commands import TIMEOUT, assert_one_error_line, command, started
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,14 +65,6 @@ def run_one(args: list, env: dict, cwd: Path) -> subprocess.CompletedProcess:
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"{result.args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr
-
-
-def assert_one_error_line(stderr: str, fragment: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith(ERROR_PREFIX), stderr
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # --- the happy path, and Ctrl-C -------------------------------------------------------------------------
@@ -184,6 +181,24 @@ def test_info_describes_the_model(sampled_and_described, trained):
     assert "Schedule     linear, T = 50" in info.stdout
     assert "Resumable    yes" in info.stdout
     assert "Last loss" in info.stdout
+    assert f"Dataset      40 images from {trained['out'].parents[1] / 'shapes'}" in info.stdout
+    lines = info.stdout.splitlines()
+    made = next(index for index, line in enumerate(lines) if line.startswith("Made by      ddpm-studio train "))
+    assert "--steps 100000" in lines[made]  # the command that made it, then the one that resumed it
+    resumed = f"ddpm-studio train --resume --out {trained['out']} --steps {trained['target']} --preview-every 2"
+    assert lines[made + 1] == f"Resumed by   {resumed} --preview-count 4"
+
+
+def test_info_lists_every_recorded_command_and_invents_no_dataset_folder(capsys):
+    """The demo model was made by one command and resumed by another; its dataset was drawn, not read."""
+    assert cli.main(["info", str(BUNDLED_MODELS_DIR / "demo")]) == 0
+    printed = capsys.readouterr().out
+    info = model_store.read_model_info(BUNDLED_MODELS_DIR / "demo")
+    assert f"Made by      {info.command}\n" in printed and "--steps 4000" in info.command
+    assert f"Resumed by   {info.extra['commands'][0]}\n" in printed and "--steps 8000" in info.extra["commands"][0]
+    assert "Trained      8,000 steps" in printed
+    assert f"Dataset      2000 images: {info.dataset['source']}\n" in printed
+    assert "unknown" not in printed
 
 
 # --- bad input ------------------------------------------------------------------------------------------
@@ -246,8 +261,8 @@ BAD_INPUT = {
                                             "--steps", "9"], "cannot change when resuming"),
     "resume a finished model": (lambda f: ["train", "--resume", "--out", f["model"]], "already trained 1 steps"),
     "train over a model": (lambda f: TRAIN + [f["images"], "--out", f["model"]], "already holds a model"),
-    "train with an unknown device": (lambda f: TRAIN + [f["images"], "--device", "gpu7", "--out", f["images"].parent / "m9"],
-                                     "Unknown device"),
+    "train with an unknown device": (lambda f: TRAIN + [f["images"], "--device", "gpu7",
+                                                        "--out", f["images"].parent / "m9"], "Unknown device"),
     "sample a non-model folder": (lambda f: ["sample", f["images"], "--out", f["images"].parent / "s1"],
                                   "model.json is missing"),
     "sample a damaged model": (lambda f: ["sample", f["damaged-model"], "--out", f["images"].parent / "s2"],
@@ -258,8 +273,8 @@ BAD_INPUT = {
                                      "No model folder at 'no-model-by-this-name'"),
     "sample zero images": (lambda f: ["sample", f["model"], "--num", "0", "--out", f["images"].parent / "s5"],
                            "number of images"),
-    "sample ddim with zero steps": (lambda f: ["sample", f["model"], "--steps", "0", "--out", f["images"].parent / "s6"],
-                                    "at least 1 step"),
+    "sample ddim with zero steps": (lambda f: ["sample", f["model"], "--steps", "0",
+                                               "--out", f["images"].parent / "s6"], "at least 1 step"),
     "sample eta 2": (lambda f: ["sample", f["model"], "--eta", "2", "--out", f["images"].parent / "s7"], "eta"),
     "sample into a file": (lambda f: ["sample", f["model"], "--out", f["a-file.png"]], "is a file"),
     "sample on an unknown device": (lambda f: ["sample", f["model"], "--device", "warp-drive",
@@ -268,7 +283,8 @@ BAD_INPUT = {
     "info on a damaged model.json": (lambda f: ["info", f["junk-json-model"]], "model.json is damaged"),
     "demo data into a folder of photos": (lambda f: ["demo-data", f["not-empty"], "--count", "3", "--size", "16"],
                                           "already holds other files"),
-    "demo data of zero images": (lambda f: ["demo-data", f["images"].parent / "d0", "--count", "0"], "at least 1 image"),
+    "demo data of zero images": (lambda f: ["demo-data", f["images"].parent / "d0", "--count", "0"],
+                                 "at least 1 image"),
     "demo data too small": (lambda f: ["demo-data", f["images"].parent / "d1", "--size", "4"], "at least 8 pixels"),
     "accumulate 0": (lambda f: TRAIN + [f["images"], "--accumulate", "0", "--out", f["images"].parent / "m11"],
                      "Accumulation must be at least 1"),
@@ -357,21 +373,39 @@ def test_bad_input_in_real_processes(folders, env, workspace):
         assert_one_error_line(result.stderr, BAD_INPUT[case][1])
 
 
-def test_an_unknown_option_is_argparse_usage_with_status_2(capsys):
+def test_an_unknown_choice_is_one_line_with_status_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--preset", "gigantic"])
     assert exit_info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert_one_error_line(capsys.readouterr().err, "argument --preset: invalid choice: 'gigantic'")
+
+
+def test_sample_computes_in_the_precision_asked_for(tmp_path):
+    """The images of ``sample --precision P`` are those the engine makes in precision P from the same seed (and
+    the two precisions make different images, so that the test tells them apart). The demo model: a barely trained
+    one saturates to the same images in both."""
+    model = BUNDLED_MODELS_DIR / "demo"
+    images = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert cli.main(["sample", str(model), "--num", "2", "--seed", "3", "--sampler", "ddim",
+                         "--steps", "2", "--device", "cpu", "--precision", precision, "--out", str(out)]) == 0
+        saved = sorted(path for path in out.glob("*.png") if path.stem[-3:].isdigit())
+        images[precision] = [np.asarray(Image.open(path)) for path in saved]
+        request = SamplingRequest(model_path=model, num_images=2, seed=3, sampler="ddim", steps=2,
+                                  device="cpu", precision=precision)
+        reference = sample_images(request).images.permute(0, 2, 3, 1).numpy()
+        assert len(images[precision]) == 2 and np.array_equal(np.stack(images[precision]), reference), precision
+    assert not np.array_equal(np.stack(images["fp32"]), np.stack(images["bf16"]))
 
 
 def test_a_programming_error_is_reported_as_a_bug_not_as_a_user_error(monkeypatch):
-    """Only ``UserError`` (and the system's OSError) become one line and exit 2; a stray ValueError keeps its traceback."""
-    from ddpm_studio import cli
-
+    """Only ``UserError`` (and the system's OSError) become one line and exit 2; a stray ValueError keeps its
+    traceback."""
     def broken(args):
         raise ValueError("not enough values to unpack")
 
-    monkeypatch.setattr(cli, "run_info", broken)
+    monkeypatch.setattr(cli_info, "run", broken)
     with pytest.raises(ValueError, match="not enough values"):
         cli.main(["info", "anything"])
 
@@ -392,3 +426,17 @@ def test_cache_list_and_clear(folders, cache_folder, capsys):
     assert cli.main(["cache", "clear"]) == 0
     assert "Removed 1 cached dataset" in capsys.readouterr().out
     assert not list((cache_folder / "datasets").iterdir())
+
+
+def test_sample_with_dpm_solver_takes_20_calls_in_log_snr_spacing_unless_told(tmp_path):
+    model = BUNDLED_MODELS_DIR / "demo"
+    runs = {"default": [], "linspace": ["--spacing", "linspace"], "steps": ["--steps", "12"]}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert cli.main(["sample", str(model), "--num", "1", "--sampler", "dpm-solver++", "--device", "cpu",
+                         "--precision", "fp32", "--out", str(out), *extra]) == 0
+        saved = next(path for path in sorted(out.glob("*.png")) if path.stem[-3:].isdigit())
+        runs[name] = Image.open(saved).text
+    assert (runs["default"]["steps"], runs["default"]["spacing"]) == ("20", "logsnr")
+    assert (runs["linspace"]["steps"], runs["linspace"]["spacing"]) == ("20", "linspace")
+    assert runs["steps"]["steps"] == "12"

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_commands import ERROR_PREFIX, TIMEOUT
 
 from ddpm_studio.core.model import store as model_store
+from tests.helpers.cli_commands import ERROR_PREFIX, TIMEOUT
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is enforced on Linux")
 

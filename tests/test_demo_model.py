@@ -3,12 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from image_stats import colour_histogram, flat_fraction, histogram_distance, to_channels_last, total_variation
 
 from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.sampling.job import SamplingRequest, sample_images
 from ddpm_studio.paths import BUNDLED_MODELS_DIR
+from tests.helpers.image_stats import (
+    colour_histogram,
+    flat_fraction,
+    histogram_distance,
+    to_channels_last,
+    total_variation,
+)
 
 DEMO_MODEL = BUNDLED_MODELS_DIR / "demo"
 

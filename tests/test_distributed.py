@@ -104,7 +104,8 @@ def test_only_rank_0_writes_the_model_folder(run):
 def test_rank_0_decodes_into_the_cache_and_rank_1_waits_for_it(run):
     records = [json.loads((run["dumps"] / f"rank{rank}.cache.json").read_text()) for rank in (0, 1)]
     assert records[0]["builder"] is True and records[1]["builder"] is False
-    assert records[0]["decoded"] is True and records[1]["decoded"] is False  # it opened rank 0's entry; it decoded nothing itself
+    # it opened rank 0's entry; it decoded nothing itself
+    assert records[0]["decoded"] is True and records[1]["decoded"] is False
     assert records[0]["entry"] == records[1]["entry"]
     entries = list((run["root"] / "user" / "cache" / "datasets").iterdir())
     assert [str(entry) for entry in entries] == [records[0]["entry"]]  # one entry, no leftovers

@@ -50,7 +50,8 @@ def test_evaluate_nll_prints_the_bound_with_its_split_and_records_it(place, caps
 
 BAD = {
     "nothing to measure": (["evaluate", "{model}", "{held-out}"], "Choose what to measure"),
-    "timesteps not a number": (["evaluate", "{model}", "{held-out}", "--nll", "--timesteps", "some"], "'all' or a number"),
+    "timesteps not a number": (["evaluate", "{model}", "{held-out}", "--nll", "--timesteps", "some"],
+                               "'all' or a number"),
     "timesteps over T": (["evaluate", "{model}", "{held-out}", "--nll", "--timesteps", "50"], "between 1 and 49"),
     "no images": (["evaluate", "{model}", "{empty}", "--nll"], "empty"),
     "no folder": (["evaluate", "{model}", "{empty}/nothing", "--nll"], "No folder of images"),
@@ -60,8 +61,8 @@ BAD = {
                                            "--out", "{empty}/s"], "did not learn its variance"),
     "respaced ddpm with zero steps": (["sample", "{model}", "--sampler", "ddpm", "--steps", "0", "--out", "{empty}/s"],
                                       "at least 1 step"),
-    "resume with another variance": (["train", "--resume", "--out", "{model}", "--variance", "learned", "--steps", "99"],
-                                     "cannot change when resuming"),
+    "resume with another variance": (["train", "--resume", "--out", "{model}", "--variance", "learned",
+                                      "--steps", "99"], "cannot change when resuming"),
 }
 
 

@@ -1,5 +1,5 @@
-"""``ddpm-studio evaluate --fid --kid --is`` in real subprocesses: results printed and recorded (then listed by ``info``),
-Ctrl-C records nothing, and missing or wrong Inception weights give one sentence and exit status 2."""
+"""``ddpm-studio evaluate --fid --kid --is`` in real subprocesses: results printed and recorded (then listed by
+``info``), Ctrl-C records nothing, and missing or wrong Inception weights give one sentence and exit status 2."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 
 from ddpm_studio import cli
 from ddpm_studio.core.data.demo import write_demo_dataset
 from ddpm_studio.core.evaluation.inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL
 from ddpm_studio.core.evaluation.metrics import STANDIN
 from ddpm_studio.core.model import store as model_store
+from tests.helpers.cli_commands import ERROR_PREFIX, TIMEOUT, command, started
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +85,20 @@ def offline(env, monkeypatch):
 def test_missing_weights_offline_is_one_sentence_with_where_and_how(model, workspace, env, offline, capsys):
     before = (model / "model.json").read_bytes()
     line = assert_one_line_error(run_in_process(["evaluate", model, workspace / "shapes", "--kid", "--num", 8], capsys))
-    for needed in (WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL, str(Path(env["TORCH_HOME"]) / "hub" / "checkpoints"),
-                   "--inception-weights"):
+    checkpoints = str(Path(env["TORCH_HOME"]) / "hub" / "checkpoints")
+    for needed in (WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL, checkpoints, "--inception-weights"):
         assert needed in line
     assert (model / "model.json").read_bytes() == before
 
 
 def test_wrong_weights_files_are_refused_in_one_sentence(model, workspace, offline, tmp_path, capsys):
-    absent = assert_one_line_error(run_in_process(["evaluate", model, "--kid", "--inception-weights", tmp_path / "no.pth"],
-                                          capsys))
+    absent = assert_one_line_error(run_in_process(["evaluate", model, "--kid", "--inception-weights",
+                                                   tmp_path / "no.pth"], capsys))
     assert "no such file" in absent and WEIGHTS_URL in absent
     impostor = tmp_path / WEIGHTS_FILE
     impostor.write_bytes(b"\x80\x04not the weights")
-    wrong = assert_one_line_error(run_in_process(["evaluate", model, workspace / "shapes", "--is", "--inception-weights",
-                                                  impostor], capsys))
+    wrong = assert_one_line_error(run_in_process(["evaluate", model, workspace / "shapes", "--is",
+                                                  "--inception-weights", impostor], capsys))
     assert "SHA-256" in wrong and WEIGHTS_SHA256_PREFIX in wrong
 
 

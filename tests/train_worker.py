@@ -22,7 +22,9 @@ SETTINGS = dict(num_timesteps=50, preview_count=0, warmup_steps=3, seed=3)
 def run(folder: str | Path, resume: bool = False, steps: int = 100_000, checkpoint_every: int = 1) -> int:
     torch.set_num_threads(1)
     from ddpm_studio.core.data.demo import make_demo_images
-    from ddpm_studio.core.training.loop import FailedEvent, TrainingConfig, train
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.events import FailedEvent
+    from ddpm_studio.core.training.loop import train
 
     images = torch.from_numpy(make_demo_images(32, size=16, seed=0)).permute(0, 3, 1, 2).contiguous()
     config = TrainingConfig.for_preset("tiny", steps=steps, checkpoint_every=checkpoint_every, **SETTINGS)

@@ -1,4 +1,5 @@
-"""Writing a file atomically: write a temporary file beside it, then ``os.replace``; a crash leaves the old file whole."""
+"""Writing a file atomically: write a temporary file beside it, then ``os.replace``; a crash leaves the old file
+whole."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-# The names atomic_write gives its temporary files: "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
+# The names atomic_write gives its temporary files:
+# "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
 TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 

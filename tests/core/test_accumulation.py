@@ -7,25 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.diffusion.process import GaussianDiffusion
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.unet import UNet, preset_config
-from ddpm_studio.core.training.loop import (
-    FinishedEvent,
-    TrainingConfig,
-    accumulate_gradients,
-    check_memory,
-    micro_batch_count,
-    train,
-)
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import FinishedEvent
+from ddpm_studio.core.training.loop import accumulate_gradients, train
 from ddpm_studio.core.training.memory import FIT_SHARE, check_training_memory, estimate_training_memory
-
-
-def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Demo-dataset images as uint8 (N, 3, size, size)."""
-    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
+from ddpm_studio.core.training.run_memory import check_memory, micro_batch_count
+from tests.helpers.images import tiny_images
 
 
 def tiny_diffusion() -> GaussianDiffusion:
@@ -57,7 +48,8 @@ def test_four_micro_batches_of_8_give_the_gradients_of_one_batch_of_32():
 
 
 def step_config(**overrides) -> TrainingConfig:
-    values = dict(steps=1, batch_size=32, num_timesteps=50, preview_count=0, warmup_steps=0, seed=4)
+    # float32 whatever the CPU: "auto" is bf16 where it is native, and the comparisons below are of float rounding
+    values = dict(steps=1, batch_size=32, num_timesteps=50, preview_count=0, warmup_steps=0, seed=4, precision="fp32")
     values.update(overrides)
     return TrainingConfig.for_preset("tiny", **values)
 

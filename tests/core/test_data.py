@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_corpus import BLUE, GREEN, MAGENTA, RED, WHITE, YELLOW, ImageCorpus, build_corpus, write_bad_files
 from PIL import Image
 
 from ddpm_studio.core.data.folders import (
@@ -27,6 +26,17 @@ from ddpm_studio.core.data.folders import (
     reason_kind,
     scan_images,
     to_model_range,
+)
+from tests.helpers.image_corpus import (
+    BLUE,
+    GREEN,
+    MAGENTA,
+    RED,
+    WHITE,
+    YELLOW,
+    ImageCorpus,
+    build_corpus,
+    write_bad_files,
 )
 
 SIZE = 16
@@ -54,7 +64,8 @@ def image_of(result: ScanResult, path: Path) -> np.ndarray:
 
 def assert_close(pixels: np.ndarray, colour: tuple[int, ...], tolerance: int) -> None:
     difference = np.abs(pixels - np.array(colour)).max()
-    assert difference <= tolerance, f"pixels {pixels.reshape(-1, pixels.shape[-1])[0]} differ from {colour} by {difference}"
+    assert difference <= tolerance, (
+        f"pixels {pixels.reshape(-1, pixels.shape[-1])[0]} differ from {colour} by {difference}")
 
 
 # --- what is found, loaded and skipped ------------------------------------------------------
@@ -70,7 +81,9 @@ def test_every_good_image_is_loaded_as_one_uint8_tensor(corpus: ImageCorpus, col
     assert (colour_result.image_size, colour_result.channels) == (SIZE, 3)
 
 
-def test_every_bad_file_is_reported_with_the_right_kind_of_reason(corpus: ImageCorpus, colour_result: ScanResult) -> None:
+def test_every_bad_file_is_reported_with_the_right_kind_of_reason(
+    corpus: ImageCorpus, colour_result: ScanResult
+) -> None:
     reported = {skipped.path: reason_kind(skipped.reason) for skipped in colour_result.skipped}
     assert reported == corpus.bad
 
@@ -114,7 +127,9 @@ def test_explicit_files_are_taken_as_given_and_non_images_reported(corpus: Image
     assert [(item.path, reason_kind(item.reason)) for item in skipped] == [(readme, "not an image")]
 
 
-def test_a_dangling_link_is_unreadable_and_a_huge_image_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dangling_link_is_unreadable_and_a_huge_image_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     Image.new("RGB", (100, 100), RED).save(tmp_path / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100x100 is then over the 2x bomb limit

@@ -25,7 +25,7 @@ from ddpm_studio.core.data.cache import (
     open_cached_dataset,
 )
 from ddpm_studio.core.data.demo import make_demo_images
-from ddpm_studio.core.data.folders import ScanProgress, load_dataset
+from ddpm_studio.core.data.folders import ScanProgress, explain_no_usable_images, load_dataset
 
 SIZE = 16
 
@@ -109,15 +109,16 @@ def test_a_changed_input_misses_and_is_decoded_again(folder, cache_folder, chang
 
 def test_the_key_covers_paths_sizes_times_resolution_channels_and_decoding_rules(folder, monkeypatch):
     files = sorted(folder.glob("*.png"))
-    key = dataset_key(files, SIZE, 3)
-    assert dataset_key(files, SIZE, 3) == key
-    assert dataset_key(files[:-1], SIZE, 3) != key
-    assert dataset_key(files, SIZE, 1) != key and dataset_key(files, 32, 3) != key
+    key = dataset_key([folder], files, SIZE, 3)
+    assert dataset_key([folder], files, SIZE, 3) == key
+    assert dataset_key([folder.parent], files, SIZE, 3) != key
+    assert dataset_key([folder], files[:-1], SIZE, 3) != key
+    assert dataset_key([folder], files, SIZE, 1) != key and dataset_key([folder], files, 32, 3) != key
     change_one_file(folder)
-    assert dataset_key(files, SIZE, 3) != key
-    changed = dataset_key(files, SIZE, 3)
+    assert dataset_key([folder], files, SIZE, 3) != key
+    changed = dataset_key([folder], files, SIZE, 3)
     monkeypatch.setattr(dataset_cache, "DECODING_RULES_VERSION", dataset_cache.DECODING_RULES_VERSION + 1)
-    assert dataset_key(files, SIZE, 3) != changed
+    assert dataset_key([folder], files, SIZE, 3) != changed
 
 
 def build_and_hang(folder: str, ready) -> None:
@@ -141,7 +142,7 @@ def test_a_killed_writer_leaves_nothing_that_looks_valid(folder, cache_folder):
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.join(60)
-    key = dataset_key(sorted(folder.glob("*.png")), SIZE, 3)
+    key = dataset_key([folder], sorted(str(path) for path in folder.glob("*.png")), SIZE, 3)
     left = entry_folders(cache_folder)
     assert left and all(dataset_cache.PARTIAL_MARK in path.name for path in left)  # only the unfinished build
     assert not (cache_folder / "datasets" / key).exists()
@@ -226,3 +227,19 @@ def test_a_folder_without_usable_images_is_cached_as_empty(tmp_path, cache_folde
     assert not again.decoded and again.skipped[0].reason == result.skipped[0].reason
     assert isinstance(again.images, torch.Tensor) and again.images.shape == (0, 3, SIZE, SIZE)
     np.testing.assert_array_equal(again.images.numpy(), result.images.numpy())
+
+
+def test_folders_without_an_image_file_have_entries_of_their_own(tmp_path, cache_folder):
+    empty, text_only = tmp_path / "e", tmp_path / "t"
+    empty.mkdir()
+    text_only.mkdir()
+    (text_only / "a.txt").write_text("hi")
+    first, _ = open_all(empty)
+    second, _ = open_all(text_only)
+    assert second.decoded and second.entry != first.entry  # not the empty folder's entry
+    assert second.sources == [text_only] and [path.name for path in second.ignored] == ["a.txt"]
+    sentence = explain_no_usable_images(second)
+    assert str(text_only) in sentence and "1 file found" in sentence and str(empty) not in sentence
+    again, _ = open_all(empty)  # each folder keeps its own entry, and its own sentence
+    assert not again.decoded and again.entry == first.entry
+    assert explain_no_usable_images(again) == f"No usable images in {empty}: the folder is empty."

@@ -9,13 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_stats import (
-    colour_histogram,
-    flat_fraction,
-    histogram_distance,
-    to_channels_last,
-    total_variation,
-)
 from PIL import Image
 
 from ddpm_studio.core.data.demo import (
@@ -29,6 +22,13 @@ from ddpm_studio.core.data.demo import (
     write_demo_dataset,
 )
 from ddpm_studio.core.data.sample_picture import make_sample_picture
+from tests.helpers.image_stats import (
+    colour_histogram,
+    flat_fraction,
+    histogram_distance,
+    to_channels_last,
+    total_variation,
+)
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,7 +133,9 @@ def test_write_demo_dataset_replaces_its_own_earlier_dataset(tmp_path):
     "foreign_name, foreign_bytes",
     [("holiday.jpg", b"not really a jpeg"), ("README.txt", b"My own notes.\n"), ("shape_1.png", b"a user's file")],
 )
-def test_write_demo_dataset_refuses_a_folder_with_other_files_and_leaves_it_alone(tmp_path, foreign_name, foreign_bytes):
+def test_write_demo_dataset_refuses_a_folder_with_other_files_and_leaves_it_alone(
+    tmp_path, foreign_name, foreign_bytes
+):
     (tmp_path / foreign_name).write_bytes(foreign_bytes)
     with pytest.raises(ValueError, match="already holds other files"):
         create_demo_dataset(tmp_path, count=4)

@@ -60,7 +60,7 @@ def test_auto_precision_picks_bf16_on_the_cpu_only_where_it_is_native_and_faster
     cpu = torch.device("cpu")
     assert use_bf16("auto", cpu) is chosen
     assert use_bf16("bf16", cpu) is True and use_bf16("fp32", cpu) is False
-    with pytest.raises(ValueError, match="Precision"):
+    with pytest.raises(ValueError, match="precision"):
         use_bf16("fp16", cpu)
 
 

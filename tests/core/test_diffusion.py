@@ -5,31 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ddpm_studio.core.diffusion.process import GaussianDiffusion, SampleStep
+from ddpm_studio.core.diffusion.samplers import sample, sample_progressive
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 from ddpm_studio.core.model.unet import UNet, preset_config
+from tests.helpers.toy_models import ToyEps, gen
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-class ToyEps(nn.Module):
-    """A small, fixed, deterministic eps-model: a random conv, a nonlinearity and a t-dependent shift.
-
-    Its x0_hat leaves [-1, 1] at large t, so clipping matters.
-    """
-
-    def __init__(self, channels: int = 3, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
-            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=g) * 0.1)
-
-    def forward(self, x, t):
-        return 1.5 * torch.tanh(self.conv(x)) + 0.1 * torch.sin(t.float())[:, None, None, None]
 
 
 def tiny_unet(seed: int = 0, channels: int = 3) -> UNet:
@@ -42,10 +25,6 @@ def tiny_unet(seed: int = 0, channels: int = 3) -> UNet:
             if (p == 0).all():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model.eval()
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def diffusion(T: int = 20, kind: str = "linear") -> GaussianDiffusion:
@@ -287,12 +266,24 @@ def test_training_loss_is_reproducible_with_a_generator():
     assert a.ndim == 0 and a.dtype == torch.float32
 
 
-def test_training_loss_has_gradients():
+def test_training_loss_is_l_simple_with_its_gradient():
     d = diffusion(1000)
     model = ToyEps()
     x0 = torch.rand(8, 3, 8, 8, generator=gen(0)) * 2 - 1
-    d.training_loss(model, x0, generator=gen(5)).backward()
-    assert model.conv.weight.grad is not None and model.conv.weight.grad.abs().sum() > 0
+    loss = d.training_loss(model, x0, generator=gen(5))
+    loss.backward()
+    gradient = model.conv.weight.grad.clone()
+    model.zero_grad()
+    g = gen(5)  # the same draws: t first, then the noise
+    t = torch.randint(0, 1000, (8,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    alpha_bar = torch.as_tensor(d.schedule.float64["alphas_cumprod"])[t].float().reshape(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise  # eq. 4
+    expected = ((model(x_t, t) - noise) ** 2).mean()  # E ||eps - eps_theta(x_t, t)||^2, per pixel
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(gradient, model.conv.weight.grad)
+    assert gradient.abs().sum() > 0
 
 
 # --- samplers -------------------------------------------------------------------------------
@@ -325,8 +316,8 @@ def test_ddim_eta1_all_steps_equals_ddpm_fixed_small(model_name, clip):
 def test_clipping_changes_the_samples():
     d = diffusion(20)
     model = ToyEps()
-    a = d.sample(model, (2, 3, 8, 8), generator=gen(0), clip=True)
-    b = d.sample(model, (2, 3, 8, 8), generator=gen(0), clip=False)
+    a = sample(d, model, (2, 3, 8, 8), generator=gen(0), clip=True)
+    b = sample(d, model, (2, 3, 8, 8), generator=gen(0), clip=False)
     assert not torch.allclose(a, b, atol=1e-3)
 
 
@@ -343,9 +334,9 @@ def test_same_seed_same_output_different_seed_different(sampler, options):
     d = diffusion(20)
     model = ToyEps()
     shape = (2, 3, 8, 8)
-    a = d.sample(model, shape, sampler, generator=gen(1), **options)
-    b = d.sample(model, shape, sampler, generator=gen(1), **options)
-    c = d.sample(model, shape, sampler, generator=gen(2), **options)
+    a = sample(d, model, shape, sampler, generator=gen(1), **options)
+    b = sample(d, model, shape, sampler, generator=gen(1), **options)
+    c = sample(d, model, shape, sampler, generator=gen(2), **options)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c, atol=1e-3)
     assert a.shape == shape and a.min() >= -1 and a.max() <= 1
@@ -355,8 +346,8 @@ def test_ddim_eta0_is_deterministic_given_x_start():
     d = diffusion(20)
     model = ToyEps()
     x_T = torch.randn(2, 3, 8, 8, generator=gen(0))
-    a = d.sample(model, x_T.shape, "ddim", num_steps=7, eta=0.0, x_start=x_T, generator=gen(1))
-    b = d.sample(model, x_T.shape, "ddim", num_steps=7, eta=0.0, x_start=x_T, generator=gen(2))
+    a = sample(d, model, x_T.shape, "ddim", num_steps=7, eta=0.0, x_start=x_T, generator=gen(1))
+    b = sample(d, model, x_T.shape, "ddim", num_steps=7, eta=0.0, x_start=x_T, generator=gen(2))
     assert torch.equal(a, b)
 
 
@@ -399,13 +390,13 @@ def test_last_step_of_ddim_is_x0_hat():
 def test_sample_steps_chain_and_sample_returns_clamped_final():
     d = diffusion(20)
     model = ToyEps()
-    steps = list(d.sample_progressive(model, (2, 3, 8, 8), "ddpm", generator=gen(0), clip=False))
+    steps = list(sample_progressive(d, model, (2, 3, 8, 8), "ddpm", generator=gen(0), clip=False))
     assert all(isinstance(s, SampleStep) for s in steps)
     for a, b in zip(steps, steps[1:]):
         assert torch.equal(a.x_prev, b.x_t)
     # the first x_t is the initial noise drawn from the generator
     torch.testing.assert_close(steps[0].x_t, torch.randn(2, 3, 8, 8, generator=gen(0)))
-    final = d.sample(model, (2, 3, 8, 8), "ddpm", generator=gen(0), clip=False)
+    final = sample(d, model, (2, 3, 8, 8), "ddpm", generator=gen(0), clip=False)
     torch.testing.assert_close(final, steps[-1].x_prev.clamp(-1, 1))
 
 
@@ -482,21 +473,21 @@ def test_sampler_validation():
         next(iter(iterator_factory()))
 
     with pytest.raises(ValueError, match="sampler"):
-        first(lambda: d.sample_progressive(model, shape, "euler"))
+        first(lambda: sample_progressive(d, model, shape, "euler"))
     with pytest.raises(ValueError, match="variance"):
         first(lambda: d.ddpm_sample_progressive(model, shape, variance="learned"))
     with pytest.raises(ValueError, match="variance"):
-        d.sample(model, shape, "ddpm", variance="large")
+        sample(d, model, shape, "ddpm", variance="large")
     for eta in (-0.1, 1.01, float("nan")):
         with pytest.raises(ValueError, match="eta"):
-            first(lambda: d.ddim_sample_progressive(model, shape, num_steps=5, eta=eta))
+            first(lambda eta=eta: d.ddim_sample_progressive(model, shape, num_steps=5, eta=eta))
     for n in (0, -1, T + 1):
         with pytest.raises(ValueError, match="steps"):
-            first(lambda: d.ddim_sample_progressive(model, shape, num_steps=n))
+            first(lambda n=n: d.ddim_sample_progressive(model, shape, num_steps=n))
     with pytest.raises(ValueError, match="steps"):
         first(lambda: d.ddim_sample_progressive(model, shape, num_steps=6, start_t=4))
     with pytest.raises(ValueError):
-        d.sample(model, shape, "ddim", num_steps=0)
+        sample(d, model, shape, "ddim", num_steps=0)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -508,7 +499,7 @@ def test_denoise_from_t_out_of_range_raises_value_error(sampler, start_t):
     d = diffusion(20)
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValueError):
-        d.sample(ToyEps(), x.shape, sampler, x_start=x, start_t=start_t, num_steps=1)
+        sample(d, ToyEps(), x.shape, sampler, x_start=x, start_t=start_t, num_steps=1)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -518,7 +509,7 @@ def test_sampler_does_not_leave_inference_mode_on_in_the_consumer(sampler):
     # torch.inference_mode():` block around a `yield` stays entered while the consumer runs, and
     # stays on in that thread if the consumer stops early and keeps the iterator alive.
     d = diffusion(20)
-    iterator = d.sample_progressive(ToyEps(), (1, 3, 4, 4), sampler, generator=gen(0), num_steps=5)
+    iterator = sample_progressive(d, ToyEps(), (1, 3, 4, 4), sampler, generator=gen(0), num_steps=5)
     try:
         step = next(iterator)
         inference_mode_in_consumer = torch.is_inference_mode_enabled()
@@ -543,7 +534,7 @@ def test_sampler_does_not_leave_inference_mode_on_in_the_consumer(sampler):
 def test_sampling_runs_no_autograd():
     d = diffusion(20)
     model = ToyEps()
-    final = d.sample(model, (1, 3, 4, 4), "ddim", num_steps=3, generator=gen(0))
+    final = sample(d, model, (1, 3, 4, 4), "ddim", num_steps=3, generator=gen(0))
     assert not final.requires_grad
 
 
@@ -551,8 +542,10 @@ def test_sampler_accepts_model_returning_bf16():
     # Models under autocast return bf16; the samplers compute in float32.
     d = diffusion(20)
     model = ToyEps()
-    out = d.sample(lambda x, t: model(x, t).bfloat16(), (1, 3, 4, 4), "ddpm", generator=gen(0))
+    out = sample(d, lambda x, t: model(x, t).bfloat16(), (1, 3, 4, 4), "ddpm", generator=gen(0))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # The same noise: only bf16's rounding of eps (8 bits of mantissa) tells the sample from float32's.
+    torch.testing.assert_close(out, sample(d, model, (1, 3, 4, 4), "ddpm", generator=gen(0)), rtol=0, atol=0.02)
 
 
 def test_noising_reference_values_numpy():

@@ -172,7 +172,9 @@ def test_real_inception_path_when_its_weights_are_here():
 
 
 def test_kid_during_training_is_logged_and_recorded_beside_other_evaluations(dataset, tmp_path, monkeypatch):
-    from ddpm_studio.core.training.loop import CheckpointEvent, EvaluationEvent, TrainingConfig, train_from_folder
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.events import CheckpointEvent, EvaluationEvent
+    from ddpm_studio.core.training.loop import train_from_folder
 
     monkeypatch.setenv("DDPM_STUDIO_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "run"
@@ -190,6 +192,8 @@ def test_kid_during_training_is_logged_and_recorded_beside_other_evaluations(dat
     records = model_store.evaluations(model_store.read_model_info(folder))
     assert [(r["metric"], r.get("model_step")) for r in records] == [("kid", 2), ("fid", None), ("kid", 4)]
     assert records[0]["during_training"] and records[2]["value"] == pytest.approx(evaluations[1].value)
+    # KID during training samples with DPM-Solver++ in 20 calls (at most T), not DDIM 50.
+    assert (records[0]["sampler"], records[0]["steps"]) == ("dpm-solver++", 20)
     assert list((tmp_path / "cache").rglob("*.npz"))  # the dataset features are cached for the next run
 
 

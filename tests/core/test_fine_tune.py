@@ -13,7 +13,9 @@ import torch
 
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import ModelError
-from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import FinishedEvent
+from ddpm_studio.core.training.loop import train
 
 
 def images(count: int = 16) -> torch.Tensor:

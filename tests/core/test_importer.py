@@ -12,13 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers_folders import (
-    diffusers_unet_config,
-    edit_json,
-    reference_unet,
-    relative_difference,
-    write_diffusers_folder,
-)
 from safetensors.torch import load_file, save_file
 
 from ddpm_studio.core.model import importer
@@ -26,6 +19,13 @@ from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.importer import import_folder, scheduler_from_diffusers, unet_config_from_diffusers
 from ddpm_studio.core.model.store import ModelError, load_model
 from ddpm_studio.core.model.unet import UNet, UNetConfig, preset_config
+from tests.helpers.diffusers_folders import (
+    diffusers_unet_config,
+    edit_json,
+    reference_unet,
+    relative_difference,
+    write_diffusers_folder,
+)
 
 TOLERANCE = 1e-5
 # Small networks with the block structure of the paper's 32 px and 256 px models.
@@ -71,7 +71,9 @@ def google_config(image_size: int) -> dict:
     }
 
 
-def write_folder(tmp_path: Path, config: UNetConfig = SMALL_32, seed: int = 0, scheduler: dict | None = None, **options):
+def write_folder(
+    tmp_path: Path, config: UNetConfig = SMALL_32, seed: int = 0, scheduler: dict | None = None, **options
+):
     model = reference_unet(config, seed)
     folder = write_diffusers_folder(tmp_path / "ddpm-source", model, scheduler, **options)
     return folder, model
@@ -126,7 +128,8 @@ def test_import_layouts(tmp_path, layout):
     folder, reference = write_folder(tmp_path, scheduler=scheduler, **options)
     model = load_model(import_folder(folder, tmp_path / "imported").path)
     assert_same_function(model.unet, reference, 32)
-    expected = {"variance": "fixed_large", "clip": True} if scheduler is None else {"variance": "fixed_small", "clip": False}
+    expected = ({"variance": "fixed_large", "clip": True} if scheduler is None
+                else {"variance": "fixed_small", "clip": False})
     assert model.info.extra["sampling"] == expected
     assert model.info.extra["source"]["weights"].endswith(".bin" if layout == ".bin" else ".safetensors")
 
@@ -158,10 +161,9 @@ def test_a_linear_schedule_at_another_T_keeps_diffusers_betas():
 def test_a_learned_range_model_imports_and_takes_the_steps_diffusers_takes(tmp_path):
     """Improved DDPM's learned range (out_channels 6, variance_type learned_range) becomes a learned variance:
     the same 6-channel function, and one reverse step of DDPMScheduler, noise included, at several t."""
-    from diffusers_folders import diffusers_classes
-
     from ddpm_studio.core.diffusion.process import GaussianDiffusion
     from ddpm_studio.core.diffusion.schedule import NoiseSchedule
+    from tests.helpers.diffusers_folders import diffusers_classes
 
     config = UNetConfig(**{**SMALL_32.__dict__, "learned_variance": True})
     reference = reference_unet(config, seed=3, out_channels=6)

@@ -4,25 +4,22 @@ and resuming it is bit-exact."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.diffusion.process import GaussianDiffusion, split_model_output
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule
 from ddpm_studio.core.evaluation.likelihood import LikelihoodRequest, LikelihoodResult, evaluate_likelihood
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.unet import UNet, UNetConfig
-from ddpm_studio.core.training.loop import FinishedEvent, StepEvent, TrainingConfig, train
-
-
-def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Demo-dataset images as uint8 (N, 3, size, size). (Not imported from conftest: with tests/gui collected
-    too, the name ``conftest`` may be tests/gui's.)"""
-    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import FinishedEvent, StepEvent
+from ddpm_studio.core.training.loop import train
+from tests.helpers.images import tiny_images
 
 T = 50
 
@@ -114,6 +111,43 @@ def test_resume_with_a_learned_variance_is_bit_exact(tmp_path):
     assert first["loss"].shape == (6,)
 
 
+def hybrid_loss_by_hand(d: GaussianDiffusion, x0, t, noise, eps_hat, v) -> torch.Tensor:
+    """L_hybrid = L_simple + lambda L_vlb (Nichol and Dhariwal 2021, eq. 16), in float64 from the betas alone:
+    L_vlb is T L_{t-1} in bits per dimension, with eps_hat frozen in it (only v trains through the bound).
+
+    L_{t-1} is the KL of eq. 5 (t > 1), L_0 the discretized decoder of section 3.3 (t = 1, index 0);
+    log sigma_t^2 = v' log beta_t + (1 - v') log beta~_t, v' = (v + 1) / 2, with beta~_1 (= 0) taken as beta~_2."""
+    x0, noise, eps_hat, v = (tensor.double() for tensor in (x0, noise, eps_hat, v))
+    T = d.num_timesteps
+    betas = torch.as_tensor(d.schedule.float64["betas"])
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    beta_tilde = (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * betas
+    beta_tilde[0] = beta_tilde[1]
+
+    terms = []
+    for i, index in enumerate(t.tolist()):
+        beta, alpha_bar, alpha_bar_prev = betas[index], alphas_cumprod[index], alphas_cumprod_prev[index]
+        x_t = alpha_bar.sqrt() * x0[i] + (1 - alpha_bar).sqrt() * noise[i]
+        mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps_hat[i].detach()) / (1 - beta).sqrt()
+        fraction = (v[i] + 1) / 2
+        log_var = fraction * beta.log() + (1 - fraction) * beta_tilde[index].log()
+        if index > 0:
+            true_mean = (alpha_bar_prev.sqrt() * beta * x0[i] + (1 - beta).sqrt() * (1 - alpha_bar_prev) * x_t) / (
+                1 - alpha_bar)
+            true_log_var = beta_tilde[index].log()
+            kl = 0.5 * (log_var - true_log_var + (true_log_var - log_var).exp() + (true_mean - mean) ** 2
+                        / log_var.exp() - 1)
+            terms.append(kl.sum())
+        else:
+            scale = (0.5 * log_var).exp()
+            upper = torch.where(x0[i] > 1 - 1 / 255, 1.0, torch.special.ndtr((x0[i] + 1 / 255 - mean) / scale))
+            lower = torch.where(x0[i] < -1 + 1 / 255, 0.0, torch.special.ndtr((x0[i] - 1 / 255 - mean) / scale))
+            terms.append(-(upper - lower).log().sum())
+    bits_per_dim = torch.stack(terms) / (x0[0].numel() * math.log(2))
+    return ((eps_hat - noise) ** 2).mean() + 0.001 * T * bits_per_dim.mean()
+
+
 def test_hybrid_loss_trains_v_only_through_the_bound_and_eps_only_through_l_simple():
     d = GaussianDiffusion(NoiseSchedule.linear(T))
     x0 = tiny_images(4).float() / 127.5 - 1
@@ -122,8 +156,33 @@ def test_hybrid_loss_trains_v_only_through_the_bound_and_eps_only_through_l_simp
     loss = d.training_loss(lambda x, t: torch.cat([eps_part, v_part], 1), x0, torch.Generator().manual_seed(0))
     loss.backward()
     g = torch.Generator().manual_seed(0)  # the same draws, for L_simple alone: t first, then the noise
-    torch.randint(0, T, (4,), generator=g)
+    t = torch.randint(0, T, (4,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     expected_eps_grad = 2 * (eps_part.detach() - noise) / noise.numel()  # of mean((eps - noise)^2) only
     torch.testing.assert_close(eps_part.grad, expected_eps_grad)
-    assert v_part.grad.abs().sum() > 0 and loss.item() > torch.nn.functional.mse_loss(eps_part, noise).item()
+    v = v_part.detach().double().requires_grad_()
+    expected = hybrid_loss_by_hand(d, x0, t, noise, eps_part.detach(), v)
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(v_part.grad.double(), v.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_hybrid_loss_weighs_the_bound_by_lambda_T_at_every_t_including_the_decoder():
+    """A model far from right, at t = 1 (the decoder), 2, T / 2 and T: L_hybrid and its gradient in v as computed
+    by hand. The bound's share is a third of the loss here: a wrong weight (lambda without T) cannot pass."""
+    d = GaussianDiffusion(NoiseSchedule.linear(T))
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, 256, (4, 3, 4, 4), generator=g).float() / 127.5 - 1
+    t = torch.tensor([0, 1, T // 2, T - 1])
+    noise = torch.randn(x0.shape, generator=g)
+    eps_hat = noise + 0.3 * torch.randn(x0.shape, generator=g)
+    v_part = (torch.rand(x0.shape, generator=g) * 2 - 1).requires_grad_()
+    loss = d.training_loss(lambda x, t: torch.cat([eps_hat, v_part], 1), x0, t=t, noise=noise)
+    loss.backward()
+    v = v_part.detach().double().requires_grad_()
+    expected = hybrid_loss_by_hand(d, x0, t, noise, eps_hat, v)
+    expected.backward()
+    l_simple = torch.nn.functional.mse_loss(eps_hat, noise).item()
+    assert expected.item() - l_simple > 0.1 * l_simple  # lambda T L_vlb: a share far above the tolerance
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(v_part.grad.double(), v.grad, rtol=1e-4, atol=1e-9)

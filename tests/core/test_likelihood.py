@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.evaluation.likelihood import (
     LikelihoodProgress,
     LikelihoodRequest,
@@ -18,12 +17,7 @@ from ddpm_studio.core.evaluation.likelihood import (
     timestep_columns,
 )
 from ddpm_studio.core.model import store as model_store
-
-
-def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Demo-dataset images as uint8 (N, 3, size, size). (Not imported from conftest: with tests/gui collected
-    too, the name ``conftest`` may be tests/gui's.)"""
-    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
+from tests.helpers.images import tiny_images
 
 
 def run(model, images, **options) -> tuple[list[LikelihoodProgress], LikelihoodResult]:
@@ -87,7 +81,8 @@ def test_append_evaluation_keeps_the_rest_of_model_json(tiny_model, tmp_path):
     model_store.append_evaluation(folder, record)
     model_store.append_evaluation(folder, {"metric": "fid", "value": 31.5, "n": 100, "data": "/d", "date": "x"})
     after = model_store.read_model_info(folder)
-    assert model_store.evaluations(after) == [record, {"metric": "fid", "value": 31.5, "n": 100, "data": "/d", "date": "x"}]
+    assert model_store.evaluations(after) == [record, {"metric": "fid", "value": 31.5, "n": 100, "data": "/d",
+                                                       "date": "x"}]
     assert after.to_json() | {"evaluations": None} == before.to_json() | {"evaluations": None}
     assert model_store.describe_evaluation(record).startswith("NLL 5.250 ± 0.500 bits/dim (L_0 3.000")
     assert model_store.describe_evaluation(model_store.evaluations(after)[1]).startswith("FID 31.5; 100 samples, /d")

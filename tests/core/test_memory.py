@@ -64,7 +64,8 @@ def test_the_estimate_is_within_a_third_of_the_measured_cpu_peak():
     measured = measure_training_peak(config, 16)
     estimate = estimate_training_memory(config, 16).total_bytes
     assert measured is not None and measured > 2**25
-    assert 1 / 1.35 < estimate / measured < 1.35, f"estimate {estimate / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB"
+    assert 1 / 1.35 < estimate / measured < 1.35, (
+        f"estimate {estimate / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
 
 
 def test_the_device_memory_is_known_on_linux():

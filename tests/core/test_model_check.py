@@ -16,17 +16,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ddpm_studio.core.diffusion.schedule import ScheduleConfig
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_studio.core.model import check as model_check
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.check import ModelError
 from ddpm_studio.core.model.unet import PRESETS, UNet, UNetConfig, count_parameters
+from tests.helpers.images import tiny_images
 
 
 def demo_images() -> torch.Tensor:
-    from ddpm_studio.core.data.demo import make_demo_images
-
-    return torch.from_numpy(make_demo_images(8, size=16, seed=0)).permute(0, 3, 1, 2).contiguous()
+    return tiny_images(8)
 
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
@@ -73,7 +72,22 @@ def test_the_network_on_meta_has_the_papers_parameter_count():
 @pytest.mark.parametrize("schedule", [ScheduleConfig("linear", 1000), ScheduleConfig("cosine", 4000),
                                       ScheduleConfig("linear", 1)])
 def test_the_bounds_admit_real_schedules(schedule):
-    model_check.check_schedule_config(schedule)
+    model_check.check_schedule_config(schedule)  # raises for a schedule it refuses
+    betas = NoiseSchedule.from_config(schedule).betas  # and what it admits can be built
+    assert len(betas) == schedule.num_timesteps and bool(((betas > 0) & (betas < 1)).all())
+
+
+def test_the_schedule_bounds_lie_at_their_limits():
+    model_check.check_schedule_config(ScheduleConfig("cosine", model_check.MAX_TIMESTEPS))
+    with pytest.raises(model_check.SettingError) as error:
+        model_check.check_schedule_config(ScheduleConfig("cosine", model_check.MAX_TIMESTEPS + 1))
+    assert_one_sentence(error, "schedule.num_timesteps (T) is 100,001 steps, above the limit of 100,000 steps")
+    with pytest.raises(model_check.SettingError) as error:
+        model_check.check_schedule_config(ScheduleConfig("linear", 0))
+    assert_one_sentence(error, "schedule.num_timesteps (T) must be at least 1, not 0")
+    with pytest.raises(model_check.SettingError) as error:  # rescaled by 1000 / T, the first beta is 2
+        model_check.check_schedule_config(ScheduleConfig("linear", 1, beta_start=0.002, beta_end=0.003))
+    assert_one_sentence(error, "betas do not all lie in (0, 1) at T = 1")
 
 
 def test_a_setting_added_later_is_bounded_by_its_kind():
@@ -85,8 +99,10 @@ def test_a_setting_added_later_is_bounded_by_its_kind():
         later_width: int = 1
         scale_shift_norm: bool = False
 
-    model_check.check_unet_config(LaterConfig(16, 3, 8, (1, 2), 1, (8,), 0.0, 4))
-    for changes, fragment in [({"later_width": 10**6}, "unet.later_width is 1,000,000"),
+    limit = model_check.MAX_OTHER_SETTING
+    model_check.check_unet_config(LaterConfig(16, 3, 8, (1, 2), 1, (8,), 0.0, 4, later_width=limit))  # admitted
+    for changes, fragment in [({"later_width": limit + 1}, f"unet.later_width is {limit + 1}, above the limit"),
+                              ({"later_width": 10**6}, "unet.later_width is 1,000,000"),
                               ({"later_width": -1}, "unet.later_width must be at least 0"),
                               ({"scale_shift_norm": "no"}, "unet.scale_shift_norm must be true or false")]:
         with pytest.raises(model_check.SettingError) as error:
@@ -167,7 +183,8 @@ def test_a_damaged_header_is_refused_in_one_sentence_naming_the_file(model, dama
     assert_one_sentence(error, str(path), fragment)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00", b"\x02" + b"\x00" * 7 + b"{]", b"\x04" + b"\x00" * 7 + b"\xff\xfe\x00\x00"])
+@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00", b"\x02" + b"\x00" * 7 + b"{]",
+                                     b"\x04" + b"\x00" * 7 + b"\xff\xfe\x00\x00"])
 def test_a_file_too_short_or_without_json_is_refused(tmp_path, content):
     path = tmp_path / "w.safetensors"
     path.write_bytes(content)
@@ -325,7 +342,8 @@ def test_a_preview_that_is_not_a_png_is_refused(tmp_path):
 
 
 def test_resuming_refuses_training_settings_that_describe_another_network(model):
-    from ddpm_studio.core.training.loop import TrainingConfig, train
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.loop import train
 
     edit_model_json(model, lambda data: data["training"].update(image_size=2**20))
     config = TrainingConfig.from_dict({**model_store.read_model_info(model).training, "steps": 20})
@@ -335,7 +353,8 @@ def test_resuming_refuses_training_settings_that_describe_another_network(model)
 
 
 def test_resuming_checks_the_training_states_header_before_building(model):
-    from ddpm_studio.core.training.loop import TrainingConfig, train
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.loop import train
 
     path = model / model_store.STATE_FILE
     header, data = header_and_data(path)

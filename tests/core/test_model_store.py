@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import ModelError
-from ddpm_studio.core.training.loop import FinishedEvent, StepEvent, TrainingConfig, train
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import FinishedEvent, StepEvent
+from ddpm_studio.core.training.loop import train
 
 
 @pytest.fixture
@@ -161,13 +163,15 @@ DAMAGE = {
         m, unet={**json.loads((m / model_store.CONFIG_FILE).read_text())["unet"], "base_channels": 16})),
     "missing model.json": (model_store.CONFIG_FILE, lambda m: (m / model_store.CONFIG_FILE).unlink()),
     "truncated model.json": (model_store.CONFIG_FILE, lambda m: truncate(m / model_store.CONFIG_FILE)),
-    "binary model.json": (model_store.CONFIG_FILE, lambda m: (m / model_store.CONFIG_FILE).write_bytes(b"\xff\xfe\x00\x81" * 50)),
+    "binary model.json": (model_store.CONFIG_FILE, lambda m: (m / model_store.CONFIG_FILE).write_bytes(
+        b"\xff\xfe\x00\x81" * 50)),
     "foreign json": (model_store.CONFIG_FILE, lambda m: write_json(
         m / model_store.CONFIG_FILE, {"_name_or_path": "bert-base-uncased", "hidden_size": 768})),
     "json list": (model_store.CONFIG_FILE, lambda m: write_json(m / model_store.CONFIG_FILE, [1, 2, 3])),
     "deeply nested json": (model_store.CONFIG_FILE, lambda m: (m / model_store.CONFIG_FILE).write_text(
         "[" * 100_000 + "]" * 100_000)),
-    "newer format": (model_store.CONFIG_FILE, lambda m: edit_model_json(m, format_version=model_store.FORMAT_VERSION + 1)),
+    "newer format": (model_store.CONFIG_FILE, lambda m: edit_model_json(
+        m, format_version=model_store.FORMAT_VERSION + 1)),
     "unknown unet setting": (model_store.CONFIG_FILE, lambda m: edit_model_json(
         m, unet={**json.loads((m / model_store.CONFIG_FILE).read_text())["unet"], "flash": True})),
     "unet not a dict": (model_store.CONFIG_FILE, lambda m: edit_model_json(m, unet=[1, 2])),
@@ -256,7 +260,8 @@ STATE_DAMAGE = {
     "no rng state": lambda m: edit_state(m, lambda t: t.pop("rng.torch")),
     "no loss history": lambda m: edit_state(m, lambda t: t.pop("loss")),
     "step not a number": lambda m: edit_state(m, lambda t: None, lambda meta: meta.__setitem__("step", "x")),
-    "param groups not json": lambda m: edit_state(m, lambda t: None, lambda meta: meta.__setitem__("param_groups", "{")),
+    "param groups not json": lambda m: edit_state(
+        m, lambda t: None, lambda meta: meta.__setitem__("param_groups", "{")),
 }
 
 

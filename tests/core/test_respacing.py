@@ -8,22 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_diffusion import ToyEps, gen
 
 from ddpm_studio.core.diffusion.process import GaussianDiffusion, split_model_output
+from ddpm_studio.core.diffusion.samplers import sample, sample_progressive
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule
-
-
-class ToyLearned(torch.nn.Module):
-    """ToyEps plus a fixed, x- and t-dependent v in about [-1.2, 1.2]: a model with a learned variance."""
-
-    def __init__(self):
-        super().__init__()
-        self.eps = ToyEps()
-
-    def forward(self, x, t):
-        v = torch.tanh(x.mean(1, keepdim=True) + t.float().reshape(-1, 1, 1, 1) / 7).expand_as(x) * 1.2
-        return torch.cat([self.eps(x, t), v], 1)
+from tests.helpers.toy_models import ToyEps, ToyLearned, gen
 
 
 @pytest.mark.parametrize("variance", ["fixed_large", "fixed_small", "learned"])
@@ -41,8 +30,8 @@ def test_ddpm_on_every_step_respaced_is_bit_identical_to_the_ddpm_sampler(varian
         assert torch.equal(a.x_prev, b.x_prev) and torch.equal(a.x0_hat, b.x0_hat)
     # ... and so is denoising from t
     x = torch.randn(shape, generator=gen(1))
-    plain = d.sample(model, shape, "ddpm", generator=gen(2), variance=variance, x_start=x, start_t=11)
-    respaced = d.sample(model, shape, "ddpm", generator=gen(2), variance=variance, x_start=x, start_t=11, num_steps=12)
+    plain = sample(d, model, shape, "ddpm", generator=gen(2), variance=variance, x_start=x, start_t=11)
+    respaced = sample(d, model, shape, "ddpm", generator=gen(2), variance=variance, x_start=x, start_t=11, num_steps=12)
     assert torch.equal(plain, respaced)
 
 
@@ -51,8 +40,8 @@ def test_respaced_process_keeps_alpha_bar_on_its_steps_and_calls_the_model_with_
     kept = d.ddim_timesteps(7)
     spaced = d.respaced(kept)
     assert spaced.num_timesteps == 7 and spaced.timestep_map.tolist() == sorted(kept)
-    np.testing.assert_allclose(spaced.schedule.float64["alphas_cumprod"], d.schedule.float64["alphas_cumprod"][sorted(kept)],
-                               rtol=1e-9)
+    np.testing.assert_allclose(spaced.schedule.float64["alphas_cumprod"],
+                               d.schedule.float64["alphas_cumprod"][sorted(kept)], rtol=1e-9)
     seen = []
 
     def model(x, t):
@@ -68,15 +57,15 @@ def test_ddim_ignores_a_learned_variance():
     learned = ToyLearned()
     eps_only = lambda x, t: split_model_output(learned(x, t), x.shape[1])[0]  # noqa: E731
     for eta in (0.0, 1.0):
-        a = d.sample(learned, (2, 3, 8, 8), "ddim", num_steps=10, eta=eta, generator=gen(3))
-        b = d.sample(eps_only, (2, 3, 8, 8), "ddim", num_steps=10, eta=eta, generator=gen(3))
+        a = sample(d, learned, (2, 3, 8, 8), "ddim", num_steps=10, eta=eta, generator=gen(3))
+        b = sample(d, eps_only, (2, 3, 8, 8), "ddim", num_steps=10, eta=eta, generator=gen(3))
         assert torch.equal(a, b)
 
 
 def test_a_learned_variance_needs_a_model_that_outputs_one():
     d = GaussianDiffusion(NoiseSchedule.linear(10))
     with pytest.raises(ValueError, match="did not learn its variance"):
-        d.sample(ToyEps(), (1, 3, 4, 4), "ddpm", variance="learned", generator=gen(0))
+        sample(d, ToyEps(), (1, 3, 4, 4), "ddpm", variance="learned", generator=gen(0))
 
 
 def test_fifty_respaced_steps_sample_gaussian_data_like_a_thousand_steps():
@@ -100,7 +89,7 @@ def test_fifty_respaced_steps_sample_gaussian_data_like_a_thousand_steps():
     shape = (4000, 1, 2, 2)
 
     def sample_variance(**options) -> float:
-        *_, last = d.sample_progressive(model, shape, "ddpm", generator=gen(5), clip=False, **options)
+        *_, last = sample_progressive(d, model, shape, "ddpm", generator=gen(5), clip=False, **options)
         return last.x_prev.var().item()  # not ``sample``, which clamps to the image range
 
     full = sample_variance(variance="learned")

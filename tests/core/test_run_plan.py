@@ -7,7 +7,7 @@ import pytest
 from ddpm_studio.core.data.demo import create_demo_dataset
 from ddpm_studio.core.data.folders import load_dataset
 from ddpm_studio.core.errors import SettingError, UserError
-from ddpm_studio.core.training.loop import TrainingConfig
+from ddpm_studio.core.training.config import TrainingConfig
 from ddpm_studio.core.training.plan import (
     RESUMABLE_SETTINGS,
     TrainingImagesMissing,

@@ -23,7 +23,9 @@ from ddpm_studio.core.sampling.job import (
     sample_images,
     save_samples,
 )
-from ddpm_studio.core.training.loop import FinishedEvent, TrainingConfig, train
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import FinishedEvent
+from ddpm_studio.core.training.loop import train
 
 T = 50  # the shared tiny model's number of timesteps
 
@@ -84,7 +86,8 @@ def test_ddim_with_more_steps_than_timesteps_uses_every_timestep(loaded):
 
 def test_the_same_seed_gives_the_same_images_and_another_seed_others(loaded):
     def images(seed):
-        return sample_images(SamplingRequest(num_images=2, seed=seed, sampler="ddim", steps=5, device="cpu"), loaded).images
+        request = SamplingRequest(num_images=2, seed=seed, sampler="ddim", steps=5, device="cpu")
+        return sample_images(request, loaded).images
 
     assert torch.equal(images(1), images(1))
     assert not torch.equal(images(1), images(2))
@@ -99,7 +102,8 @@ def test_sampling_by_model_path_loads_the_model(tiny_model):
 
 def test_denoising_from_t_starts_there(loaded):
     x_start = torch.zeros(2, 3, 16, 16)
-    progress, result = run(SamplingRequest(num_images=2, sampler="ddpm", x_start=x_start, start_t=9, device="cpu"), loaded)
+    progress, result = run(SamplingRequest(num_images=2, sampler="ddpm", x_start=x_start, start_t=9, device="cpu"),
+                           loaded)
     assert len(progress) == 10 and progress[0].t == 9
     assert torch.equal(progress[0].x_t, x_start)
     assert result.metadata["start_t"] == "10"
@@ -132,7 +136,8 @@ def test_the_trajectory_runs_from_noise_at_t_equals_T_to_the_final_image(loaded,
     # The last frame is the final image, for x_t and x0_hat alike.
     assert torch.equal(trajectory.x_t[-1], result.images[[0, 2]])
     assert torch.equal(trajectory.x0_hat[-1], result.images[[0, 2]])
-    assert all(frame.dtype == torch.uint8 and frame.shape == (2, 3, 16, 16) for frame in trajectory.x_t + trajectory.x0_hat)
+    assert all(frame.dtype == torch.uint8 and frame.shape == (2, 3, 16, 16)
+               for frame in trajectory.x_t + trajectory.x0_hat)
     x_t, x0_hat = trajectory.frame(len(trajectory) - 1, 2)
     assert x_t.shape == (16, 16, 3) and x_t.flags.c_contiguous
     np.testing.assert_array_equal(x_t, result.images[2].permute(1, 2, 0).numpy())

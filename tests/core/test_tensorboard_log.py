@@ -8,19 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ddpm_studio import cli
-from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.sampling.imaging import make_grid
-from ddpm_studio.core.training.loop import EvaluationEvent, PreviewEvent, StepEvent, TrainingConfig, train
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import EvaluationEvent, PreviewEvent, StepEvent
+from ddpm_studio.core.training.loop import train
 from ddpm_studio.core.training.tensorboard_log import EXTRA_SENTENCE, MissingExtra, TensorBoardLog
-
-
-def tiny_images(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Demo-dataset images as uint8 (N, 3, size, size)."""
-    return torch.from_numpy(make_demo_images(count, size=size, seed=seed)).permute(0, 3, 1, 2).contiguous()
+from tests.helpers.images import tiny_images
 
 
 def test_event_files_hold_the_scalars_and_preview_grids(tmp_path):

@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -20,19 +19,12 @@ from safetensors.torch import load_file
 
 from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.model.lock import LOCK_FILE, ModelFolderInUse
 from ddpm_studio.core.model.store import ModelError
-from ddpm_studio.core.training import loop as training
-from ddpm_studio.core.training.loop import (
-    CheckpointEvent,
-    FailedEvent,
-    FinishedEvent,
-    StartedEvent,
-    StepEvent,
-    TrainingConfig,
-    train,
-)
-
-TESTS_DIR = Path(__file__).resolve().parents[1]
+from ddpm_studio.core.training import state as training_state
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.events import CheckpointEvent, FailedEvent, FinishedEvent, StartedEvent, StepEvent
+from ddpm_studio.core.training.loop import threads_beside_a_window, train
 
 
 def images_uint8(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -160,7 +152,7 @@ def assert_finite_loadable_model(folder: Path, step: int, ema_bytes: bytes) -> N
     assert len(history) == step and np.isfinite(history).all()
 
 
-class NaNAfter(training.UNet):
+class NaNAfter(training_state.UNet):
     """The tiny U-Net, except that from the ``limit``-th training forward pass on it predicts NaN.
 
     The learning-rate route does not blow up reliably (Adam bounds every update by the
@@ -185,7 +177,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
         calls = 0
         limit = 6  # step 6's forward pass
 
-    monkeypatch.setattr(training, "UNet", Poisoned)
+    monkeypatch.setattr(training_state, "UNet", Poisoned)
     folder = tmp_path / "m"
     config = tiny_config(steps=20, checkpoint_every=4, log_every=log_every, learning_rate=1e-3)
     events = []
@@ -300,7 +292,7 @@ def test_cpu_threads_apply_to_the_thread_that_drives_the_run_only(tmp_path):
     assert seen["during"] == main_threads + 2
     assert seen["after"] == seen["before"]  # given back, also for threads started later
     assert torch.get_num_threads() == main_threads
-    assert 1 <= training.threads_beside_a_window() == max(1, main_threads - 1)
+    assert 1 <= threads_beside_a_window() == max(1, main_threads - 1)
 
 
 # --- crash safety: kill -9 at random moments ---------------------------------------------------------
@@ -313,13 +305,11 @@ def fork_context():
     Like DataLoader workers, the child uses one intra-op thread, which makes forking after torch safe."""
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs the fork start method")
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
     return multiprocessing.get_context("fork")
 
 
 def launch_worker(context, folder: Path, resume: bool):
-    import train_worker
+    from tests import train_worker
 
     process = context.Process(target=train_worker.run, args=(str(folder), resume), daemon=True)
     process.start()
@@ -396,7 +386,8 @@ def test_kill_minus_9_at_random_moments_leaves_a_loadable_resumable_model(tmp_pa
 def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path):
     folder = tmp_path / "m"
     list(train(tiny_config(steps=2), images_uint8(), folder))
-    stale = [folder / ".training_state.safetensors.abcd1234.tmp", folder / model_store.PREVIEW_DIR / ".step_0000002.png.x_y0z9qq.tmp"]
+    stale = [folder / ".training_state.safetensors.abcd1234.tmp",
+             folder / model_store.PREVIEW_DIR / ".step_0000002.png.x_y0z9qq.tmp"]
     keep = [folder / "notes.tmp", folder / ".hidden", folder / "my.file.abcd1234.tmp"]
     for path in stale + keep:
         path.parent.mkdir(exist_ok=True)
@@ -405,3 +396,18 @@ def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path):
     list(train(tiny_config(steps=3), images_uint8(), folder, resume=True))
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in keep)
+
+
+def test_a_second_run_into_a_folder_being_trained_is_refused_and_the_first_goes_on(tmp_path):
+    folder = tmp_path / "model"
+    first = train(tiny_config(steps=4), images_uint8(), folder)
+    assert isinstance(next(first), StartedEvent)
+    second = train(tiny_config(steps=4), images_uint8(), folder, resume=True)
+    with pytest.raises(ModelFolderInUse, match="in use by another run"):
+        next(second)
+    events = list(first)  # the first run is untouched and ends normally
+    assert isinstance(events[-1], FinishedEvent)
+    assert model_store.read_model_info(folder).step == 4
+    assert not (folder / LOCK_FILE).exists()  # released at the end
+    third = train(tiny_config(steps=6), images_uint8(), folder, resume=True)
+    assert isinstance(list(third)[-1], FinishedEvent)

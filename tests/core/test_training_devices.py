@@ -8,22 +8,14 @@ import weakref
 import pytest
 import torch
 
-from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.diffusion.process import GaussianDiffusion
 from ddpm_studio.core.model import store as model_store
-from ddpm_studio.core.training import loop as training
-from ddpm_studio.core.training.loop import (
-    DistributedContext,
-    FailedEvent,
-    FinishedEvent,
-    StepEvent,
-    TrainingConfig,
-    train,
-)
-
-
-def tiny_images() -> torch.Tensor:
-    return torch.from_numpy(make_demo_images(32, size=16, seed=0)).permute(0, 3, 1, 2).contiguous()
+from ddpm_studio.core.training import state as training_state
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.distributed import DistributedContext
+from ddpm_studio.core.training.events import FailedEvent, FinishedEvent, StepEvent
+from ddpm_studio.core.training.loop import train
+from tests.helpers.images import tiny_images
 
 
 def tiny_config(**overrides) -> TrainingConfig:
@@ -39,8 +31,8 @@ def test_adam_moments_take_the_parameters_channels_last_layout_on_resume(tmp_pat
     config = tiny_config()
     list(train(config, tiny_images(), tmp_path / "run"))
     saved = model_store.read_safetensors(tmp_path / "run" / model_store.STATE_FILE)
-    monkeypatch.setattr(training, "use_channels_last", lambda device: True)
-    state = training.TrainingState(config, torch.device("cpu"), DistributedContext())
+    monkeypatch.setattr(training_state, "use_channels_last", lambda device: True)
+    state = training_state.TrainingState(config, torch.device("cpu"), DistributedContext())
     state.load_state(tmp_path / "run")
     parameters = list(state.model.parameters())
     checked = 0
@@ -63,7 +55,7 @@ def test_an_out_of_memory_error_while_building_the_model_is_a_failure_event(tmp_
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(training, "UNet", out_of_memory)
+    monkeypatch.setattr(training_state, "UNet", out_of_memory)
     events = list(train(tiny_config(), tiny_images(), tmp_path / "run"))
     assert len(events) == 1 and isinstance(events[0], FailedEvent)
     assert events[0].reason.startswith("Out of CPU memory") and "(while building the model)" in events[0].reason

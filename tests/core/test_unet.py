@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ddpm_studio.core.diffusion.samplers import sample
 from ddpm_studio.core.model.unet import PRESETS, UNet, UNetConfig, count_parameters, preset_config, timestep_embedding
 
 
@@ -247,6 +248,6 @@ def test_the_demo_model_samples_bit_for_bit_as_before():
             plain.load_state_dict(conv.state_dict())
             block[0] = plain  # the Downsample of before: its conv, nothing else
     shape = (2, *model.image_shape)
-    now = model.diffusion.sample(model.unet, shape, "ddim", num_steps=5, generator=torch.Generator().manual_seed(3))
-    then = model.diffusion.sample(before, shape, "ddim", num_steps=5, generator=torch.Generator().manual_seed(3))
+    now = sample(model.diffusion, model.unet, shape, "ddim", num_steps=5, generator=torch.Generator().manual_seed(3))
+    then = sample(model.diffusion, before, shape, "ddim", num_steps=5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(now, then)

@@ -9,15 +9,10 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from ddpm_studio.core.diffusion.losses import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from ddpm_studio.core.diffusion.process import GaussianDiffusion
 from ddpm_studio.core.diffusion.schedule import NoiseSchedule
-from ddpm_studio.core.diffusion.variational_bound import (
-    bits_per_dim,
-    discretized_gaussian_log_likelihood,
-    normal_kl,
-    prior_kl,
-    vb_term,
-)
+from ddpm_studio.core.diffusion.variational_bound import prior_kl
 
 
 def gen(seed: int) -> torch.Generator:
@@ -26,9 +21,11 @@ def gen(seed: int) -> torch.Generator:
 
 def test_normal_kl_matches_torch_distributions_in_float64():
     g = gen(0)
-    mean1, mean2 = torch.randn(500, generator=g, dtype=torch.float64), torch.randn(500, generator=g, dtype=torch.float64)
+    mean1 = torch.randn(500, generator=g, dtype=torch.float64)
+    mean2 = torch.randn(500, generator=g, dtype=torch.float64)
     log_var1 = torch.randn(500, generator=g, dtype=torch.float64) * 3
-    log_var2 = log_var1 + torch.randn(500, generator=g, dtype=torch.float64) * torch.logspace(-6, 0, 500, dtype=torch.float64)
+    spread = torch.logspace(-6, 0, 500, dtype=torch.float64)
+    log_var2 = log_var1 + torch.randn(500, generator=g, dtype=torch.float64) * spread
     expected = kl_divergence(Normal(mean1, (0.5 * log_var1).exp()), Normal(mean2, (0.5 * log_var2).exp()))
     torch.testing.assert_close(normal_kl(mean1, log_var1, mean2, log_var2), expected, rtol=1e-9, atol=1e-15)
     assert (normal_kl(mean1, log_var1, mean1, log_var1) == 0).all()
@@ -50,7 +47,7 @@ def test_vb_kl_terms_match_torch_distributions_from_the_paper_formulas(variance)
     v = torch.rand(x0.shape, generator=g, dtype=torch.float64) * 2 - 1
     output = torch.cat([eps_hat, v], 1) if variance == "learned" else eps_hat
 
-    terms = vb_term(d, output, x0, x_t, t, variance, clip=False)
+    terms = d.vb_term(output, x0, x_t, t, variance, clip=False)
 
     c = lambda name: f64[name][t].reshape(-1, 1, 1, 1)  # noqa: E731
     beta, alpha, alpha_bar, alpha_bar_prev = c("betas"), c("alphas"), c("alphas_cumprod"), c("alphas_cumprod_prev")
@@ -148,7 +145,7 @@ def test_bound_is_exact_for_gaussian_data_with_the_true_reverse_process_and_loos
             x_t = d.q_sample(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
             output = predict(x_t, t)
             if index > 0:
-                total = total + vb_term(d, output, x0, x_t, t, variance)
+                total = total + d.vb_term(output, x0, x_t, t, variance)
             else:  # the continuous decoder: -log N(x_0; mu_theta(x_1, 1), sigma_1^2)
                 mean, log_var, _ = d.p_mean_log_variance(output, x_t, t, variance, clip=False)
                 total = total - Normal(mean, (0.5 * log_var).exp()).log_prob(x0).flatten(1).sum(1)

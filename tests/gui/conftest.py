@@ -1,6 +1,5 @@
 """GUI fixtures: a studio window with private settings and model folders, and a guard against leftover threads."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
 from ddpm_studio.gui.jobs.workers import JobRunner
+from tests.helpers.windows import add_window
 
 
 @pytest.fixture(autouse=True)
@@ -48,22 +48,6 @@ def models_dir(tmp_path) -> Path:
     folder = tmp_path / "models"
     folder.mkdir()
     return folder
-
-
-def add_window(qtbot, window) -> None:
-    """Register a studio window with qtbot, which closes it after the test, also after a failure with a job
-    still running. Then it must neither ask "Stop running work?" (nobody answers offscreen: the run would
-    hang) nor be deleted while its jobs stop: it is closed here without asking, and waited for."""
-
-    def close_without_asking(widget) -> None:
-        widget.confirm_close = False
-        widget.close()
-        deadline = time.monotonic() + 60
-        while not widget.closed and time.monotonic() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.01)
-
-    qtbot.addWidget(window, before_close_func=close_without_asking)
 
 
 @pytest.fixture

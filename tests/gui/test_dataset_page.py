@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from drops import send_drop
 from PIL import Image
 from PySide6.QtCore import Qt
 
@@ -12,6 +11,7 @@ from ddpm_studio.core.data.demo import README_NAME
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.gui.pages import dataset as dataset_page
 from ddpm_studio.gui.pages.dataset import sample_indices
+from tests.helpers.drops import send_drop
 
 SCAN_TIMEOUT_MS = 30_000
 
@@ -97,9 +97,28 @@ def test_a_folder_without_usable_images_explains_why_and_hands_nothing_on(window
     assert page.error_label.isVisible()
     message = page.error_label.text()
     assert message.startswith("No usable images in")
-    assert ("folder is empty" in message) if contents == "empty" else ("1 empty" in message and "1 not an image" in message)
+    if contents == "empty":
+        assert "folder is empty" in message
+    else:
+        assert "1 empty" in message and "1 not an image" in message
     assert window.train_page.dataset is None
     assert not window.train_page.start_button.isEnabled()
+
+
+def test_two_folders_without_images_dropped_in_turn_each_name_their_own(window, qtbot, tmp_path, cache_folder):
+    empty, text_only = tmp_path / "e", tmp_path / "t"
+    empty.mkdir()
+    text_only.mkdir()
+    (text_only / "a.txt").write_text("hi\n")
+    page = window.dataset_page
+    for folder in (empty, text_only):
+        drop_paths(window, [folder])
+        wait_for_scan(qtbot, page)
+        qtbot.waitUntil(lambda folder=folder: page.last_scan is not None and page.last_scan.sources == [folder])
+    message = page.error_label.text()
+    assert page.error_label.isVisible()
+    assert message.startswith(f"No usable images in {text_only}: 1 file found") and str(empty) not in message
+    assert skipped_rows(page) == [("a.txt", dataset_page.IGNORED_REASON)]  # the list beside it agrees
 
 
 def test_a_missing_folder_gives_a_message_not_a_crash(window, qtbot, tmp_path):
@@ -160,7 +179,9 @@ def test_the_demo_dataset_is_drawn_once_beside_the_models_then_scanned(window, q
     wait_for_scan(qtbot, page)
 
 
-def test_stop_ends_drawing_the_demo_dataset_and_keeps_the_last_dataset(window, qtbot, monkeypatch, tmp_path, mixed_folder):
+def test_stop_ends_drawing_the_demo_dataset_and_keeps_the_last_dataset(
+    window, qtbot, monkeypatch, tmp_path, mixed_folder
+):
     page = window.dataset_page
     with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
         page.scan([mixed_folder])
@@ -208,3 +229,78 @@ def test_files_that_are_not_images_are_counted_and_listed(window, qtbot, mixed_f
         assert reasons["notes.txt"].startswith("ignored: not an image file")
         assert "2 files skipped" in page.skipped_label.text() and "2 files ignored" in page.skipped_label.text()
         assert page.skipped_box.isVisible()
+
+
+def test_the_skipped_list_shows_whole_names_and_reasons_at_the_default_size(window, qtbot, mixed_folder):
+    from PySide6.QtWidgets import QApplication
+
+    long_name = "a_rather_long_file_name_of_a_broken_picture_from_the_old_camera.png"
+    (mixed_folder / long_name).write_bytes(b"not a png")
+    (mixed_folder / "notes.txt").write_text("not an image file\n")
+    page = window.dataset_page
+    qtbot.waitExposed(window)
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+        drop_paths(window, [mixed_folder])
+    wait_for_scan(qtbot, page)
+    QApplication.processEvents()
+    table = page.skipped_list
+    assert not table.horizontalScrollBar().isVisible()  # nothing to scroll sideways to
+    seen = table.viewport().rect()
+    metrics = table.fontMetrics()
+    for row in range(table.topLevelItemCount()):
+        item = table.topLevelItem(row)
+        name_cell = table.visualItemRect(item)
+        assert seen.left() <= name_cell.left() and name_cell.right() <= seen.right()
+        reason_cell = table.visualRect(table.indexFromItem(item, 1))
+        assert reason_cell.right() <= seen.right() + 1, item.text(0)  # the reason ends inside the list
+        margin = table.text_margin()
+        wrapped = metrics.boundingRect(reason_cell.adjusted(margin, 0, -margin, 0), Qt.TextFlag.TextWordWrap,
+                                       item.text(1))
+        assert wrapped.height() <= reason_cell.height() + 1, item.text(1)  # every line of it is shown
+        assert table.columnWidth(0) >= min(metrics.horizontalAdvance("broken.png"), 1)
+    assert table.columnWidth(0) <= table.viewport().width() * 0.45 + 1  # a long name leaves the reason room
+    names = [table.topLevelItem(row).toolTip(0) for row in range(table.topLevelItemCount())]
+    assert str(mixed_folder / long_name) in names  # its whole path, where the name is shortened
+
+
+def test_grey_images_scanned_as_colour_get_a_hint_that_rescans_them_grey(window, qtbot, tmp_path):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for index in range(4):
+        pixels = np.random.default_rng(index).integers(0, 256, (24, 24), dtype=np.uint8)
+        Image.fromarray(pixels, "L").save(folder / f"digit_{index}.png")
+    page = window.dataset_page
+    page.set_scan_settings(16, 3)
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+        drop_paths(window, [folder])
+    wait_for_scan(qtbot, page)
+    assert page.grayscale_hint.isVisible() and "grayscale" in page.grayscale_hint.text()
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS) as ready:
+        page.grayscale_hint.linkActivated.emit("grayscale")  # what a click on the link sends
+    wait_for_scan(qtbot, page)
+    assert ready.args[0].channels == 1 and page.channels() == 1
+    assert not page.grayscale_hint.isVisible()
+
+
+def test_colour_images_get_no_grey_hint(window, qtbot, mixed_folder):
+    page = window.dataset_page
+    with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+        drop_paths(window, [mixed_folder])
+    wait_for_scan(qtbot, page)
+    assert not page.grayscale_hint.isVisible()
+
+
+def test_the_status_bar_names_the_dataset_folder_not_the_cache_entry(window, qtbot, mixed_folder, cache_folder):
+    page = window.dataset_page
+    messages = []
+    window.statusBar().messageChanged.connect(messages.append)
+    for _attempt in ("decoded", "from the cache"):
+        with qtbot.waitSignal(page.datasetReady, timeout=SCAN_TIMEOUT_MS):
+            drop_paths(window, [mixed_folder])
+        wait_for_scan(qtbot, page)
+    shown = [message for message in messages if message]
+    assert shown and not any(str(cache_folder) in message for message in shown)
+    assert any(message.startswith(f"{mixed_folder}: ") and "decoded into the dataset cache" in message
+               for message in shown)
+    assert window.statusBar().currentMessage() == (
+        f"{mixed_folder}: 3 usable images, 2 skipped; opened from the dataset cache.")

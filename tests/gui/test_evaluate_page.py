@@ -3,13 +3,14 @@ records nothing, missing Inception weights are one sentence; the Train page draw
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from ddpm_studio.core.evaluation.metrics import METRIC_EXPLANATIONS, STANDIN
 from ddpm_studio.core.model import store as model_store
-from ddpm_studio.core.training.loop import EvaluationEvent
+from ddpm_studio.core.training.events import EvaluationEvent
 from ddpm_studio.gui.model_library import entry_tooltip
 from ddpm_studio.gui.pages.evaluate import TABLE_COLUMNS
 
@@ -87,14 +88,50 @@ def test_stop_records_nothing(qtbot, page, model):
     assert model_store.evaluations(model_store.read_model_info(model)) == []
 
 
-def test_missing_inception_weights_are_one_sentence(qtbot, page, tmp_path, monkeypatch):
+def assert_in_view(qtbot, label) -> None:
+    """``label`` is shown whole, word-wrapped, inside the visible part of the settings column."""
+    from PySide6.QtCore import QRect
+
+    from ddpm_studio.gui.widgets.wheel_guard import enclosing_scroll_area
+
+    viewport = enclosing_scroll_area(label).viewport()
+
+    def in_view() -> bool:
+        top_left = label.mapTo(viewport, label.rect().topLeft())
+        return label.isVisible() and viewport.rect().contains(QRect(top_left, label.size()))
+
+    qtbot.waitUntil(in_view)
+    assert label.wordWrap() and label.height() >= label.heightForWidth(label.width())  # no line cut off
+
+
+def test_missing_inception_weights_are_one_sentence_beside_the_inception_field(qtbot, page, window, tmp_path,
+                                                                                 monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("DDPM_STUDIO_OFFLINE", "1")
     page.evaluate()
     qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
-    text = page.status_label.text()
-    assert "weights-inception-2015-12-05-6726825d.pth" in text and "--inception-weights" in text
-    assert "bug" not in text
+    text = page.weights_problem.text()
+    assert "weights-inception-2015-12-05-6726825d.pth" in text and "bug" not in text
+    assert "Choose… button beside Inception" in text and "--inception-weights" not in text  # the page's field
+    assert_in_view(qtbot, page.weights_problem)
+    assert "2 · Compare with" in page.status_label.text()
+    page.grab().save(str(tmp_path / "evaluate-missing-weights.png"))
+
+    page.weights_edit.setText(str(tmp_path / "no.pth"))  # a file named in the field that is not there
+    assert page.weights_problem.isHidden()  # the field changed: the old sentence goes
+    page.evaluate()
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.weights_problem.text().startswith(f"The Inception field's file {tmp_path / 'no.pth'}: no such file")
+    assert_in_view(qtbot, page.weights_problem)
+
+
+def test_missing_evaluation_packages_are_said_under_metrics(qtbot, page, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # what an import finds without the eval extra
+    page.evaluate()
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert 'pip install -e ".[eval]"' in page.packages_problem.text()
+    assert_in_view(qtbot, page.packages_problem)
+    assert page.weights_problem.isHidden() and "3 · Metrics" in page.status_label.text()
 
 
 def test_train_page_plots_kid_on_a_second_axis(window, model):
@@ -111,3 +148,11 @@ def test_train_page_plots_kid_on_a_second_axis(window, model):
     info = model_store.read_model_info(model)
     monitor.show_saved_model(info, model_store.load_loss_history(model), None)
     assert plot.kid_steps == [6] and plot.kid_values == [0.2]
+
+
+def test_dpm_solver_takes_the_steps_of_the_steps_box(page):
+    """With DPM-Solver++ chosen, the evaluation samples in the Steps box's count (it sent DDPM's steps before)."""
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("dpm-solver++"))
+    page.sampling.steps_spin.setValue(7)
+    request = page.request()
+    assert (request.sampler, request.steps) == ("dpm-solver++", 7)

@@ -1,13 +1,14 @@
-"""A fresh install: the window opens with the demo model chosen, the sample picture shown, and the demo dataset offered."""
+"""A fresh install: the window opens with the demo model chosen, the sample picture shown, and the demo dataset
+offered."""
 
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import add_window
 
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.paths import BUNDLED_MODELS_DIR, SAMPLE_PICTURE
+from tests.helpers.windows import add_window
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ import gc
 import weakref
 
 import pytest
-from conftest import add_window
 from PySide6.QtWidgets import QApplication
+
+from tests.helpers.windows import add_window
 
 
 class Node:
@@ -39,7 +40,8 @@ def test_young_cycles_are_collected_and_the_window_is_frozen_not_walked(window, 
         collector.collect()  # the timer's slot, called as the timer would (each call passes one more threshold)
     assert young() is None  # a cycle that dies young is freed by the young generations
     tracked = {id(obj) for obj in gc.get_objects()}  # what a collection would walk
-    assert id(window.train_page.jobs) not in tracked and id(window.noising_page.jobs) not in tracked  # lists the pages made
+    # lists the pages made
+    assert id(window.train_page.jobs) not in tracked and id(window.noising_page.jobs) not in tracked
     assert gc.get_freeze_count() > 0
 
 

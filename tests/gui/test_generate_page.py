@@ -194,7 +194,8 @@ def test_damaged_weights_are_refused_when_the_model_is_chosen(qtbot, window, tin
 def test_another_models_weights_give_a_message_at_generate_time(qtbot, window, tiny_model, tmp_path):
     foreign = tmp_path / "foreign"
     shutil.copytree(tiny_model, foreign)
-    shutil.copy(Path(__file__).resolve().parents[2] / "models" / "demo" / "ema.safetensors", foreign / "ema.safetensors")
+    shutil.copy(Path(__file__).resolve().parents[2] / "models" / "demo" / "ema.safetensors",
+                foreign / "ema.safetensors")
     page = window.generate_page
     window.tabs.setCurrentWidget(page)
     assert page.select_model(foreign)  # a whole file: only the network built from model.json tells it is not this one's
@@ -253,3 +254,52 @@ def test_a_selected_thumbnail_is_framed_not_tinted(qtbot, page):
     assert item.isSelected()
     icon = item.icon()
     assert icon.pixmap(96, QIcon.Mode.Selected).toImage() == icon.pixmap(96, QIcon.Mode.Normal).toImage()
+
+
+def test_sixteen_images_fit_the_grid_at_the_default_window_size(qtbot, window, page):
+    assert window.size().width() == 1280 and window.size().height() == 860  # the size a first start opens at
+    qtbot.waitExposed(window)
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddim"))
+    page.steps_spin.setValue(2)
+    page.count_spin.setValue(16)
+    generate(qtbot, page)
+    qtbot.wait(50)  # the grid's layout of its items
+    grid = page.grid
+    seen = grid.viewport().rect()
+    assert grid.count() == 16
+    assert all(seen.contains(grid.visualItemRect(grid.item(row))) for row in range(16))
+    assert not grid.verticalScrollBar().isVisible()
+    assert grid.thumbnail_size >= 64  # still large enough to see
+
+    page.count_spin.setValue(256)  # more than ever fit: the smallest thumbnails, and a scroll bar
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddim"))
+    page.steps_spin.setValue(1)
+    generate(qtbot, page)
+    assert grid.thumbnail_size == grid.smallest_size
+
+
+def test_the_grid_says_which_model_drew_it_after_a_switch_and_a_stop(qtbot, window, page, tiny_model, models_dir):
+    other = models_dir / "other"
+    shutil.copytree(tiny_model, other)
+    window.library.refresh()
+    page.count_spin.setValue(2)
+    generate(qtbot, page)
+    caption = page.results_caption
+    assert caption.isVisible() and caption.text().startswith("2 images from tiny (")
+    assert "not from the chosen model" not in caption.text()
+
+    assert page.select_model(other)
+    assert "2 images from tiny" in caption.text()
+    assert "not from the chosen model: Generate samples other" in caption.text()
+
+    page.sampler_box.setCurrentIndex(page.sampler_box.findData("ddpm"))
+    page.count_spin.setValue(256)  # every one of T steps at 256 images: it cannot end before Stop
+    qtbot.mouseClick(page.generate_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.result.request.model_path == tiny_model  # the grid still holds tiny's images
+    assert caption.text().startswith("The run of other was stopped: the grid still shows the last finished images, "
+                                     "2 images from tiny")
+    from ddpm_studio.gui.style import WARNING_TEXT_STYLE
+
+    assert caption.styleSheet() == WARNING_TEXT_STYLE  # in the grid's own box, in the colour of a warning

@@ -4,18 +4,15 @@ from t; on the CPU the page forecasts how slow that is."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from diffusers_folders import reference_unet, write_diffusers_folder  # noqa: E402
-from drops import send_drop  # noqa: E402
-
-from ddpm_studio.core.model.unet import UNetConfig  # noqa: E402
+from ddpm_studio.core.model.unet import UNetConfig
+from tests.helpers.diffusers_folders import reference_unet, write_diffusers_folder
+from tests.helpers.drops import send_drop
 
 NARROW_256 = UNetConfig(256, 3, 16, (1, 1, 2, 2, 4, 4), 1, (16,), 0.0, 8)  # the paper's 256 px layout, narrow
 

@@ -27,7 +27,8 @@ def test_a_new_job_stops_the_old_one_whose_signals_no_longer_reach_the_page(qtbo
     jobs = JobController(page, "counting")
     seen, ended = [], []
     first_gate, second_gate = threading.Event(), threading.Event()
-    first = jobs.run(held_job("first", first_gate), on_event=seen.append, on_done=lambda stopped: ended.append(("first", stopped)))
+    first = jobs.run(held_job("first", first_gate), on_event=seen.append,
+                     on_done=lambda stopped: ended.append(("first", stopped)))
     qtbot.waitUntil(lambda: seen == [("first", 0)], timeout=10_000)
     assert jobs.stop_button.isEnabled() and jobs.is_running()
 
@@ -125,7 +126,8 @@ def test_a_new_status_repaints_the_line_alone_and_a_longer_one_makes_room(qtbot)
     QApplication.instance().installEventFilter(watcher)
     try:
         for step in range(2, 60):
-            jobs.set_status(f"Sampling: step {step} of 1000, t = {1001 - step} · 4{step % 10}.1 steps/s · {step} s left.")
+            jobs.set_status(f"Sampling: step {step} of 1000, t = {1001 - step} · "
+                            f"4{step % 10}.1 steps/s · {step} s left.")
             QApplication.instance().processEvents()
     finally:
         QApplication.instance().removeEventFilter(watcher)

@@ -10,7 +10,8 @@ import torch
 
 from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.model import store as model_store
-from ddpm_studio.core.training.loop import TrainingConfig, train
+from ddpm_studio.core.training.config import TrainingConfig
+from ddpm_studio.core.training.loop import train
 
 
 @pytest.fixture
@@ -110,3 +111,23 @@ def test_train_form_offers_the_learned_variance(window):
     assert form.config().variance == "learned" and form.config().unet_config().learned_variance
     form.fill(TrainingConfig.for_preset("tiny"))
     assert form.config().variance == "fixed"
+
+
+def test_the_plot_names_every_mark_one_notation_and_the_header_agrees_with_the_record(qtbot, panel):
+    import re
+
+    panel.count_spin.setValue(2)
+    panel.timesteps_combo.setCurrentIndex(panel.timesteps_combo.findData("sampled"))
+    panel.k_spin.setValue(3)
+    assert panel.evaluate() is not None
+    qtbot.waitUntil(lambda: panel.runner is None, timeout=60_000)
+    labels = [label.text for _sample, label in panel.plot.legend.items]
+    assert any("L_(t-1)" in text for text in labels) and any("L_0" in text for text in labels)
+
+    axis = panel.plot.getPlotItem().getAxis("left")
+    ticks = axis.tickStrings([-3.0, -4.0, -5.0, np.log10(2e-5)], 1.0, 1.0)
+    assert ticks == ["10⁻³", "10⁻⁴", "10⁻⁵", "2·10⁻⁵"]  # never 0.0001 beside 10⁻⁵
+
+    header_l_t = re.search(r"L_T (\S+)", panel.result_label.text()).group(1)
+    record_l_t = re.search(r"L_T (\S+?)\)", panel.history_label.text()).group(1)
+    assert header_l_t == record_l_t

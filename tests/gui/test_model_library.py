@@ -51,7 +51,8 @@ def test_unusable_folders_are_listed_disabled_with_the_reason_as_tooltip(window,
     window.library.refresh()
     for picker in (window.generate_page.model_chooser.picker, window.train_page.resume_picker):
         listed = items(picker)
-        for name, fragment in (("huge", "unet.base_channels is 16,384"), ("cut", "is damaged or not a safetensors file")):
+        for name, fragment in (("huge", "unet.base_channels is 16,384"),
+                               ("cut", "is damaged or not a safetensors file")):
             index = listed[f"{name} (unusable)"]
             assert not picker.model().item(index).isEnabled()
             tooltip = picker.itemData(index, Qt.ItemDataRole.ToolTipRole)

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-from conftest import add_window
-from drops import drag_enter_event
-from drops import send_drop as drop
 from PIL import Image
 
 from ddpm_studio.core.data.folders import load_image
 from ddpm_studio.gui.pages.noising import WORKING_SIZE
 from ddpm_studio.paths import SAMPLE_PICTURE
+from tests.helpers.drops import drag_enter_event
+from tests.helpers.drops import send_drop as drop
+from tests.helpers.windows import add_window
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -224,3 +224,69 @@ def test_after_a_restart_with_a_model_chosen_denoise_is_ready_for_the_sample_pic
         window.confirm_close = False
         window.close()
         qtbot.waitUntil(lambda: window.closed, timeout=60_000)  # a denoising still ending stops first
+
+
+def test_open_starts_in_the_folder_of_the_picture_shown(qtbot, page, picture_file):
+    """The real dialog is opened by a click on Open image… and read before it is closed."""
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtWidgets import QApplication, QFileDialog
+
+    page.context.settings.setValue("last_image_dir", "")  # nothing opened through the dialog yet
+    assert drop(page, [picture_file])
+    seen = []
+
+    def read_and_close() -> None:
+        dialogs = [widget for widget in QApplication.topLevelWidgets()
+                   if isinstance(widget, QFileDialog) and widget.isVisible()]
+        if not dialogs:
+            QTimer.singleShot(50, read_and_close)
+            return
+        seen.append(dialogs[0].directory().absolutePath())
+        dialogs[0].reject()
+
+    QTimer.singleShot(50, read_and_close)
+    qtbot.mouseClick(page.open_button, Qt.MouseButton.LeftButton)
+    assert seen == [str(picture_file.parent)]
+
+
+def test_a_grey_picture_gives_no_warning(page, tmp_path):
+    import warnings
+
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.tile(np.arange(200, dtype=np.uint8), (160, 1)), "L").save(grey)
+    decoded, _ = load_image(grey, WORKING_SIZE, 1)
+    assert not decoded.flags.writeable  # what the forward process is given for a grey picture
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "NumPy array is not writable" would fail the test
+        from ddpm_studio.core.diffusion.noising import ForwardProcessView
+
+        view = ForwardProcessView(decoded, page.schedule, seed=0)
+        assert page.load_image(grey)
+    assert np.array_equal(view.x_t(0), decoded[0])  # t = 0 is the picture itself, one channel
+
+
+def test_switching_model_says_whose_reverse_process_is_shown(qtbot, window, page, tiny_model, models_dir,
+                                                            picture_file):
+    import shutil
+
+    from PySide6.QtCore import Qt
+
+    other = models_dir / "other"
+    shutil.copytree(tiny_model, other)
+    window.library.refresh()
+    window.library.open(tiny_model)
+    assert page.model_chooser.select(tiny_model)
+    page.load_image(picture_file)
+    page.set_t(10)
+    assert not page.reverse_caption.isVisible()  # nothing denoised yet, nothing to name
+    qtbot.mouseClick(page.denoise_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.runner is None, timeout=60_000)
+    assert page.reverse_caption.isVisible() and "tiny's, from t = 10" in page.reverse_caption.text()
+    assert "not the chosen" not in page.reverse_caption.text()
+
+    assert page.model_chooser.select(other)
+    assert page.timeline.trajectory is not None  # the result stays to look at, and says whose it is
+    assert "tiny's" in page.reverse_caption.text() and "not the chosen model's" in page.reverse_caption.text()
+    assert "other's" in page.reverse_caption.text()
+    assert page.model_chooser.select(tiny_model)
+    assert "not the chosen" not in page.reverse_caption.text()

@@ -8,8 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import add_window
-from drops import send_drop
 from PIL import Image
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
@@ -19,6 +17,8 @@ from ddpm_studio.core.model import store as model_store
 from ddpm_studio.gui.pages.noising import WORKING_SIZE
 from ddpm_studio.gui.session_memory import RESUME_KEY
 from ddpm_studio.paths import SAMPLE_PICTURE
+from tests.helpers.drops import send_drop
+from tests.helpers.windows import add_window
 
 SCAN_TIMEOUT_MS = 30_000
 

@@ -2,15 +2,14 @@
 their threads ("Saving…" over the pages), a training run is saved, then the window closes."""
 
 import threading
-import time
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from ddpm_studio.core.data.demo import README_NAME
 from ddpm_studio.core.data.folders import load_dataset
 from ddpm_studio.core.model import store as model_store
-from ddpm_studio.core.training.loop import ModelFolderWriter
+from ddpm_studio.core.training.state import ModelFolderWriter
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages import dataset as dataset_page
 
@@ -82,58 +81,45 @@ def test_closing_while_training_with_yes_stops_saves_and_leaves_no_thread(window
     QApplication.processEvents()  # late signals of the ended run arrive after the close, harmlessly
 
 
-SLOW_SAVE_S = 1.5  # a big model's checkpoint takes seconds to write; the tiny one's is made to take as long
-
-
-def test_closing_while_training_shows_saving_and_keeps_painting_until_saved(window, qtbot, monkeypatch,
-                                                                          demo_folder):
+def test_closing_while_training_shows_saving_and_keeps_its_event_loop_running_until_saved(window, qtbot, monkeypatch,
+                                                                                       demo_folder):
+    """The run's last checkpoint is held up in the job's thread, as a big model's would be while it is written: the
+    window says "Saving…", and its own event loop goes on (timers fire, the window repaints) until the save is let
+    through. How long the GUI thread stalls meanwhile is measured by benchmarks/close_latency.py, never here."""
     real_save = ModelFolderWriter.save_checkpoint
+    saving, let_through = threading.Event(), threading.Event()
 
-    def slow_save(writer, state):
-        time.sleep(SLOW_SAVE_S)  # in the job's thread, as the writing of a large checkpoint would be
+    def held_save(writer, state):
+        saving.set()
+        let_through.wait(RUN_TIMEOUT_MS / 1000)  # in the job's thread; a GUI thread waiting here would hang the test
         real_save(writer, state)
 
-    monkeypatch.setattr(ModelFolderWriter, "save_checkpoint", slow_save)
+    monkeypatch.setattr(ModelFolderWriter, "save_checkpoint", held_save)
     page = start_long_run(window, demo_folder)
     qtbot.waitUntil(lambda: page.loss_plot.point_count() >= 3, timeout=RUN_TIMEOUT_MS)
     runner = page.runner
     asked = answer_questions(monkeypatch, QMessageBox.StandardButton.Yes)
-    gaps, last = [], [time.perf_counter()]
 
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
+    try:
+        window.close()
+        assert len(asked) == 1 and window.isVisible()
+        assert window.closing.isVisible() and window.closing.title.text() == "Saving…"
+        assert "Saving the training run before closing" in window.closing.sentence.text()
+        assert page.run_path.name in window.closing.sentence.text()
+        assert not window.tabs.isEnabled()
+        qtbot.waitUntil(saving.is_set, timeout=RUN_TIMEOUT_MS)
 
-    probe = QTimer()
-    probe.setTimerType(Qt.TimerType.PreciseTimer)
-    probe.setInterval(5)
-    probe.timeout.connect(tick)
-    probe.start()
-    close_now = window.closing.on_finished
-
-    def jobs_ended():  # the stalls that count are those while the job stops and saves
-        tick()
-        probe.stop()
-        close_now()
-
-    window.closing.on_finished = jobs_ended
-    last[0] = time.perf_counter()
-
-    window.close()
-    assert len(asked) == 1 and window.isVisible()
-    assert runner.is_running()  # still stopping and saving, and the window says so
-    assert window.closing.isVisible() and window.closing.title.text() == "Saving…"
-    assert "Saving the training run before closing" in window.closing.sentence.text()
-    assert page.run_path.name in window.closing.sentence.text()
-    assert not window.tabs.isEnabled()
-    window.close()  # a second click while saving changes nothing
-    assert len(asked) == 1 and window.isVisible()
-
+        fired = []
+        QTimer.singleShot(0, lambda: fired.append("timer"))
+        qtbot.waitUntil(lambda: fired == ["timer"], timeout=RUN_TIMEOUT_MS)  # the GUI thread runs while the job saves
+        assert not window.closing.grab().isNull()  # and paints
+        assert runner.is_running() and window.isVisible() and not window.closed
+        window.close()  # a second click while saving changes nothing
+        assert len(asked) == 1 and window.isVisible()
+    finally:
+        let_through.set()  # also when a check above failed: the run then saves and the window closes
     qtbot.waitUntil(lambda: window.closed, timeout=RUN_TIMEOUT_MS)
-    assert not window.isVisible() and running_jobs() == [] and not probe.isActive()
-    assert len(gaps) > 10  # it ticked through the save
-    assert max(gaps) < 1.0, f"the GUI thread stood still {max(gaps):.2f} s during the close"
+    assert not window.isVisible() and running_jobs() == []
     info = model_store.read_model_info(page.run_path)
     assert info.step == page.current_step >= 3
     assert len(model_store.load_loss_history(page.run_path)) == info.step

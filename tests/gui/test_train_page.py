@@ -12,7 +12,7 @@ from ddpm_studio.core.data.folders import load_dataset
 from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.training import plan as run_plan
-from ddpm_studio.core.training.loop import FailedEvent, StartedEvent
+from ddpm_studio.core.training.events import FailedEvent, StartedEvent
 from ddpm_studio.gui.widgets.memory_guard import check_run
 
 RUN_TIMEOUT_MS = 60_000
@@ -119,7 +119,9 @@ def test_start_stop_and_resume(loaded, qtbot, user_models_dir):
     assert len(history) == stopped_at
     assert "Stopped at step" in page.status_label.text()
     assert page.resume_picker.current_path() == folder  # ready to continue in one click
-    assert page.name_edit.text() != folder.name  # the next new model gets a free name
+    assert page.name_edit.text() == folder.name  # the name is not changed behind the user's back,
+    assert f"({folder.name}-2 is free)" in page.start_hint.text()  # and Start says which one is free
+    assert not page.start_button.isEnabled()
 
     qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: page.current_step >= stopped_at + 3, timeout=RUN_TIMEOUT_MS)
@@ -264,7 +266,7 @@ def test_the_learning_rate_and_ema_step_by_factors(window):
 
 
 def test_the_advanced_section_splits_the_batch_and_checkpoints_activations(loaded, qtbot):
-    from ddpm_studio.core.training.loop import TrainingConfig
+    from ddpm_studio.core.training.config import TrainingConfig
 
     page = loaded.train_page
     form = page.form
@@ -319,17 +321,33 @@ def answer_next_dialog(qtbot, button_text: str) -> list[str]:
     return seen
 
 
+def fake_memory_limit_mib(page, batch: int) -> int:
+    """A memory limit, in whole MiB, that fits the page's run (in float32) at one image but not at ``batch`` images.
+
+    Sized from the estimate, with the precision set: "auto" would mean bf16 on a CPU with native bf16, whose
+    estimate is smaller, and a fixed limit would then fit the batch on some machines and not on others."""
+    from ddpm_studio.core.training.memory import FIT_SHARE, estimate_training_memory
+
+    page.form.precision_combo.setCurrentText("fp32")
+    config = page.config()
+    assert config.precision == "fp32"
+    one, whole = (estimate_training_memory(config.unet_config(), size, False, len(page.dataset.files)).total_bytes
+                  for size in (1, batch))
+    return int((one + whole) / 2 / FIT_SHARE / 2**20)
+
+
 def test_start_asks_first_when_the_run_cannot_fit_and_offers_the_largest_batch(loaded, qtbot, monkeypatch):
-    """A fake, small memory limit: batch 64 of the tiny U-Net at 16 px needs 47 to 93 MiB (bf16 or not); 40 MiB are there."""
-    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    """A fake, small memory limit, between what one image and a batch of 64 need, in float32."""
     page = loaded.train_page
+    limit = fake_memory_limit_mib(page, 64)
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", f"{limit}M")
     page.form.batch_spin.setValue(64)
     qtbot.waitUntil(lambda: "the largest batch size that fits is" in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
     assert page.start_button.isEnabled()  # the question comes on Start, with the way out
 
     seen = answer_next_dialog(qtbot, "Cancel")
     qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
-    assert len(seen) == 1 and "at batch size 64, but the CPU has 40 MiB available" in seen[0], seen
+    assert len(seen) == 1 and f"at batch size 64, but the CPU has {limit} MiB available" in seen[0], seen
     assert "the largest batch size that fits is" in page.memory_label.text()
     assert not page.is_training() and page.form.batch_spin.value() == 64
 
@@ -346,9 +364,9 @@ def test_start_asks_first_when_the_run_cannot_fit_and_offers_the_largest_batch(l
 
 
 def test_a_run_that_cannot_fit_can_keep_its_batch_in_micro_batches(loaded, qtbot, monkeypatch):
-    """The same 40 MiB fake limit: "Keep batch size 64 in K micro-batches" trains batch 64 in parts that fit."""
-    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", "40M")
+    """The same fake limit: "Keep batch size 64 in K micro-batches" trains batch 64 in parts that fit."""
     page = loaded.train_page
+    monkeypatch.setenv("DDPM_STUDIO_MEMORY_LIMIT", f"{fake_memory_limit_mib(page, 64)}M")
     page.form.batch_spin.setValue(64)
     page.form.steps_spin.setValue(2)
     qtbot.waitUntil(lambda: "the largest batch size that fits is" in page.memory_label.text(), timeout=RUN_TIMEOUT_MS)
@@ -380,7 +398,7 @@ def test_resuming_a_run_that_cannot_fit_offers_micro_batches_never_another_batch
                                                                                       user_models_dir):
     import shutil
 
-    from ddpm_studio.core.training.loop import TrainingConfig
+    from ddpm_studio.core.training.config import TrainingConfig
 
     model = user_models_dir / "big-batch"
     shutil.copytree(tiny_model, model)
@@ -457,3 +475,59 @@ def test_start_before_any_estimate_measures_in_a_thread_while_the_window_keeps_d
     assert "≈" in page.memory_label.text()
     wait_idle(qtbot, page)
     assert "Finished 1 step" in page.status_label.text(), page.error_label.text()
+
+
+def test_stop_says_which_step_the_preview_shows(loaded, qtbot):
+    page = loaded.train_page
+    configure(page, steps=100_000, preview_every=3)  # it cannot end by itself before Stop
+    monitor = page.monitor
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: monitor.preview_step is not None and page.current_step > monitor.preview_step,
+                    timeout=RUN_TIMEOUT_MS)
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, page, STOP_TIMEOUT_MS)
+    stopped_at, preview_at = page.current_step, monitor.preview_step
+    caption = page.preview_view.caption
+    if preview_at < stopped_at:
+        assert caption == f"Preview at step {preview_at:,} (fixed seed); the run stopped at step {stopped_at:,}"
+    else:  # it stopped on a step that made a preview: that preview is the run's last state
+        assert caption == f"Preview at step {stopped_at:,} (fixed seed)"
+
+
+def test_after_a_restart_the_page_says_which_model_and_step_it_shows(qtbot, settings, models_dir, user_models_dir):
+    """A run stopped between previews, then the window opened again: its step, progress and preview are named."""
+    import torch
+
+    from ddpm_studio.core.data.demo import make_demo_images
+    from ddpm_studio.core.training.config import TrainingConfig
+    from ddpm_studio.core.training.events import PreviewEvent, StepEvent
+    from ddpm_studio.core.training.loop import train
+    from ddpm_studio.gui.main_window import MainWindow
+    from ddpm_studio.gui.model_library import ModelLibrary
+    from ddpm_studio.gui.session_memory import RESUME_KEY
+    from tests.helpers.windows import add_window
+
+    folder = models_dir / "digits"
+    config = TrainingConfig.for_preset("tiny", steps=100, num_timesteps=50, preview_every=3, preview_count=4,
+                                       preview_steps=2, batch_size=4)
+    images = torch.from_numpy(make_demo_images(8, size=16)).permute(0, 3, 1, 2).contiguous()
+    events, preview_at = train(config, images, folder, {"count": 8, "paths": []}), None
+    for event in events:
+        if isinstance(event, PreviewEvent):
+            preview_at = event.step
+        if isinstance(event, StepEvent) and preview_at is not None and event.step > preview_at:
+            break
+    events.close()  # as Stop does: the run saves where it is
+    stopped_at = model_store.read_model_info(folder).step
+    assert preview_at < stopped_at < 100
+
+    settings.setValue(RESUME_KEY, str(folder))
+    window = MainWindow(settings=settings, library=ModelLibrary([models_dir, user_models_dir]))
+    add_window(qtbot, window)
+    window.show()
+    page = window.train_page
+    assert page.status_label.text().startswith(f"digits: {stopped_at:,} steps of 100 trained")
+    assert "No run yet" not in page.status_label.text()
+    assert (page.progress_bar.value(), page.progress_bar.maximum()) == (stopped_at, 100)
+    assert page.preview_view.caption == f"Last preview of digits, at step {preview_at:,} of {stopped_at:,}"
+    assert page.loss_plot.point_count() == stopped_at

@@ -3,7 +3,7 @@
 import threading
 
 from ddpm_studio.core.errors import SettingError
-from ddpm_studio.core.training.loop import StepEvent, merge_step_events
+from ddpm_studio.core.training.events import StepEvent, merge_step_events
 from ddpm_studio.gui.jobs.workers import JobRunner, JobWorker
 
 

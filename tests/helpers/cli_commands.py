@@ -28,3 +28,12 @@ def started(args: list, env: dict, cwd) -> Iterator[subprocess.Popen]:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def assert_one_error_line(stderr: str, fragment: str) -> str:
+    """The one non-empty line of ``stderr``: an error with the command's prefix that contains ``fragment``."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(ERROR_PREFIX), stderr
+    assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -1,0 +1,40 @@
+"""Small, fixed, deterministic models for diffusion tests: no training, the same output for the same input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ToyEps(nn.Module):
+    """A small, fixed, deterministic eps-model: a random conv, a nonlinearity and a t-dependent shift.
+
+    Its x0_hat leaves [-1, 1] at large t, so clipping matters.
+    """
+
+    def __init__(self, channels: int = 3, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=g) * 0.1)
+
+    def forward(self, x, t):
+        return 1.5 * torch.tanh(self.conv(x)) + 0.1 * torch.sin(t.float())[:, None, None, None]
+
+
+class ToyLearned(nn.Module):
+    """ToyEps plus a fixed, x- and t-dependent v in about [-1.2, 1.2]: a model with a learned variance."""
+
+    def __init__(self):
+        super().__init__()
+        self.eps = ToyEps()
+
+    def forward(self, x, t):
+        v = torch.tanh(x.mean(1, keepdim=True) + t.float().reshape(-1, 1, 1, 1) / 7).expand_as(x) * 1.2
+        return torch.cat([self.eps(x, t), v], 1)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
