@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ddpm_studio.gui.event_loop import wait_until  # Qt-free: the platform below is still chosen before Qt loads
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,15 +104,6 @@ def run_for(app, seconds: float, until=None) -> None:
         check.timeout.connect(lambda: until() and loop.quit())
         check.start()
     loop.exec()
-
-
-def wait_until(app, condition, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the window did not reach the state the benchmark needs")
-        app.processEvents()
-        time.sleep(0.01)
 
 
 class Studio:

@@ -15,26 +15,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from ddpm_studio.gui.event_loop import settle, wait_until  # Qt-free: the platform is still chosen before Qt loads
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-
-def wait_until(app, condition, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the window did not reach the state for its screenshot")
-        app.processEvents()
-        time.sleep(0.02)
-
-
-def settle(app, seconds: float = 0.5) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        app.processEvents()
-        time.sleep(0.02)
 
 
 def main() -> int:
