@@ -1,5 +1,6 @@
 """The one place that decides where and how a run computes: device, process-group backend, bf16."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -7,12 +8,15 @@ import torch
 
 from ddpm_studio.core.system import devices
 from ddpm_studio.core.system.devices import (
+    DEFAULT_THREADS,
+    beside_a_window,
     choose_device,
     cpu_has_native_bf16,
     describe_device,
     device_memory_bytes,
     host_to_device,
     process_group_backend,
+    threads_beside_a_window,
     use_bf16,
 )
 
@@ -104,3 +108,20 @@ def test_the_cpu_is_described_and_measured():
     assert total is None or total > 2**28
     tensor = torch.arange(5)
     assert torch.equal(host_to_device(tensor, torch.device("cpu")), tensor)
+
+
+def test_a_job_beside_the_window_takes_one_core_fewer_in_its_own_thread_only():
+    """The window's sampling, evaluation and likelihood jobs (benchmarks/thread_policy.py chose the count)."""
+    seen = []
+
+    def job():
+        seen.append(torch.get_num_threads())
+        yield "step"
+
+    before = torch.get_num_threads()
+    worker = threading.Thread(target=lambda: seen.append(list(beside_a_window(job()))))
+    worker.start()
+    worker.join()
+    assert seen == [threads_beside_a_window(), ["step"]]
+    assert threads_beside_a_window() == max(1, DEFAULT_THREADS - 1)
+    assert torch.get_num_threads() == before  # the thread that started it keeps its own

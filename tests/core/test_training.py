@@ -21,10 +21,11 @@ from ddpm_studio.core.data.demo import make_demo_images
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.lock import LOCK_FILE, ModelFolderInUse
 from ddpm_studio.core.model.store import ModelError
+from ddpm_studio.core.system.devices import threads_beside_a_window
 from ddpm_studio.core.training import state as training_state
 from ddpm_studio.core.training.config import TrainingConfig
 from ddpm_studio.core.training.events import CheckpointEvent, FailedEvent, FinishedEvent, StartedEvent, StepEvent
-from ddpm_studio.core.training.loop import threads_beside_a_window, train
+from ddpm_studio.core.training.loop import train
 
 
 def images_uint8(count: int = 32, size: int = 16, seed: int = 0) -> torch.Tensor:

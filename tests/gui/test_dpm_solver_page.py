@@ -7,19 +7,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from ddpm_studio.core.sampling.imaging import to_hwc
+from tests.helpers.windows import open_generate_page
 
 T = 50  # the tiny model's number of timesteps
 
 
 @pytest.fixture
 def page(window, tiny_model):
-    window.library.open(tiny_model)
-    page = window.generate_page
-    window.tabs.setCurrentWidget(page)
-    assert page.select_model(tiny_model)
-    page.count_spin.setValue(2)
-    page.seed_spin.setValue(5)
-    return page
+    return open_generate_page(window, tiny_model, count=2, seed=5)
 
 
 def choose_by_clicks(qtbot, combo, data) -> None:

@@ -12,19 +12,14 @@ from PySide6.QtCore import Qt
 from ddpm_studio.core.diffusion.process import SampleStep
 from ddpm_studio.core.sampling.imaging import to_hwc, to_uint8
 from ddpm_studio.gui.pages.generate import preview_picture
+from tests.helpers.windows import open_generate_page
 
 T = 50  # the tiny model's number of timesteps
 
 
 @pytest.fixture
 def page(window, tiny_model):
-    window.library.open(tiny_model)
-    page = window.generate_page
-    window.tabs.setCurrentWidget(page)
-    assert page.select_model(tiny_model)
-    page.count_spin.setValue(3)
-    page.seed_spin.setValue(11)
-    return page
+    return open_generate_page(window, tiny_model, count=3, seed=11)
 
 
 def generate(qtbot, page):

@@ -228,23 +228,14 @@ def test_after_a_restart_with_a_model_chosen_denoise_is_ready_for_the_sample_pic
 
 def test_open_starts_in_the_folder_of_the_picture_shown(qtbot, page, picture_file):
     """The real dialog is opened by a click on Open image… and read before it is closed."""
-    from PySide6.QtCore import Qt, QTimer
-    from PySide6.QtWidgets import QApplication, QFileDialog
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QFileDialog
+
+    from tests.helpers.windows import when_shown
 
     page.context.settings.setValue("last_image_dir", "")  # nothing opened through the dialog yet
     assert drop(page, [picture_file])
-    seen = []
-
-    def read_and_close() -> None:
-        dialogs = [widget for widget in QApplication.topLevelWidgets()
-                   if isinstance(widget, QFileDialog) and widget.isVisible()]
-        if not dialogs:
-            QTimer.singleShot(50, read_and_close)
-            return
-        seen.append(dialogs[0].directory().absolutePath())
-        dialogs[0].reject()
-
-    QTimer.singleShot(50, read_and_close)
+    seen = when_shown(QFileDialog, lambda dialog: dialog.directory().absolutePath(), QFileDialog.reject)
     qtbot.mouseClick(page.open_button, Qt.MouseButton.LeftButton)
     assert seen == [str(picture_file.parent)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 
@@ -21,3 +22,32 @@ def add_window(qtbot, window) -> None:
             time.sleep(0.01)
 
     qtbot.addWidget(window, before_close_func=close_without_asking)
+
+
+def when_shown(kind, read, close) -> list:
+    """Before a modal dialog of class ``kind`` opens (its ``exec`` returns only once it is closed), arrange for it
+    to be read with ``read(dialog)`` and closed with ``close(dialog)`` as soon as it shows. Returns the list the
+    readings go to."""
+    seen = []
+
+    def read_and_close() -> None:
+        shown = [widget for widget in QApplication.topLevelWidgets() if isinstance(widget, kind) and widget.isVisible()]
+        if not shown:
+            QTimer.singleShot(50, read_and_close)
+            return
+        seen.append(read(shown[0]))
+        close(shown[0])
+
+    QTimer.singleShot(50, read_and_close)
+    return seen
+
+
+def open_generate_page(window, model, count: int, seed: int):
+    """The Generate page, shown, with ``model`` opened and chosen, ``count`` images and ``seed``."""
+    window.library.open(model)
+    page = window.generate_page
+    window.tabs.setCurrentWidget(page)
+    assert page.select_model(model)
+    page.count_spin.setValue(count)
+    page.seed_spin.setValue(seed)
+    return page

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from ddpm_studio.core.errors import SettingError, check_choice
+
+T = TypeVar("T")
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Caps the memory a run may count on, for example "8G" on a shared machine (and a small one in tests).
@@ -235,3 +238,26 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+# torch's intra-op threads in this process before any job changed its own (one per core by default).
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def threads_beside_a_window() -> int:
+    """Intra-op threads for a job in the window's process: one core fewer than torch would use, left to the window.
+
+    Measured by ``benchmarks/thread_policy.py`` on 2 cores (README, "Beside other work"): with every core's thread
+    in use, one busy process beside the job slowed a DDIM step from 56 to 139 ms and two from 56 to 2,564 ms
+    (threads waiting at each operation for a core that another process holds); one core fewer gave 76, 76 and
+    137 ms. OMP_WAIT_POLICY=passive avoided the collapse too but cost twice the time on a quiet machine.
+    """
+    return max(1, DEFAULT_THREADS - 1)
+
+
+def beside_a_window(events: Iterator[T]) -> Iterator[T]:
+    """Drive ``events`` (a job's iterator) in the calling thread with ``threads_beside_a_window`` threads: the
+    window's worker threads run sampling, evaluation and the likelihood this way (training takes the same count
+    through its options). Only the calling thread's count changes; the CLI keeps torch's own."""
+    torch.set_num_threads(threads_beside_a_window())
+    yield from events

@@ -33,7 +33,12 @@ from ddpm_studio.core.model.lock import ModelFolderLock
 from ddpm_studio.core.model.store import ModelInfo
 from ddpm_studio.core.model.unet import count_parameters
 from ddpm_studio.core.sampling.imaging import to_uint8
-from ddpm_studio.core.system.devices import choose_device, describe_device, use_bf16, use_channels_last
+from ddpm_studio.core.system.devices import (
+    choose_device,
+    describe_device,
+    use_bf16,
+    use_channels_last,
+)
 from ddpm_studio.core.timestamps import now_iso
 from ddpm_studio.core.training.config import TrainingConfig
 from ddpm_studio.core.training.distributed import distributed_context, gather_random_streams
@@ -473,9 +478,3 @@ def sample_preview(state: TrainingState, diffusion: GaussianDiffusion, use_bf16_
     with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=use_bf16_autocast):
         images = sample(diffusion, state.ema, shape, "ddim", num_steps=steps, generator=generator, device=state.device)
     return to_uint8(images)
-
-
-def threads_beside_a_window() -> int:
-    """Intra-op threads for training in the window's process: one core fewer than torch would use, left to
-    the window, so that it keeps drawing while the machine is busy."""
-    return max(1, torch.get_num_threads() - 1)

@@ -41,6 +41,7 @@ from ddpm_studio.core.evaluation.quality import (
     run_evaluation,
 )
 from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.system.devices import beside_a_window
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages.page import Page
@@ -294,7 +295,7 @@ class EvaluatePage(Page):
 
         def evaluation():
             try:
-                yield from run_evaluation(request)
+                yield from beside_a_window(run_evaluation(request))
             except MetricsUnavailable as error:
                 unavailable.append(error.needs)
                 raise MetricsUnavailable(error.worded(*WINDOW_WEIGHTS_WORDS), error.needs) from None

@@ -35,6 +35,7 @@ from ddpm_studio.core.evaluation.likelihood import (
     evaluate_likelihood_of_folder,
 )
 from ddpm_studio.core.model import store as model_store
+from ddpm_studio.core.system.devices import beside_a_window
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted
 from ddpm_studio.gui.pages.page import Page
@@ -286,7 +287,7 @@ class LikelihoodPage(Page):
         self.plot.clear_terms()
         self.result_label.setText("Evaluating…")
         return self.run_job(
-            lambda: evaluation_job(model_path, data, request), status=f"Reading the images in {data}…",
+            lambda: beside_a_window(evaluation_job(model_path, data, request)), status=f"Reading the images in {data}…",
             progress_format="%p% of the terms", progress_types=(LikelihoodProgress, ScanProgress),
             on_progress=self._on_progress, on_event=self._on_event, on_done=self._on_done,
         )

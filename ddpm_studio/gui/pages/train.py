@@ -30,10 +30,10 @@ from ddpm_studio.core.model import check as model_check
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import ModelError
 from ddpm_studio.core.model.unet import PRESETS
+from ddpm_studio.core.system.devices import threads_beside_a_window
 from ddpm_studio.core.training import plan as run_plan
 from ddpm_studio.core.training.config import FORM_CONTROLS, TRAINING_SETTINGS, TrainingConfig
 from ddpm_studio.core.training.events import CheckpointEvent, StepEvent, merge_step_events
-from ddpm_studio.core.training.loop import threads_beside_a_window
 from ddpm_studio.core.training.plan import RESUMABLE_IN_WORDS, RunPlan, TrainingImagesMissing, model_name_for
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted

@@ -30,7 +30,7 @@ from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_STEPS as DPM_SOLVER_ST
 from ddpm_studio.core.diffusion.process import SampleStep
 from ddpm_studio.core.sampling.cost import SamplingCost, cpu_sampling_cost
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, run_sampling
-from ddpm_studio.core.system.devices import choose_device
+from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.jobs.controller import JobController
 from ddpm_studio.gui.jobs.workers import JobRunner
@@ -336,7 +336,7 @@ class SamplingControls:
             request.clip = info.sampling_defaults["clip"]  # the model's own (an import's scheduler chose it)
         self.model_chooser.clear_error()
         return self.jobs.run(
-            lambda: run_sampling(request), name=name, status=status, progress_format="%v of %m steps",
+            lambda: beside_a_window(run_sampling(request)), name=name, status=status, progress_format="%v of %m steps",
             progress_types=(SampleStep,), image_from=image_from, on_progress=progress, on_event=event,
             on_image=on_image, on_error=on_error, on_done=on_done,
         )
