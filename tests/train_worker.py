@@ -10,6 +10,7 @@ It also works as a script:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ SETTINGS = dict(num_timesteps=50, preview_count=0, warmup_steps=3, seed=3)
 
 
 def run(folder: str | Path, resume: bool = False, steps: int = 100_000, checkpoint_every: int = 1) -> int:
+    # Should a run ever hang (the kill test waits 180 s for its first checkpoint), its threads' stacks go to stderr.
+    faulthandler.dump_traceback_later(120, exit=False)
     torch.set_num_threads(1)
     from ddpm_studio.core.data.demo import make_demo_images
     from ddpm_studio.core.training.config import TrainingConfig
