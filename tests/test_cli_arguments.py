@@ -8,6 +8,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,8 @@ from ddpm_studio.core.diffusion.schedule import SCHEDULE_KINDS
 from ddpm_studio.core.errors import UserError, describe_os_error
 from ddpm_studio.core.evaluation.metrics import INCEPTION
 from ddpm_studio.core.evaluation.quality import LIBRARY_REFERENCES
+from ddpm_studio.core.explore.branching import BranchRequest
+from ddpm_studio.core.explore.interpolation import InterpolationRequest
 from ddpm_studio.core.model.unet import PRESETS
 from ddpm_studio.core.sampling.job import TRAJECTORY_KINDS, SamplingRequest
 from ddpm_studio.core.system.bench import BenchSettings
@@ -136,6 +139,20 @@ def test_the_choices_the_parser_offers_are_the_engines():
     assert choices.TRAINING_DEFAULTS == {name: getattr(training, name) for name in choices.TRAINING_DEFAULTS}
     assert choices.SAMPLING_DEFAULTS == {name: getattr(sampling, name) for name in choices.SAMPLING_DEFAULTS}
     assert choices.BENCH_DEFAULTS == {name: getattr(bench, name) for name in choices.BENCH_DEFAULTS}
+
+
+def test_explore_starts_from_the_engines_requests():
+    branch = BranchRequest(Path("model"), at=[1])
+    interpolation = InterpolationRequest(Path("model"), None, None)
+    assert choices.BRANCH_DEFAULTS == {name: getattr(branch, name) for name in choices.BRANCH_DEFAULTS}
+    assert choices.INTERPOLATION_DEFAULTS == {
+        name: getattr(interpolation, name) for name in choices.INTERPOLATION_DEFAULTS}
+    parser = arguments.build_parser()
+    parsed = parser.parse_args(["explore", "branch", "model"])
+    assert (parsed.num, parsed.seed, parsed.sampler, parsed.eta, parsed.image, parsed.batch_size) == tuple(
+        choices.BRANCH_DEFAULTS.values())
+    parsed = parser.parse_args(["explore", "interpolate", "model", "a.png", "b.png", "--t", "0,250,500"])
+    assert parsed.t == [0, 250, 500] and parsed.steps == interpolation.steps and parsed.eta == interpolation.eta
 
 
 def test_train_has_exactly_the_declared_settings_options():

@@ -184,6 +184,87 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-extractor", default=choices.INCEPTION, help=argparse.SUPPRESS)  # the tests' stand-in
 
 
+# --- explore: the paper's experiments --------------------------------------------------------------
+
+
+def step_list(text: str) -> list[int]:
+    """A comma-separated list of whole numbers, like 1000,750,500,250."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, not '{text}'") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one whole number, not '{text}'")
+    return values
+
+
+def add_explore_sampler_options(parser: argparse.ArgumentParser, steps_option: str, default: dict) -> None:
+    """``sample``'s sampler options, with the paper's DDPM as the default sampler."""
+    eta = default["eta"]
+    parser.add_argument("--seed", type=whole_number, default=default["seed"],
+                        help=f"random seed (default {default['seed']})")
+    parser.add_argument("--sampler", choices=choices.SAMPLERS, default=default["sampler"],
+                        help="ddpm (default): ancestral, every step or respaced; ddim: with eta")
+    parser.add_argument(steps_option, type=whole_number, dest="sampler_steps",
+                        help="reverse steps: DDPM respaced to this many (default: every timestep); "
+                             f"DDIM (default {choices.SAMPLING_DEFAULTS['steps']}); DPM-Solver++ model calls")
+    parser.add_argument("--eta", type=number, default=eta, help=f"DDIM eta in [0, 1] (default {eta:g})")
+    parser.add_argument("--variance", choices=choices.SAMPLING_VARIANCES,
+                        help="DDPM variance (default: learned if the model learned it, else fixed_large)")
+    parser.add_argument("--no-clip", action="store_true", help="don't clip x0_hat to [-1, 1]")
+    parser.add_argument("--precision", choices=choices.PRECISIONS, default="auto",
+                        help="auto (default): bf16 autocast where the GPU or CPU has it natively, else fp32")
+    add_device_option(parser)
+
+
+def add_branch_arguments(parser: argparse.ArgumentParser) -> None:
+    default = choices.BRANCH_DEFAULTS
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--at", type=step_list, metavar="T1,T2,...",
+                        help="branch steps t, decreasing, in 1..T (default: the paper's 1000,750,500,250 scaled "
+                             "to the model's T)")
+    parser.add_argument("--num", type=whole_number, default=default["num"],
+                        help=f"continuations per step (default {default['num']})")
+    parser.add_argument("--image", type=whole_number, default=default["image"],
+                        help="the shared chain is image I of a sample batch of --batch-size from --seed "
+                             f"(default {default['image']})")
+    parser.add_argument("--batch-size", type=whole_number, default=default["batch_size"],
+                        help=f"the size of that batch, as 'sample --num' made it (default {default['batch_size']})")
+    add_explore_sampler_options(parser, "--steps", default)
+    parser.add_argument("--out", type=Path, default=Path("branching"), help="output folder (default ./branching)")
+
+
+def add_interpolate_arguments(parser: argparse.ArgumentParser) -> None:
+    default = choices.INTERPOLATION_DEFAULTS
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("a", type=Path, help="the first picture")
+    parser.add_argument("b", type=Path, help="the second picture")
+    parser.add_argument("--t", type=step_list, metavar="T[,T...]",
+                        help="the step t in 0..T to mix at (default T/2, the paper's 500 of 1000); several, like "
+                             "0,250,500,750,1000, give the paper's Fig. 9")
+    parser.add_argument("--steps", type=whole_number, default=default["steps"],
+                        help=f"values of lambda, evenly from 0 to 1 (default {default['steps']})")
+    add_explore_sampler_options(parser, "--sampler-steps", default)
+    parser.add_argument("--out", type=Path, default=Path("interpolation"),
+                        help="output folder (default ./interpolation)")
+
+
+def add_explore_arguments(parser: argparse.ArgumentParser) -> None:
+    experiments = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    branch = experiments.add_parser(
+        "branch", help="branch N continuations from a shared x_t at several steps (the paper's Fig. 7)",
+        description="Run one reverse chain and, at each step t of --at, branch it into --num continuations to x_0, "
+                    "each with its own noise. Writes each continuation, a grid per step, branching.png (one row per "
+                    "step: x_t, x0_hat, the continuations) and branching.json (the spread and how much is decided).")
+    add_branch_arguments(branch)
+    interpolate = experiments.add_parser(
+        "interpolate", help="interpolate two pictures in x_t with the noise fixed (the paper's Figs. 8 and 9)",
+        description="Encode A and B with one noise draw at step t, mix them for each lambda and run the reverse "
+                    "process from t with one noise stream for every lambda. Writes each frame, the strip "
+                    "interpolation.png (one row per t) and an animation over lambda.")
+    add_interpolate_arguments(interpolate)
+
+
 # --- the other commands ---------------------------------------------------------------------------
 
 
@@ -274,6 +355,10 @@ COMMANDS = (
             "import a diffusers-format DDPM (e.g. the google/ddpm-* folders) as a model folder", add_import_arguments,
             "Import a diffusers-format DDPM from a local folder (config.json at the top or under unet/, "
             "diffusion_pytorch_model.safetensors or .bin, an optional scheduler_config.json). Nothing is downloaded."),
+    Command("explore", "explore", "the paper's experiments: branch (Fig. 7) and interpolate (Figs. 8 and 9)",
+            add_explore_arguments,
+            "The paper's experiments on any model: 'explore branch' shows how much of a sample is decided at step t, "
+            "'explore interpolate' mixes two pictures in x_t."),
     Command("cache", "cache", "list or clear the decoded-dataset cache", add_cache_arguments,
             "Training decodes an image folder once into the cache; later runs map it. Set DDPM_STUDIO_CACHE to move "
             "the cache folder."),

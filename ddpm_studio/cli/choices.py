@@ -33,3 +33,6 @@ BENCH_DEFAULTS = {"preset": "small", "batch_size": 16, "train_steps": 10, "sampl
                   "eval_num": 1000}
 DEMO_COUNT = 2000  # core.data.demo.DEFAULT_DEMO_COUNT
 DEMO_SIZE = 32  # core.data.demo.DEFAULT_DEMO_SIZE
+# BranchRequest()'s and InterpolationRequest()'s values (core.explore) that explore branch and interpolate start from.
+BRANCH_DEFAULTS = {"num": 8, "seed": 0, "sampler": "ddpm", "eta": 1.0, "image": 0, "batch_size": 1}
+INTERPOLATION_DEFAULTS = {"steps": 9, "seed": 0, "sampler": "ddpm", "eta": 0.0}

@@ -1,5 +1,5 @@
 """The ``ddpm-studio`` command: no subcommand opens the studio window; train, sample, evaluate, info, bench,
-doctor, demo-data, import and cache run the same engine headless.
+doctor, demo-data, import, cache and explore run the same engine headless.
 
 The command line is parsed without the engine; then only the module of the command that runs is imported,
 so that ``--help`` and ``--version`` cost no torch.

@@ -1,5 +1,5 @@
-"""The studio window: six pages (Dataset, Train, Generate, Noising, Evaluate, Likelihood), menus, drops and the
-status bar."""
+"""The studio window: seven pages (Dataset, Train, Generate, Noising, Interpolate, Evaluate, Likelihood), menus,
+drops and the status bar."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from ddpm_studio.gui.model_library import ModelLibrary
 from ddpm_studio.gui.pages.dataset import DatasetPage
 from ddpm_studio.gui.pages.evaluate import EvaluatePage
 from ddpm_studio.gui.pages.generate import GeneratePage
+from ddpm_studio.gui.pages.interpolate import InterpolatePage
 from ddpm_studio.gui.pages.likelihood import LikelihoodPage
 from ddpm_studio.gui.pages.noising import NoisingPage
 from ddpm_studio.gui.pages.page import paths_from_mime
@@ -63,17 +64,19 @@ class MainWindow(QMainWindow):
         self.train_page = TrainPage(self.context)
         self.generate_page = GeneratePage(self.context)
         self.noising_page = NoisingPage(self.context)
+        self.interpolate_page = InterpolatePage(self.context)
         self.evaluate_page = EvaluatePage(self.context)
         self.likelihood_page = LikelihoodPage(self.context)
         self.tabs.addTab(self.dataset_page, "1 · Dataset")
         self.tabs.addTab(self.train_page, "2 · Train")
         self.tabs.addTab(self.generate_page, "3 · Generate")
         self.tabs.addTab(self.noising_page, "4 · Noising")
-        self.tabs.addTab(self.evaluate_page, "5 · Evaluate")
-        self.tabs.addTab(self.likelihood_page, "6 · Likelihood")
+        self.tabs.addTab(self.interpolate_page, "5 · Interpolate")
+        self.tabs.addTab(self.evaluate_page, "6 · Evaluate")
+        self.tabs.addTab(self.likelihood_page, "7 · Likelihood")
         self.setCentralWidget(self.tabs)
-        self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page, self.evaluate_page,
-                      self.likelihood_page]
+        self.pages = [self.dataset_page, self.train_page, self.generate_page, self.noising_page, self.interpolate_page,
+                      self.evaluate_page, self.likelihood_page]
         self.wheel_guard = guard_wheel_in_scroll_areas(self.tabs)  # scrolling a column changes no setting
 
         self.dataset_page.datasetReady.connect(self.train_page.set_dataset)
@@ -241,6 +244,9 @@ class MainWindow(QMainWindow):
         page = self.tabs.currentWidget()
         if page is self.noising_page and len(paths) == 1 and paths[0].is_file():
             self.noising_page.handle_drop(paths)
+            return
+        if page is self.interpolate_page and len(paths) <= 2 and all(path.is_file() for path in paths):
+            self.interpolate_page.handle_drop(paths)
             return
         if len(paths) == 1 and ((paths[0] / "model.json").is_file() or is_diffusers_folder(paths[0])):
             self.open_model(paths[0])

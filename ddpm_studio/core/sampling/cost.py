@@ -76,3 +76,38 @@ def format_duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class ExperimentCost:
+    """The forecast of one of the paper's experiments (branching, interpolation): ``image_calls`` U-Net calls of
+    one image each, and the sum that makes them (``detail``), for the sentence the user reads before a run."""
+
+    what: str  # "Fig. 7", "Branching", "Interpolation"
+    image_size: int
+    seconds_per_call: float  # one U-Net call for one image, on this CPU
+    image_calls: int
+    detail: str  # e.g. "4 rows x 8 continuations x ~625 model calls"
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_per_call * self.image_calls
+
+    @property
+    def slow(self) -> bool:
+        return self.seconds > SLOW_SECONDS
+
+    def describe(self) -> str:
+        if self.image_calls == 0:
+            return f"{self.what} at {self.image_size} px: no model call, a pixel blend."
+        milliseconds = self.seconds_per_call * 1000
+        per_call = (f"{self.seconds_per_call:.1f} s" if milliseconds >= 100
+                    else f"{milliseconds:.0f} ms" if milliseconds >= 1 else "under 1 ms")
+        return (f"{self.what} at {self.image_size} px on this CPU: about {format_duration(self.seconds)}: "
+                f"{self.detail} at {per_call} each" + ("; a GPU or fewer steps is much faster." if self.slow else "."))
+
+
+def cpu_experiment_cost(config: UNetConfig, what: str, image_calls: int, detail: str) -> ExperimentCost:
+    """``cpu_sampling_cost``'s per-call estimate, for an experiment of ``image_calls`` one-image U-Net calls."""
+    per_call = flops_per_call(config) / (cpu_flops_per_second() * CONVOLUTION_EFFICIENCY)
+    return ExperimentCost(what, config.image_size, per_call, image_calls, detail)

@@ -3,6 +3,10 @@
 Sampling runs ``core.sampling.run_sampling`` in a job thread. The worker converts at most four
 previews a second (x_t or x0_hat of the whole batch, as the user chooses); the result brings
 the images and their recorded trajectories, which the timeline plays without recomputing.
+
+Below the timeline, "Branch from here" runs ``core.explore.run_branching`` from the x_t the timeline
+shows (the paper's Fig. 7): N continuations from one shared x_t, one row per step t, each with how
+much of the final image is already decided there.
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ from PySide6.QtWidgets import (
 
 from ddpm_studio.core.diffusion.process import SampleStep
 from ddpm_studio.core.errors import UserError
+from ddpm_studio.core.explore.branching import (
+    BranchProgress,
+    BranchRequest,
+    BranchResult,
+    BranchRow,
+    fig7_steps,
+    run_branching,
+)
+from ddpm_studio.core.explore.forecast import branching_cost
+from ddpm_studio.core.model.store import ModelInfo, read_model_info
+from ddpm_studio.core.sampling.cost import ExperimentCost
 from ddpm_studio.core.sampling.imaging import make_grid, to_hwc, to_uint8
 from ddpm_studio.core.sampling.job import (
     SamplingRequest,
@@ -40,16 +55,22 @@ from ddpm_studio.core.sampling.job import (
     sample_file_stem,
     save_samples,
 )
+from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted, format_duration
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
+from ddpm_studio.gui.widgets.branch_rows import BranchRows
 from ddpm_studio.gui.widgets.image_view import ImageView, ThumbnailGrid
 from ddpm_studio.gui.widgets.sampling_panel import MAX_SEED, SamplingControls, settings_column
 from ddpm_studio.gui.widgets.timeline import Timeline
 
 IDLE_RESULTS_HINT = "Choose a model, then click Generate.\nThe finished images appear here."
+DETERMINISTIC_NOTE = ("Deterministic: every continuation would be the same image; choose DDPM or DDIM with "
+                      "η > 0 to branch.")
+BRANCH_HINT = ("Click an image, move the timeline to a step t, then \"Branch from here\": N continuations "
+               "from that one x_t show what is already decided at t (the paper's Fig. 7).")
 
 
 def preview_picture(event: object, kind: str) -> np.ndarray | None:
@@ -63,6 +84,9 @@ class GeneratePage(Page):
     def __init__(self, context: StudioContext, parent: QWidget | None = None):
         super().__init__(context, parent, job_name="sampling")
         self.result: SamplingResult | None = None
+        self.result_info: ModelInfo | None = None  # the model folder that drew the result (its T, its network)
+        self.branch_result: BranchResult | None = None
+        self._branch_source: tuple | None = None  # what the rows shown branch from (model, seed, batch, image, sampler)
         self._running_request: SamplingRequest | None = None  # the run under way, to name it if it is stopped
         self._sampling_started: tuple[float, int | None] = (0.0, None)  # (when, step) the rate is counted from
         self._preview_kind = ["x_t"]  # read by the worker thread; a list so the closure sees changes
@@ -187,12 +211,56 @@ class GeneratePage(Page):
 
         right = QSplitter(Qt.Orientation.Vertical)
         right.setChildrenCollapsible(False)
+        # The timeline and the branches from it share the lower pane: the thumbnails keep theirs.
+        lower = QSplitter(Qt.Orientation.Vertical)
+        lower.setChildrenCollapsible(False)
+        lower.addWidget(self.process_box)
+        lower.addWidget(self._build_branches_box())
+        lower.setStretchFactor(0, 3)
+        lower.setStretchFactor(1, 2)
+        lower.setSizes([280, 220])  # the timeline above about two rows of branches
         right.addWidget(results_box)
-        right.addWidget(self.process_box)
+        right.addWidget(lower)
         right.setStretchFactor(0, 2)
         right.setStretchFactor(1, 3)
         right.setSizes([300, 480])  # two rows of thumbnails above, the timeline as large as the rest allows
         settings_column(self, right, model_box, sampler_box, images_box, self.sampling.run_layout())
+
+    def _build_branches_box(self) -> QGroupBox:
+        """"Branch from here" with its N, "Fig. 7", a line on what they do now, and the rows."""
+        self.branch_button = QPushButton("Branch from here")
+        self.branch_button.clicked.connect(self.branch_here)
+        self.branch_count_spin = QSpinBox()
+        self.branch_count_spin.setRange(1, 64)
+        self.branch_count_spin.setValue(8)
+        self.branch_count_spin.setPrefix("N = ")
+        self.branch_count_spin.setToolTip("Continuations per step: each runs from the shared x_t to 0 with its own "
+                                          "noise")
+        self.branch_count_spin.valueChanged.connect(self._update_branch_controls)
+        self.sampling.keep("branches", self.branch_count_spin)
+        self.fig7_button = QPushButton("Fig. 7")
+        self.fig7_button.clicked.connect(self.branch_fig7)
+        self.clear_branches_button = QPushButton("Clear")
+        self.clear_branches_button.setToolTip("Remove the rows")
+        self.clear_branches_button.clicked.connect(self.clear_branches)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.branch_button)
+        buttons.addWidget(self.branch_count_spin)
+        buttons.addWidget(self.fig7_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.clear_branches_button)
+        self.branch_note = QLabel(BRANCH_HINT)
+        self.branch_note.setWordWrap(True)
+        self.branch_note.setStyleSheet(MUTED_TEXT_STYLE)
+        self.branch_rows = BranchRows("No branches yet.")
+        self.timeline.slider.valueChanged.connect(self._update_branch_controls)
+        self.sampling.eta_spin.valueChanged.connect(self._update_branch_controls)
+        box = QGroupBox("Branches · what is already decided at step t")
+        layout = QVBoxLayout(box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.branch_note)
+        layout.addWidget(self.branch_rows, 1)
+        return box
 
     # --- settings --------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -252,6 +320,7 @@ class GeneratePage(Page):
         has_timeline = self.timeline.trajectory is not None
         self.export_animation_button.setEnabled(has_timeline)
         self.export_strip_button.setEnabled(has_timeline)
+        self._update_branch_controls()
 
     def set_status(self, text: str, error: bool = False) -> None:
         self.jobs.set_status(text, error)
@@ -342,6 +411,10 @@ class GeneratePage(Page):
     def show_result(self, result: SamplingResult) -> None:
         """Show finished images in the grid and the first one on the timeline."""
         self.result = result
+        self.result_info = read_model_info(result.request.model_path)
+        if self._branch_source is not None and self._branch_source[:3] != (
+                str(result.request.model_path), result.request.seed, len(result.images)):
+            self.clear_branches()  # they branch from another run's images
         images = [to_hwc(image) for image in result.images]
         tips = [f"Image {index + 1} of {len(images)} · seed {result.metadata['seed']} · {result.request.describe()}: "
                 f"the same seed, number of images and sampler draw it again" for index in range(len(images))]
@@ -373,6 +446,132 @@ class GeneratePage(Page):
         if self.grid.currentRow() != index:
             self.grid.setCurrentRow(index)
         self.timeline.setFocus()
+        self._update_enabled()
+
+    # --- branching: the paper's Fig. 7 -------------------------------------------------------------------
+    def branch_blocker(self) -> str | None:
+        """Why no branching run can start with these settings (None: one can), in the words the page shows."""
+        sampler = self.sampler()
+        if sampler == "dpm-solver++" or (sampler == "ddim" and self.sampling.eta() == 0):
+            return DETERMINISTIC_NOTE
+        if self.result is None or self.result_info is None or self.timeline.image_index is None:
+            return BRANCH_HINT
+        return None
+
+    def _update_branch_controls(self) -> None:
+        running, blocker, t = self.jobs.is_running(), self.branch_blocker(), self.timeline.current_t()
+        at_step = t is not None and t >= 1
+        self.branch_button.setEnabled(not running and blocker is None and at_step)
+        self.fig7_button.setEnabled(not running and blocker is None)
+        self.branch_count_spin.setEnabled(not running)
+        self.clear_branches_button.setEnabled(not running and bool(self.branch_rows.views))
+        deterministic = blocker == DETERMINISTIC_NOTE
+        self.branch_button.setToolTip(DETERMINISTIC_NOTE if deterministic else
+                                      "N continuations from the x_t the timeline shows, each with its own noise")
+        self.fig7_button.setToolTip(DETERMINISTIC_NOTE if deterministic else
+                                    "The paper's Fig. 7: branch at t = T, 3T/4, T/2 and T/4 in one run")
+        if running:
+            return  # the line shows the run's forecast meanwhile
+        if blocker is not None:
+            text = blocker
+        elif not at_step:
+            text = "Move the timeline to a step t > 0 to branch there (t = 0 is the finished image), or click Fig. 7."
+        else:
+            text = (f"Branch image {self.timeline.image_index + 1} at t = {t}: "
+                    f"{counted(self.branch_count_spin.value(), 'continuation')} from its x_t, each with its own noise.")
+        self.branch_note.setText(text)
+        self.branch_note.setStyleSheet(WARNING_TEXT_STYLE if deterministic else MUTED_TEXT_STYLE)
+
+    def branch_request(self, at: list[int]) -> BranchRequest:
+        """Branch the image on the timeline at ``at``: its Generate run's chain, this page's sampler."""
+        run, sampler = self.result.request, self.sampler()
+        return BranchRequest(
+            model_path=Path(run.model_path), at=at, num=self.branch_count_spin.value(), seed=run.seed,
+            sampler=sampler, steps=self.sampling.ddpm_steps() if sampler == "ddpm" else self.steps_spin.value(),
+            eta=self.sampling.eta() if sampler == "ddim" else 1.0,
+            variance=self.sampling.variance() if sampler == "ddpm" else None, clip=run.clip,
+            image=self.timeline.image_index, batch_size=len(self.result.images),
+        )
+
+    def branch_here(self) -> JobRunner | None:
+        """Branch at the timeline's t; returns the job (None if it cannot start)."""
+        t = self.timeline.current_t()
+        if t is None or t < 1:
+            self.set_status("Move the timeline to a step t > 0 first.", error=True)
+            return None
+        return self.start_branching([t])
+
+    def branch_fig7(self) -> JobRunner | None:
+        """The paper's four branch steps, scaled to the model's T, in one run."""
+        if self.result_info is None:
+            return None
+        return self.start_branching(fig7_steps(self.result_info.schedule.num_timesteps))
+
+    def start_branching(self, at: list[int]) -> JobRunner | None:
+        if self.jobs.is_running() or self.branch_blocker() is not None:
+            return None
+        request = self.branch_request(at)
+        try:
+            request.validate(self.result_info.schedule.num_timesteps)
+        except UserError as error:
+            self.set_status(str(error), error=True)
+            return None
+        source = (str(request.model_path), request.seed, request.batch_size, request.image, request.sampler,
+                  request.steps, request.eta, request.variance, request.num)
+        if source != self._branch_source:
+            self.branch_rows.clear_rows()  # rows of another chain or sampler would not belong to the same figure
+            self._branch_source = source
+        self.branch_result = None
+        info, on_cpu = self.result_info, choose_device("auto").type == "cpu"
+
+        def events():
+            if on_cpu:
+                yield branching_cost(request, info)  # in the worker: the first count of a network takes a moment
+            yield from beside_a_window(run_branching(request))
+
+        self._sampling_started = (time.monotonic(), None)
+        where = ", ".join(str(t) for t in at)
+        return self.run_job(
+            events, name="branching", status=f"Branching image {request.image + 1} at t = {where}…",
+            progress_format="%v of %m model calls", progress_types=(BranchProgress,),
+            on_progress=self._on_branch_progress, on_event=self._on_branch_event, on_done=self._on_branch_done,
+        )
+
+    def _on_branch_progress(self, progress: BranchProgress) -> None:
+        self.jobs.show_progress(progress.done, progress.total)
+        text = f"Branching, {progress.what}: {progress.done:,} of {progress.total:,} model calls"
+        now = time.monotonic()
+        started, first = self._sampling_started
+        if first is None:
+            self._sampling_started = (now, progress.done)
+        elif progress.done > first and now > started:
+            rate = (progress.done - first) / (now - started)
+            text += f" · {format_duration((progress.total - progress.done) / rate)} left"
+        self.set_status(text + ".")
+
+    def _on_branch_event(self, event) -> None:
+        if isinstance(event, ExperimentCost):
+            minutes = " It takes minutes: Stop keeps the rows already finished." if event.seconds > 60 else ""
+            self.branch_note.setText(event.describe() + minutes)
+            self.branch_note.setStyleSheet(WARNING_TEXT_STYLE if event.slow else MUTED_TEXT_STYLE)
+            self.set_status(event.describe() + minutes)
+        elif isinstance(event, BranchRow):
+            self.branch_rows.add_row(event)
+        elif isinstance(event, BranchResult):
+            self.branch_result = event
+            self.jobs.finish_progress()
+            decided = ", ".join(f"t = {row.t}: {row.decided:.0%}" for row in event.rows)
+            self.set_status(f"Branched: {decided} decided.")
+
+    def _on_branch_done(self, stopped: bool) -> None:
+        if stopped:
+            self.set_status(f"Stopped: the {counted(len(self.branch_rows.views), 'row')} finished are kept.")
+        self._update_enabled()
+
+    def clear_branches(self) -> None:
+        self.branch_rows.clear_rows()
+        self._branch_source = None
+        self.branch_result = None
         self._update_enabled()
 
     # --- saving ------------------------------------------------------------------------------------------
