@@ -26,9 +26,14 @@ from ddpm_studio.core.explore.branching import (
     seed_for,
 )
 from ddpm_studio.core.explore.forecast import branching_cost, interpolation_cost
-from ddpm_studio.core.explore.interpolation import InterpolationProgress, InterpolationRequest, run_interpolation
+from ddpm_studio.core.explore.interpolation import (
+    InterpolationProgress,
+    InterpolationRequest,
+    export_interpolation,
+    run_interpolation,
+)
 from ddpm_studio.core.model.store import load_model, read_model_info
-from ddpm_studio.core.sampling.imaging import make_grid, make_strip, save_animation, save_png, to_pil, upscale_nearest
+from ddpm_studio.core.sampling.imaging import make_grid, make_strip, save_png, to_pil, upscale_nearest
 from ddpm_studio.core.system.devices import choose_device
 
 FIGURE_SIDE = 64  # small images are enlarged (nearest neighbour) in the figures to at least this many pixels
@@ -164,9 +169,8 @@ def save_interpolation(out: Path, results: list) -> None:
         prefix = f"t{result.t:04d}_" if several else ""
         for lam, frame in zip(result.lambdas, result.frames):
             save_png(out / f"{prefix}lambda_{lam:.2f}.png", frame, {**result.metadata, "lambda": f"{lam:g}"})
-        save_animation(out / f"{prefix}interpolation.gif", [*result.frames, *result.frames[-2:0:-1]], duration_ms=150,
-                       scale=max(1, FIGURE_SIDE // result.frames[0].shape[0]), final_hold_ms=150,
-                       metadata=result.metadata)
+        export_interpolation(result, out / f"{prefix}interpolation.gif", "gif",
+                             scale=max(1, FIGURE_SIDE // result.frames[0].shape[0]), frame_ms=150)
     side = results[0].frames[0].shape[0]
     rows = [[result.sources[0], *result.frames, result.sources[1]] for result in results]
     metadata = {**results[-1].metadata, "t": ",".join(str(result.t) for result in results),

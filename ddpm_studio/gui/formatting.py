@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ddpm_studio.core.training.memory import format_bytes  # noqa: F401 (one rule for sizes, in the CLI's sentences and the pages)
 
 
@@ -24,3 +26,28 @@ def format_duration(seconds: float) -> str:
 def format_image_size(size: tuple[int, int] | list[int] | None) -> str:
     """(width, height) as "W×H", or "?" when unknown."""
     return f"{size[0]}×{size[1]}" if size else "?"
+
+
+class RateClock:
+    """The rate of a job's progress and its time left, counted from the first progress it reports (so that loading
+    a model before it is not counted as work)."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self._first: tuple[float, int] | None = None
+
+    def rate(self, done: int) -> float | None:
+        """Units done per second since the first ``done`` seen; None until there are two to compare."""
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
+            return None
+        started, first = self._first
+        return (done - first) / (now - started) if done > first and now > started else None
+
+    def left(self, done: int, total: int) -> tuple[float, str] | None:
+        """(rate, "12 s") of the time left to reach ``total``, or None while unknown."""
+        rate = self.rate(done)
+        return None if rate is None else (rate, format_duration((total - done) / rate))

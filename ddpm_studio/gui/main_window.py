@@ -21,6 +21,7 @@ from ddpm_studio.core.model.importer import (
 from ddpm_studio.core.model.store import ModelError
 from ddpm_studio.core.system.devices import choose_device, describe_device, device_memory_bytes, memory_in_use_bytes
 from ddpm_studio.gui.context import StudioContext
+from ddpm_studio.gui.drops import paths_from_mime
 from ddpm_studio.gui.garbage import GuiThreadGarbageCollector
 from ddpm_studio.gui.jobs.closing import ClosingOverlay
 from ddpm_studio.gui.jobs.controller import JobController
@@ -32,7 +33,6 @@ from ddpm_studio.gui.pages.generate import GeneratePage
 from ddpm_studio.gui.pages.interpolate import InterpolatePage
 from ddpm_studio.gui.pages.likelihood import LikelihoodPage
 from ddpm_studio.gui.pages.noising import NoisingPage
-from ddpm_studio.gui.pages.page import paths_from_mime
 from ddpm_studio.gui.pages.train import TrainPage
 from ddpm_studio.gui.session_memory import reopen_dataset
 from ddpm_studio.gui.widgets.wheel_guard import guard_wheel_in_scroll_areas

@@ -14,6 +14,7 @@ from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.unet import UNet, UNetConfig
 from ddpm_studio.core.sampling.job import SamplingRequest, run_sampling
+from tests.helpers.toy_models import exact_gaussian_eps_model
 
 SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 DIFFUSERS_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -124,19 +125,8 @@ def test_clipping_is_diffusers_thresholding_at_one_and_a_learned_variance_is_ign
 DATA_VARIANCE = 0.25
 
 
-def exact_gaussian_eps_model(schedule: NoiseSchedule):
-    """E[eps | x_t] for data N(0, 0.25 I): sqrt(1 - alpha_bar) x_t / (0.25 alpha_bar + 1 - alpha_bar)."""
-    alphas_cumprod = torch.tensor(schedule.float64["alphas_cumprod"], dtype=torch.float32)
-
-    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        return (1 - alpha_bar).sqrt() * x / (DATA_VARIANCE * alpha_bar + 1 - alpha_bar)
-
-    return eps_model
-
-
 def final_variance(diffusion: GaussianDiffusion, sampler: str, num_steps: int, **options) -> float:
-    model = exact_gaussian_eps_model(diffusion.schedule)
+    model = exact_gaussian_eps_model(diffusion.schedule, DATA_VARIANCE)
     x_start = torch.randn((50_000, 1, 1, 1), generator=torch.Generator().manual_seed(0))
     images = sample(diffusion, model, x_start.shape, sampler, num_steps=num_steps, clip=False, x_start=x_start,
                               **options)

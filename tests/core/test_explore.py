@@ -43,23 +43,13 @@ from ddpm_studio.core.explore.interpolation import (
 from ddpm_studio.core.model.store import ModelInfo, load_model
 from ddpm_studio.core.model.unet import preset_config
 from ddpm_studio.core.sampling.job import SamplingRequest, sample_images
+from tests.helpers.toy_models import exact_gaussian_eps_model
 
 # --- Gaussian data: the spread of the continuations is the spread of x_0 given x_t --------------------------
 
 DATA_VARIANCE = 0.04  # N(0, 0.2^2 I): 5 standard deviations inside [-1, 1], so clipping never matters
 PIXELS = (1, 1, 40, 50)  # 2000 independent pixels
 CONTINUATIONS = 64
-
-
-def exact_eps_model(schedule: NoiseSchedule):
-    """E[eps | x_t] for data N(0, s^2 I): sqrt(1 - alpha_bar) x_t / (s^2 alpha_bar + 1 - alpha_bar)."""
-    alphas_cumprod = torch.tensor(schedule.float64["alphas_cumprod"], dtype=torch.float32)
-
-    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        return (1 - alpha_bar).sqrt() * x / (DATA_VARIANCE * alpha_bar + 1 - alpha_bar)
-
-    return eps_model
 
 
 def posterior_variance(schedule: NoiseSchedule, index: int) -> float:
@@ -95,11 +85,11 @@ def continuation_variance(diffusion: GaussianDiffusion, t: int, variance: str) -
     x_t = diffusion.q_sample(x0, torch.tensor([t - 1]), torch.randn(PIXELS, generator=generator))
     request = BranchRequest(Path("unused"), at=[t], sampler="ddpm", variance=variance, clip=False)
     options = continuation_options(request, diffusion, t - 1, variance)
+    model = exact_gaussian_eps_model(diffusion.schedule, DATA_VARIANCE)
     finals = []
     for k in range(CONTINUATIONS):
         final = None
-        for step in continue_from(diffusion, exact_eps_model(diffusion.schedule), x_t, t - 1, seed_for(0, t, k),
-                                  "ddpm", **options):
+        for step in continue_from(diffusion, model, x_t, t - 1, seed_for(0, t, k), "ddpm", **options):
             final = step.x_prev
         finals.append(final)
     return float(torch.cat(finals).double().var(dim=0, unbiased=True).mean())

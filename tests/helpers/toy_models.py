@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ddpm_studio.core.diffusion.schedule import NoiseSchedule
+
 
 class ToyEps(nn.Module):
     """A small, fixed, deterministic eps-model: a random conv, a nonlinearity and a t-dependent shift.
@@ -38,3 +40,15 @@ class ToyLearned(nn.Module):
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def exact_gaussian_eps_model(schedule: NoiseSchedule, data_variance: float):
+    """E[eps | x_t] for data N(0, s^2 I), s^2 = ``data_variance``: sqrt(1 - alpha_bar) x_t / (s^2 alpha_bar + 1 -
+    alpha_bar). The exact eps-model of that data: the probability-flow ODE and the reverse chain have known answers."""
+    alphas_cumprod = torch.tensor(schedule.float64["alphas_cumprod"], dtype=torch.float32)
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return (1 - alpha_bar).sqrt() * x / (data_variance * alpha_bar + 1 - alpha_bar)
+
+    return eps_model

@@ -23,7 +23,7 @@ from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_STEPS as SOLVER_STEPS
 from ddpm_studio.core.diffusion.process import SAMPLERS, VARIANCES, SampleStep
 from ddpm_studio.core.errors import SettingError, check_choice
 from ddpm_studio.core.model.store import LoadedModel, load_model
-from ddpm_studio.core.sampling.imaging import to_hwc
+from ddpm_studio.core.sampling.imaging import make_strip, save_animation, save_png, to_hwc, to_pil, upscale_nearest
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, Trajectory, run_sampling
 from ddpm_studio.core.system.devices import PRECISIONS, choose_device
 
@@ -187,3 +187,17 @@ def run_interpolation(request: InterpolationRequest,
     metadata = {**sampling.metadata, **metadata, "reverse_seed": str(reverse_seed(request.seed))}
     frames = [to_hwc(image) for image in sampling.images]
     yield InterpolationResult(lambdas, frames, sources, request.t, metadata, sampling)
+
+
+def export_interpolation(result: InterpolationResult, path: Path | str, kind: str = "strip", scale: int = 1,
+                         frame_ms: int = 200) -> Path:
+    """Save ``result``'s frames as one strip PNG ("strip") or as a GIF over lambda, from A to B and back ("gif"),
+    enlarged ``scale`` times, with the run's settings and the lambda values in the metadata; returns the file."""
+    metadata = {**result.metadata, "lambdas": ",".join(f"{lam:g}" for lam in result.lambdas)}
+    if kind == "strip":
+        strip = upscale_nearest(to_pil(make_strip(result.frames)), scale)
+        return save_png(Path(path).with_suffix(".png"), strip, metadata)
+    check_choice("interpolation export", kind, ("strip", "gif"))
+    there_and_back = [*result.frames, *result.frames[-2:0:-1]]
+    return save_animation(Path(path).with_suffix(".gif"), there_and_back, duration_ms=frame_ms, scale=scale,
+                          final_hold_ms=frame_ms, metadata=metadata)

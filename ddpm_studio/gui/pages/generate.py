@@ -12,7 +12,6 @@ much of the final image is already decided there.
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +56,7 @@ from ddpm_studio.core.sampling.job import (
 )
 from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
-from ddpm_studio.gui.formatting import counted, format_duration
+from ddpm_studio.gui.formatting import RateClock, counted
 from ddpm_studio.gui.jobs.workers import JobRunner
 from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
@@ -88,7 +87,7 @@ class GeneratePage(Page):
         self.branch_result: BranchResult | None = None
         self._branch_source: tuple | None = None  # what the rows shown branch from (model, seed, batch, image, sampler)
         self._running_request: SamplingRequest | None = None  # the run under way, to name it if it is stopped
-        self._sampling_started: tuple[float, int | None] = (0.0, None)  # (when, step) the rate is counted from
+        self.clock = RateClock()  # steps/s and time left of the current job
         self._preview_kind = ["x_t"]  # read by the worker thread; a list so the closure sees changes
         self._build()
         self._restore_settings()
@@ -342,7 +341,7 @@ class GeneratePage(Page):
         preview_kind = self._preview_kind
         if self.result is None:
             self.results_hint.setText("Sampling…\nThe finished images appear here.")
-        self._sampling_started = (time.monotonic(), None)  # the clock starts at the first step, after the model loads
+        self.clock.start()  # the clock starts at the first step, after the model loads
         self.preview_view.set_image(None)
         self.preview_view.placeholder = "Starting…"
         self.show_process("preview")
@@ -358,13 +357,9 @@ class GeneratePage(Page):
 
     def _on_step(self, event: SampleStep) -> None:
         text = f"Sampling: step {event.step + 1} of {event.num_steps}, t = {event.t + 1}"
-        now = time.monotonic()
-        started, first_step = self._sampling_started
-        if first_step is None:
-            self._sampling_started = (now, event.step)
-        elif event.step > first_step and now > started:
-            rate = (event.step - first_step) / (now - started)
-            text += f" · {rate:.1f} steps/s · {format_duration((event.num_steps - event.step - 1) / rate)} left"
+        timing = self.clock.left(event.step + 1, event.num_steps)
+        if timing is not None:
+            text += f" · {timing[0]:.1f} steps/s · {timing[1]} left"
         self.set_status(text + ".")
 
     def _on_failed(self, message: str) -> None:
@@ -529,7 +524,7 @@ class GeneratePage(Page):
                 yield branching_cost(request, info)  # in the worker: the first count of a network takes a moment
             yield from beside_a_window(run_branching(request))
 
-        self._sampling_started = (time.monotonic(), None)
+        self.clock.start()
         where = ", ".join(str(t) for t in at)
         return self.run_job(
             events, name="branching", status=f"Branching image {request.image + 1} at t = {where}…",
@@ -540,13 +535,9 @@ class GeneratePage(Page):
     def _on_branch_progress(self, progress: BranchProgress) -> None:
         self.jobs.show_progress(progress.done, progress.total)
         text = f"Branching, {progress.what}: {progress.done:,} of {progress.total:,} model calls"
-        now = time.monotonic()
-        started, first = self._sampling_started
-        if first is None:
-            self._sampling_started = (now, progress.done)
-        elif progress.done > first and now > started:
-            rate = (progress.done - first) / (now - started)
-            text += f" · {format_duration((progress.total - progress.done) / rate)} left"
+        timing = self.clock.left(progress.done, progress.total)
+        if timing is not None:
+            text += f" · {timing[1]} left"
         self.set_status(text + ".")
 
     def _on_branch_event(self, event) -> None:
@@ -621,14 +612,7 @@ class GeneratePage(Page):
         """Export the trajectory of the image on the timeline ("gif", "webp" or "strip"); returns the file."""
         if self.result is None or self.timeline.image_index is None:
             return None
-        try:
-            written = export_trajectory(self.result, self.timeline.image_index, path, kind)
-        except (OSError, UserError) as error:
-            self.set_status(f"Could not export: {getattr(error, 'strerror', None) or error}.", error=True)
-            return None
-        self.set_status(f"Exported {written.name}.")
-        self.context.show_message(f"Exported {written}.")
-        return written
+        return self.export_file(lambda: export_trajectory(self.result, self.timeline.image_index, path, kind))
 
     # --- keys --------------------------------------------------------------------------------------------
     def keyPressEvent(self, event: QKeyEvent) -> None:

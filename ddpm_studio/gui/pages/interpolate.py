@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QSpinBox, QWidget
@@ -23,15 +22,17 @@ from ddpm_studio.core.explore.interpolation import (
     InterpolationProgress,
     InterpolationRequest,
     InterpolationResult,
+    export_interpolation,
     run_interpolation,
 )
 from ddpm_studio.core.model.store import ModelInfo
 from ddpm_studio.core.sampling.cost import ExperimentCost
-from ddpm_studio.core.sampling.imaging import make_strip, save_animation, save_png, to_hwc
+from ddpm_studio.core.sampling.imaging import to_hwc
 from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
+from ddpm_studio.gui.drops import accept_files, any_paths
 from ddpm_studio.gui.jobs.workers import JobRunner
-from ddpm_studio.gui.pages.page import Page, paths_from_mime
+from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE, hold_size, make_bold
 from ddpm_studio.gui.widgets.interpolation_strip import InterpolationStrip
 from ddpm_studio.gui.widgets.picture_slot import PictureSlot
@@ -43,6 +44,12 @@ from ddpm_studio.paths import SAMPLE_PICTURE
 WORKING_SIZE = 128  # the pictures' size while no model is chosen
 T_EXPLANATION = "t = 0: a pixel blend; t = T: a new sample. The paper's Fig. 8 uses t = 500 of 1000."
 EXPORT_SIZE = 128  # exported frames are enlarged (nearest neighbour) to at least this many pixels
+
+
+
+def two_files_at_most(paths: list[Path]) -> bool:
+    """A drop on this page fills B with one picture, or A and B with two."""
+    return len(paths) <= 2 and all(path.is_file() for path in paths)
 
 
 class InterpolatePage(Page):
@@ -189,16 +196,11 @@ class InterpolatePage(Page):
             self.set_source("B", ("file", files[0]))
 
     def dragEnterEvent(self, event) -> None:
-        paths = paths_from_mime(event.mimeData())
-        if paths and len(paths) <= 2 and all(path.is_file() for path in paths):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
+        accept_files(event, two_files_at_most)
 
     def dropEvent(self, event) -> None:
-        paths = paths_from_mime(event.mimeData())
+        paths = accept_files(event, any_paths)
         if paths:
-            event.acceptProposedAction()
             self.handle_drop(paths)
 
     # --- the model and t -------------------------------------------------------------------------------
@@ -341,24 +343,8 @@ class InterpolatePage(Page):
         """The strip as a PNG ("strip") or the frames as a GIF over λ ("gif"); returns the file written."""
         if self.result is None:
             return None
-        result = self.result
-        metadata = {**result.metadata, "lambdas": ",".join(f"{lam:.3f}" for lam in result.lambdas)}
-        scale = max(1, EXPORT_SIZE // result.frames[0].shape[0])
-        try:
-            if kind == "strip":
-                strip = make_strip(result.frames)
-                written = save_png(Path(path).with_suffix(".png"), np.kron(strip, np.ones((scale, scale, 1), np.uint8))
-                                   if strip.ndim == 3 else np.kron(strip, np.ones((scale, scale), np.uint8)), metadata)
-            else:
-                there_and_back = result.frames + result.frames[-2:0:-1]
-                written = save_animation(Path(path).with_suffix(".gif"), there_and_back, duration_ms=200, scale=scale,
-                                         final_hold_ms=200, metadata=metadata)
-        except (OSError, UserError) as error:
-            self.set_status(f"Could not export: {getattr(error, 'strerror', None) or error}.", error=True)
-            return None
-        self.set_status(f"Exported {written.name}.")
-        self.context.show_message(f"Exported {written}.")
-        return written
+        scale = max(1, EXPORT_SIZE // self.result.frames[0].shape[0])
+        return self.export_file(lambda: export_interpolation(self.result, path, kind, scale))
 
     # --- keys ------------------------------------------------------------------------------------------
     def keyPressEvent(self, event: QKeyEvent) -> None:

@@ -33,8 +33,9 @@ from ddpm_studio.core.model.store import ModelInfo
 from ddpm_studio.core.sampling.imaging import to_hwc, to_uint8
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult
 from ddpm_studio.gui.context import StudioContext
+from ddpm_studio.gui.drops import accept_files, any_paths, one_file
 from ddpm_studio.gui.jobs.workers import JobRunner
-from ddpm_studio.gui.pages.page import Page, paths_from_mime
+from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.session_memory import remember_picture, reopen_picture
 from ddpm_studio.gui.style import ERROR_TEXT_STYLE, MUTED_TEXT_STYLE, WARNING_TEXT_STYLE, hold_size, make_bold
 from ddpm_studio.gui.widgets.image_view import ImageView
@@ -234,16 +235,11 @@ class NoisingPage(Page):
 
     def dragEnterEvent(self, event) -> None:
         # One file is this page's to explain or show; folders go on to the window, which opens models and datasets.
-        paths = paths_from_mime(event.mimeData())
-        if len(paths) == 1 and paths[0].is_file():
-            event.acceptProposedAction()
-        else:
-            event.ignore()
+        accept_files(event, one_file)
 
     def dropEvent(self, event) -> None:
-        paths = paths_from_mime(event.mimeData())
+        paths = accept_files(event, any_paths)  # handle_drop explains what else was dropped
         if paths:
-            event.acceptProposedAction()
             self.handle_drop(paths)
 
     def load_image(self, path: Path | str) -> bool:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtWidgets import QWidget
 
+from ddpm_studio.core.errors import UserError, describe_os_error
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.jobs.controller import JobController
 from ddpm_studio.gui.jobs.workers import JobRunner
-
-
-def paths_from_mime(mime) -> list[Path]:
-    """Local file paths carried by a drag's QMimeData."""
-    if not mime.hasUrls():
-        return []
-    return [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
 
 
 class Page(QWidget):
@@ -37,6 +32,21 @@ class Page(QWidget):
     def run_job(self, make_iterator, **options) -> JobRunner:
         """``self.jobs.run``: start a job, see ``JobController.run`` for the callbacks."""
         return self.jobs.run(make_iterator, **options)
+
+    def export_file(self, write: Callable[[], Path]) -> Path | None:
+        """Run ``write`` (an export that returns the file it wrote) and say on the page what came of it: the file's
+        name, or the sentence of the user's error (a folder that cannot be written, an impossible setting)."""
+        try:
+            written = write()
+        except OSError as error:
+            self.jobs.set_status(f"Could not export: {describe_os_error(error)}.", error=True)
+            return None
+        except UserError as error:
+            self.jobs.set_status(f"Could not export: {error}", error=True)
+            return None
+        self.jobs.set_status(f"Exported {written.name}.")
+        self.context.show_message(f"Exported {written}.")
+        return written
 
     def _update_enabled(self) -> None:
         """Enable what may be used now (called whenever a job starts, is asked to stop or ends)."""

@@ -12,7 +12,7 @@ import numpy as np
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFileDialog, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ddpm_studio.gui.pages.page import paths_from_mime
+from ddpm_studio.gui.drops import accept_files, one_file
 from ddpm_studio.gui.style import ERROR_TEXT_STYLE, MUTED_TEXT_STYLE, make_bold
 from ddpm_studio.gui.widgets.image_view import ImageView
 
@@ -65,14 +65,9 @@ class PictureSlot(QWidget):
             self.fileChosen.emit(Path(file))
 
     def dragEnterEvent(self, event) -> None:
-        paths = paths_from_mime(event.mimeData())
-        if len(paths) == 1 and paths[0].is_file():
-            event.acceptProposedAction()
-        else:
-            event.ignore()
+        accept_files(event, one_file)
 
     def dropEvent(self, event) -> None:
-        paths = paths_from_mime(event.mimeData())
-        if len(paths) == 1 and paths[0].is_file():
-            event.acceptProposedAction()
+        paths = accept_files(event, one_file)
+        if paths:
             self.fileChosen.emit(paths[0])
