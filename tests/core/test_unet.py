@@ -144,6 +144,8 @@ def test_image_size_override_is_validated():
         {"dropout": -0.1},
         {"base_channels": 12, "norm_groups": 8},
         {"image_size": 0},
+        {"num_classes": 1},
+        {"num_classes": -2},
     ],
 )
 def test_invalid_configs_raise_value_error(changes):
@@ -152,6 +154,58 @@ def test_invalid_configs_raise_value_error(changes):
         config.validate()
     with pytest.raises(ValueError):
         UNet(config)
+
+
+# --- classes ---------------------------------------------------------------------------------
+
+
+def conditional_tiny(num_classes: int = 3) -> UNet:
+    config = UNetConfig(**{**preset_config("tiny").__dict__, "num_classes": num_classes})
+    return perturb_zero_init(UNet(config).eval())
+
+
+def test_class_embedding_has_a_null_row_and_starts_at_zero():
+    model = UNet(UNetConfig(**{**preset_config("tiny").__dict__, "num_classes": 4}))
+    assert model.null_class == 4
+    assert model.class_embedding.weight.shape == (5, 4 * model.config.base_channels)
+    assert torch.equal(model.class_embedding.weight, torch.zeros_like(model.class_embedding.weight))
+    assert UNet(preset_config("tiny")).class_embedding is None
+
+
+def test_labels_change_the_output_and_none_means_the_null_label():
+    torch.manual_seed(0)
+    model = conditional_tiny(3)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([5, 50, 500])
+    with torch.no_grad():
+        by_class = [model(x, t, torch.full((3,), c)) for c in range(4)]
+        default = model(x, t)
+    assert torch.equal(default, by_class[model.null_class])
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert (by_class[a] - by_class[b]).abs().max() > 1e-4
+    # Each image's label acts on that image alone.
+    with torch.no_grad():
+        mixed = model(x, t, torch.tensor([0, 2, 3]))
+    for i, c in enumerate([0, 2, 3]):
+        torch.testing.assert_close(mixed[i], by_class[c][i], rtol=1e-5, atol=1e-5)
+
+
+def test_zero_class_rows_compute_the_unconditional_model():
+    # A fine-tune that adds classes starts from the model it adds them to: zero rows change nothing.
+    torch.manual_seed(1)
+    plain = perturb_zero_init(UNet(preset_config("tiny")).eval())
+    conditional = UNet(UNetConfig(**{**preset_config("tiny").__dict__, "num_classes": 2})).eval()
+    missing, unexpected = conditional.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["class_embedding.weight"] and not unexpected
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 900])
+    with torch.no_grad():
+        assert torch.equal(conditional(x, t, torch.tensor([0, 1])), plain(x, t))
+
+
+def test_an_unconditional_model_refuses_labels():
+    model = UNet(preset_config("tiny"))
+    with pytest.raises(ValueError, match="no classes"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([3]), torch.tensor([0]))
 
 
 # --- precision and memory format --------------------------------------------------------------

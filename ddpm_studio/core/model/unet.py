@@ -41,6 +41,10 @@ class UNetConfig:
     norm_groups: int = 32
     learned_variance: bool = False  # also output v, the learned range of sigma_t^2 (2C output channels)
     downsample_padding: str = "same"
+    # Class-conditional when > 0: an embedding of num_classes + 1 rows (the last is the null label,
+    # "no class", that classifier-free guidance needs) added to the time embedding. diffusers'
+    # UNet2DModel calls the row count num_class_embeds.
+    num_classes: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "channel_multipliers", tuple(int(m) for m in self.channel_multipliers))
@@ -66,6 +70,8 @@ class UNetConfig:
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
             raise SettingError(f"Downsample padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
                                f"not '{self.downsample_padding}'.")
+        if self.num_classes < 0 or self.num_classes == 1:
+            raise SettingError(f"A class-conditional model needs at least 2 classes, not {self.num_classes}.")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -238,6 +244,10 @@ class UNet(nn.Module):
         ch, groups, dropout = config.base_channels, config.norm_groups, config.dropout
         time_channels = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, time_channels), nn.SiLU(), nn.Linear(time_channels, time_channels))
+        # Zero rows: a conditional model starts as the unconditional one, and a fine-tune that adds
+        # classes to an unconditional model starts from what that model computed.
+        self.class_embedding = (zero_init(nn.Embedding(config.num_classes + 1, time_channels))
+                                if config.num_classes else None)
         self.input_conv = nn.Conv2d(config.image_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -292,8 +302,20 @@ class UNet(nn.Module):
             h = layer(h, time_embedding) if isinstance(layer, ResidualBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_class(self) -> int:
+        """The label index that means "no class" (the embedding's last row); 0 rows for an unconditional model."""
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """``classes``: one label index per image, ``null_class`` for none; None means none for all."""
         time_embedding = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))
+        if self.class_embedding is not None:
+            if classes is None:
+                classes = torch.full((x.shape[0],), self.null_class, dtype=torch.long, device=x.device)
+            time_embedding = time_embedding + self.class_embedding(classes.to(x.device)).to(time_embedding.dtype)
+        elif classes is not None:
+            raise ValueError("This model has no classes; it cannot be given class labels.")
         h = self.input_conv(x)
         skips = [h]
         for block in self.down:
