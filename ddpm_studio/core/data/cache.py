@@ -51,7 +51,7 @@ from ddpm_studio.core.data.folders import (
     scan_images,
 )
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the class labels of labelled folders
 DATA_FILE = "images.u8"
 INDEX_FILE = "index.json"
 PARTIAL_MARK = ".partial-"
@@ -235,6 +235,7 @@ def _read_entry(folder: Path, key: str, image_size: int, channels: int) -> dict:
             and index["image_size"] == image_size and index["channels"] == channels
             and row_bytes == channels * image_size * image_size
             and len(index["files"]) == count == len(index["source_sizes"]) and count * row_bytes <= data_bytes
+            and (index["labels"] is None or (len(index["labels"]) == count and len(index["class_names"]) >= 2))
         )
     except (KeyError, TypeError, ValueError):
         consistent = False
@@ -261,6 +262,8 @@ def _result_from_entry(folder: Path, index: dict, decoded: bool, ignored: list[s
         channels=channels,
         sources=[Path(name) for name in index["sources"]],
         ignored=[Path(name) for name in ignored],
+        labels=None if index["labels"] is None else torch.tensor(index["labels"], dtype=torch.long),
+        class_names=list(index["class_names"]),
         mapping=mapping,
         entry=folder,
         decoded=decoded,
@@ -370,6 +373,8 @@ def _build_entry(
             "files": [_absolute(path) for path in result.files],
             "source_sizes": [list(size) for size in result.source_sizes],
             "skipped": [[_absolute(item.path), item.reason] for item in result.skipped],
+            "labels": None if result.labels is None else result.labels.tolist(),
+            "class_names": list(result.class_names),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         (partial / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")

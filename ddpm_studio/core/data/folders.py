@@ -66,6 +66,7 @@ REASON_PHRASES = {
     "unsupported colour mode": "in an unsupported colour mode",
 }
 MAX_DETAIL_LENGTH = 80
+UNLABELLED = -1  # the label of an image outside the class folders
 
 
 class DatasetError(UserError, ValueError):
@@ -104,6 +105,13 @@ class ScanResult:
     ``images`` has shape (N, C, S, S), is contiguous, and row i comes from ``files[i]``,
     whose original size (width, height), as displayed, is ``source_sizes[i]``.
     ``sources`` are the files and folders the scan was given.
+
+    Classes come from folders, as torchvision's ``ImageFolder`` reads them: an image's class is the
+    first-level subfolder of its source folder it sits in (``pets/cat/a.png`` is a "cat"), and a
+    dataset is labelled when its images sit in two or more such subfolders. ``labels[i]`` is then
+    the index into ``class_names`` (sorted) of ``files[i]``, or ``UNLABELLED`` for an image at a
+    source folder's top level or given as a file: those are kept, and train the null label only.
+    An unlabelled dataset has ``labels`` None and no ``class_names``.
     """
 
     images: torch.Tensor
@@ -114,6 +122,35 @@ class ScanResult:
     channels: int
     sources: list[Path] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # files in the folders without an image extension
+    labels: torch.Tensor | None = None  # int64 (N,): an index into class_names, or UNLABELLED
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def class_counts(self) -> list[int]:
+        """How many images each class has, in ``class_names``' order."""
+        if self.labels is None:
+            return []
+        counts = torch.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
+        return [int(count) for count in counts]
+
+    def unlabelled_count(self) -> int:
+        return 0 if self.labels is None else int((self.labels == UNLABELLED).sum())
+
+    def describe_classes(self) -> str:
+        """One line about the classes: which there are, and what happens to the images outside them."""
+        if self.labels is None:
+            return "No classes: the images do not sit in two or more subfolders."
+        counts = ", ".join(f"{name} {count:,}" for name, count in zip(self.class_names, self.class_counts()))
+        line = f"{len(self.class_names)} classes from the subfolders: {counts}."
+        outside = self.unlabelled_count()
+        if outside:
+            line += (f" {_counted(outside, 'image')} outside the class folders "
+                     f"{'is' if outside == 1 else 'are'} kept without a class: "
+                     f"{'it trains' if outside == 1 else 'they train'} the null label only.")
+        return line
 
     def summary(self) -> dict:
         """A JSON-able description of the dataset, small enough to store beside a trained model."""
@@ -138,6 +175,8 @@ class ScanResult:
             "source_size_min": size_at(0),
             "source_size_median": size_at(len(by_area) // 2),
             "source_size_max": size_at(-1),
+            **({"classes": {"names": list(self.class_names), "counts": self.class_counts(),
+                            "unlabelled": self.unlabelled_count()}} if self.labelled else {}),
         }
 
 
@@ -481,15 +520,48 @@ def _assemble(
     skipped = skipped_at_search + [
         SkippedFile(files[index], reason) for index, reason in enumerate(reasons) if reason is not None
     ]
+    kept = [files[index] for index in usable]
+    labels, class_names = folder_labels(kept, sources)
     return ScanResult(
         images=torch.from_numpy(images[: len(usable)]),
-        files=[files[index] for index in usable],
+        files=kept,
+        labels=labels,
+        class_names=class_names,
         skipped=skipped,
         source_sizes=[source_sizes[index] for index in usable],  # type: ignore[misc]
         image_size=image_size,
         channels=channels,
         sources=sources,
     )
+
+
+def folder_labels(files: Sequence[str | Path], sources: Sequence[Path]) -> tuple[torch.Tensor | None, list[str]]:
+    """The labels of ``files`` found in ``sources`` by their first-level subfolders (see ``ScanResult``):
+    ``(labels, class_names)``, or ``(None, [])`` when fewer than two subfolders hold images."""
+    folders = [_absolute_text(source) for source in sources if source.is_dir()]
+    named: list[str | None] = []
+    for path in files:
+        text = _absolute_text(path)
+        name = None
+        for folder in folders:
+            relative = os.path.relpath(text, folder)
+            parts = Path(relative).parts
+            if len(parts) >= 2 and parts[0] != os.pardir:
+                name = parts[0]
+                break
+            if parts and parts[0] != os.pardir:
+                break  # at this folder's top level
+        named.append(name)
+    class_names = sorted({name for name in named if name is not None})
+    if len(class_names) < 2:
+        return None, []
+    index = {name: position for position, name in enumerate(class_names)}
+    labels = torch.tensor([UNLABELLED if name is None else index[name] for name in named], dtype=torch.long)
+    return labels, class_names
+
+
+def _absolute_text(path: str | Path) -> str:
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _counted(count: int, noun: str) -> str:
