@@ -1,6 +1,6 @@
 """Train a tiny model until killed: the subject of the kill -9 test in tests/core/test_training.py.
 
-The test forks these runs from its own process, which has imported torch already, so
+The test forks these runs from a fork server that has imported torch already, so
 that each run starts in milliseconds rather than the many seconds a fresh interpreter needs.
 It also works as a script:
 

@@ -301,12 +301,16 @@ def test_cpu_threads_apply_to_the_thread_that_drives_the_run_only(tmp_path):
 
 @pytest.fixture(scope="module")
 def fork_context():
-    """Training runs are forked from this process: each is a separate process that the test can
-    kill -9, and starts in milliseconds (a fresh interpreter takes 5-15 s to import torch here).
-    Like DataLoader workers, the child uses one intra-op thread, which makes forking after torch safe."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        pytest.skip("needs the fork start method")
-    return multiprocessing.get_context("fork")
+    """Training runs are forked from a fork server: each is a separate process that the test can
+    kill -9, and starts in milliseconds, because the server imported torch once (a fresh interpreter
+    takes 5-15 s here). The server itself never runs a torch operation. Forking this test process
+    instead, after it has run OpenMP-parallel operators, once left a child hung for good inside
+    scaled_dot_product_attention on a 2-core CI machine: a thread pool does not survive fork."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the forkserver start method")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "tests.train_worker", "ddpm_studio.core.training.loop"])
+    return context
 
 
 def launch_worker(context, folder: Path, resume: bool):
