@@ -11,6 +11,9 @@ Where they come from:
   cache file (``dataset_cache.CachedImages.gather``, which keeps resident memory bounded however
   large the dataset is), into pinned memory on CUDA so the copy to the GPU runs asynchronously.
 Under torchrun every process draws the same global batch and gathers only its own slice.
+With class labels the same holds for them: the labels are gathered with the images' indices and
+which of them drop to the null label is drawn from (seed, step) too (``draw_label_drops``), for
+the global batch, each rank keeping its slice.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import numpy as np
 import torch
 
 from ddpm_studio.core.data.cache import CachedImages
+from ddpm_studio.core.data.folders import UNLABELLED
 from ddpm_studio.core.system.devices import host_to_device
 
 PREFETCH_BATCHES = 2
+LABEL_STREAM = 1  # keeps the label coins' generator apart from draw_step's
 GPU_RESIDENT_SHARE = 4  # the dataset lives on the GPU when it takes under 1/4 of the free memory
 
 
@@ -35,13 +40,27 @@ def draw_step(seed: int, step: int, dataset_size: int, batch_size: int) -> tuple
     return generator.integers(0, dataset_size, batch_size), generator.random(batch_size) < 0.5
 
 
+def draw_label_drops(seed: int, step: int, batch_size: int, label_dropout: float) -> np.ndarray:
+    """Which labels of the global batch of ``step`` are replaced by the null label, each with ``label_dropout``."""
+    generator = np.random.default_rng([seed, step, LABEL_STREAM])
+    return generator.random(batch_size) < label_dropout
+
+
+def step_labels(labels: np.ndarray, indices: np.ndarray, drops: np.ndarray, null_label: int) -> np.ndarray:
+    """The labels the model sees: each image's class, or ``null_label`` when dropped or unlabelled."""
+    chosen = labels[indices].astype(np.int64)
+    return np.where(drops | (chosen == UNLABELLED), null_label, chosen)
+
+
 @dataclass
 class StepImages:
-    """One step's images for this process: uint8 (B, C, S, S) and the flip coins (B,), both on the run device."""
+    """One step's images for this process: uint8 (B, C, S, S), the flip coins (B,) and, for a class-conditional
+    run, the int64 labels (B,) (the null label where dropped), all on the run device."""
 
     step: int
     images: torch.Tensor
     flips: torch.Tensor
+    labels: torch.Tensor | None = None
 
 
 class _Stopped(Exception):
@@ -67,6 +86,9 @@ class BatchSource:
         first_step: int,
         last_step: int,
         prefetch: int = PREFETCH_BATCHES,
+        labels: torch.Tensor | np.ndarray | None = None,
+        label_dropout: float = 0.0,
+        null_label: int = 0,
     ):
         self.mapping = images if isinstance(images, CachedImages) else None
         rows = images.tensor if isinstance(images, CachedImages) else images
@@ -75,6 +97,9 @@ class BatchSource:
         self.per_rank = batch_size // world_size
         self.local = slice(rank * self.per_rank, (rank + 1) * self.per_rank)
         self.device = device
+        # labels (N,) with UNLABELLED for none; None: an unconditional run, whose batches carry no labels
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.label_dropout, self.null_label = label_dropout, null_label
         self.first_step, self.next_step, self.last_step = first_step, first_step, last_step
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -100,20 +125,23 @@ class BatchSource:
         self.next_step += 1
         if self.resident:
             indices, flips = self._draw_local(step)
+            labels = self._labels_local(step, indices)
             # Through pinned memory, so that the host does not wait for the GPU at every step.
             return StepImages(step, self.rows[host_to_device(torch.from_numpy(indices), self.device)],
-                              host_to_device(torch.from_numpy(flips), self.device))
+                              host_to_device(torch.from_numpy(flips), self.device),
+                              None if labels is None else host_to_device(torch.from_numpy(labels), self.device))
         if not self._thread.is_alive() and not self._stop.is_set() and self._thread.ident is None:
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        produced_step, images, flips = item
+        produced_step, images, flips, labels = item
         assert produced_step == step, "the batch thread fell out of step"
         # From pinned memory the copy is asynchronous; torch's pinned-memory allocator keeps the
         # buffer from being reused until the copy has finished.
         return StepImages(step, images.to(self.device, non_blocking=self.pin),
-                          flips.to(self.device, non_blocking=self.pin))
+                          flips.to(self.device, non_blocking=self.pin),
+                          None if labels is None else labels.to(self.device, non_blocking=self.pin))
 
     def close(self) -> None:
         if self._thread is None:
@@ -133,6 +161,12 @@ class BatchSource:
     def _draw_local(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         indices, flips = draw_step(self.seed, step, self.dataset_size, self.batch_size)
         return indices[self.local], flips[self.local]
+
+    def _labels_local(self, step: int, local_indices: np.ndarray) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        drops = draw_label_drops(self.seed, step, self.batch_size, self.label_dropout)[self.local]
+        return step_labels(self.labels, local_indices, drops, self.null_label)
 
     def _put(self, item) -> None:
         while True:
@@ -154,7 +188,10 @@ class BatchSource:
                     self.mapping.gather(indices, images)
                 else:
                     torch.index_select(self.rows, 0, torch.from_numpy(indices), out=images)
-                self._put((step, images, torch.from_numpy(flips)))
+                labels = self._labels_local(step, indices)
+                if labels is not None:
+                    labels = torch.from_numpy(labels).pin_memory() if self.pin else torch.from_numpy(labels)
+                self._put((step, images, torch.from_numpy(flips), labels))
         except _Stopped:
             pass
         except BaseException as error:  # handed to the loop, which raises it in its own thread

@@ -42,6 +42,7 @@ import torch
 
 from ddpm_studio.core.data.folders import (
     DECODING_RULES_VERSION,
+    UNLABELLED,
     DatasetError,
     ScanProgress,
     ScanResult,
@@ -235,7 +236,7 @@ def _read_entry(folder: Path, key: str, image_size: int, channels: int) -> dict:
             and index["image_size"] == image_size and index["channels"] == channels
             and row_bytes == channels * image_size * image_size
             and len(index["files"]) == count == len(index["source_sizes"]) and count * row_bytes <= data_bytes
-            and (index["labels"] is None or (len(index["labels"]) == count and len(index["class_names"]) >= 2))
+            and _labels_consistent(index["labels"], index["class_names"], count)
         )
     except (KeyError, TypeError, ValueError):
         consistent = False
@@ -248,6 +249,17 @@ def _read_entry(folder: Path, key: str, image_size: int, channels: int) -> dict:
     if actual != data_bytes:
         raise DamagedEntry(f"its image file holds {actual:,} bytes, not {data_bytes:,}")
     return index
+
+
+def _labels_consistent(labels, class_names, count: int) -> bool:
+    """Whether stored labels can be trusted: one per file, each a class index or UNLABELLED,
+    for two or more distinct, sorted class names (or no labels and no names at all)."""
+    if labels is None:
+        return class_names == []
+    names_ok = (len(class_names) >= 2 and all(isinstance(name, str) for name in class_names)
+                and class_names == sorted(set(class_names)))
+    return (names_ok and len(labels) == count
+            and all(type(label) is int and UNLABELLED <= label < len(class_names) for label in labels))
 
 
 def _result_from_entry(folder: Path, index: dict, decoded: bool, ignored: list[str]) -> CachedScanResult:

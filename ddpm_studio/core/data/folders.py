@@ -67,6 +67,7 @@ REASON_PHRASES = {
 }
 MAX_DETAIL_LENGTH = 80
 UNLABELLED = -1  # the label of an image outside the class folders
+CLASSES_NAMED = 12  # describe_classes() names this many classes, so that a thousand still make one line
 
 
 class DatasetError(UserError, ValueError):
@@ -143,8 +144,11 @@ class ScanResult:
         """One line about the classes: which there are, and what happens to the images outside them."""
         if self.labels is None:
             return "No classes: the images do not sit in two or more subfolders."
-        counts = ", ".join(f"{name} {count:,}" for name, count in zip(self.class_names, self.class_counts()))
-        line = f"{len(self.class_names)} classes from the subfolders: {counts}."
+        named = list(zip(self.class_names, self.class_counts()))
+        counts = ", ".join(f"{name} {count:,}" for name, count in named[:CLASSES_NAMED])
+        more = len(named) - CLASSES_NAMED
+        line = (f"{len(self.class_names):,} classes from the subfolders: {counts}"
+                + (f" and {more:,} more." if more > 0 else "."))
         outside = self.unlabelled_count()
         if outside:
             line += (f" {_counted(outside, 'image')} outside the class folders "

@@ -31,6 +31,7 @@ from ddpm_studio.core.data.cache import CachedScanResult, CacheMessage, datasets
 from ddpm_studio.core.data.demo import DEFAULT_DEMO_COUNT, DemoProgress, is_complete_demo_dataset, write_demo_dataset
 from ddpm_studio.core.data.folders import (
     IMAGE_EXTENSIONS,
+    UNLABELLED,
     ScanProgress,
     ScanResult,
     describe_sources,
@@ -43,6 +44,7 @@ from ddpm_studio.gui.formatting import counted, format_image_size
 from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.session_memory import remember_dataset
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE, WARNING_TEXT_STYLE, error_box
+from ddpm_studio.gui.widgets.class_rows import MAX_ROWS, THUMBNAILS_PER_ROW, ClassRows
 from ddpm_studio.gui.widgets.image_view import ThumbnailGrid
 from ddpm_studio.gui.widgets.skipped_files import SkippedFilesList
 
@@ -239,13 +241,20 @@ class DatasetPage(Page):
             lambda _link: self.channels_combo.setCurrentIndex(self.channels_combo.findData(1)))
         self.grayscale_hint.hide()
 
+        self.classes_label = QLabel()  # describe_classes(): the classes, and what happens to top-level images
+        self.classes_label.setWordWrap(True)
+        self.class_rows = ClassRows()
         self.sample_label = QLabel()
         self.thumbnails = ThumbnailGrid(thumbnail_size=64)
         thumbnails_box = QWidget()
         thumbnails_layout = QVBoxLayout(thumbnails_box)
         thumbnails_layout.setContentsMargins(0, 0, 0, 0)
+        thumbnails_layout.addWidget(self.classes_label)
+        thumbnails_layout.addWidget(self.class_rows)
         thumbnails_layout.addWidget(self.sample_label)
         thumbnails_layout.addWidget(self.thumbnails, 1)
+        self.classes_label.hide()
+        self.class_rows.hide()
 
         self.skipped_label = QLabel()
         self.skipped_label.setWordWrap(True)
@@ -435,6 +444,7 @@ class DatasetPage(Page):
             self.show_error(explain_no_usable_images(result))
         self.next_button.setVisible(usable > 0)
         thumbnails = self._show_thumbnails(result)
+        self._show_classes(result)
         self.grayscale_hint.setVisible(result.channels == 3 and looks_grayscale(thumbnails))
         self._show_skipped(result)
         if usable:
@@ -459,6 +469,34 @@ class DatasetPage(Page):
             self.sample_label.setText("The image, as the model will see it:" if count == 1
                                       else f"All {count:,} images, as the model will see them:")
         return images
+
+    def _show_classes(self, result: ScanResult) -> None:
+        """A labelled dataset's classes, a row each with a few thumbnails; nothing for an unlabelled one."""
+        labelled = result.labelled and len(result.files) > 0
+        self.classes_label.setVisible(labelled)
+        self.class_rows.setVisible(labelled)
+        if not labelled:
+            self.class_rows.set_classes([], [], [])
+            return
+        self.classes_label.setText(result.describe_classes())
+        labels = result.labels.numpy()
+        shown = result.class_names[:MAX_ROWS]
+        thumbnails = []
+        for class_index in range(len(shown)):
+            members = np.flatnonzero(labels == class_index)
+            picks = members[sample_indices(len(members), THUMBNAILS_PER_ROW)] if len(members) else members
+            thumbnails.append([to_hwc(result.images[int(index)]) for index in picks])
+        names, counts = list(result.class_names), result.class_counts()
+        if result.unlabelled_count():
+            members = np.flatnonzero(labels == UNLABELLED)
+            picks = members[sample_indices(len(members), THUMBNAILS_PER_ROW)]
+            # Shown after the classes, so that a user sees what trains the null label only.
+            shown_rows = min(len(names), MAX_ROWS - 1)
+            names, counts, thumbnails = (names[:shown_rows] + ["(no class: top level)"] + names[shown_rows:],
+                                         counts[:shown_rows] + [result.unlabelled_count()] + counts[shown_rows:],
+                                         thumbnails[:shown_rows]
+                                         + [[to_hwc(result.images[int(index)]) for index in picks]])
+        self.class_rows.set_classes(names, counts, thumbnails)
 
     def _show_skipped(self, result: ScanResult) -> None:
         """The files skipped, with their reasons, then the files that are not images (a notes.txt), one list."""
