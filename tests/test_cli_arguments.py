@@ -21,8 +21,9 @@ from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_SPACING, DEFAULT_STEPS
 from ddpm_studio.core.diffusion.process import SAMPLERS, VARIANCES
 from ddpm_studio.core.diffusion.schedule import SCHEDULE_KINDS
 from ddpm_studio.core.errors import UserError, describe_os_error
+from ddpm_studio.core.evaluation.memorization import DEFAULT_SAMPLES as MEMORIZATION_SAMPLES
 from ddpm_studio.core.evaluation.metrics import INCEPTION
-from ddpm_studio.core.evaluation.quality import LIBRARY_REFERENCES
+from ddpm_studio.core.evaluation.quality import LIBRARY_REFERENCES, EvaluationRequest
 from ddpm_studio.core.explore.branching import BranchRequest
 from ddpm_studio.core.explore.interpolation import InterpolationRequest
 from ddpm_studio.core.model.unet import PRESETS
@@ -134,6 +135,8 @@ def test_the_choices_the_parser_offers_are_the_engines():
     assert choices.TRAJECTORY_KINDS == tuple(TRAJECTORY_KINDS)
     assert choices.INCEPTION == INCEPTION
     assert choices.LIBRARY_REFERENCES == tuple(LIBRARY_REFERENCES)
+    assert choices.QUALITY_SAMPLES == EvaluationRequest(Path()).num_samples
+    assert choices.MEMORIZATION_SAMPLES == MEMORIZATION_SAMPLES
     assert (choices.DEMO_COUNT, choices.DEMO_SIZE) == (DEFAULT_DEMO_COUNT, DEFAULT_DEMO_SIZE)
     training, sampling, bench = TrainingConfig(), SamplingRequest(), BenchSettings()
     assert choices.TRAINING_DEFAULTS == {name: getattr(training, name) for name in choices.TRAINING_DEFAULTS}

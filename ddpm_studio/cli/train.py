@@ -95,7 +95,7 @@ def follow(plan, args, context) -> int:
                     print(f"Read {event.total} files.", flush=True)
             elif isinstance(event, ScanResult):
                 if main_process:
-                    print_scan(event, config.image_size, plan.data_paths)
+                    print_scan(event, config.image_size, plan.data_paths, config.classes)
             elif isinstance(event, training.StartedEvent):
                 if main_process:
                     print(f"Training {out_dir} on {event.device} ({event.dtype}), {event.parameters:,} parameters, "
@@ -148,7 +148,7 @@ def follow(plan, args, context) -> int:
     return 0
 
 
-def print_scan(result: ScanResult, image_size: int, data_paths) -> None:
+def print_scan(result: ScanResult, image_size: int, data_paths, classes: bool = False) -> None:
     ignored = len(result.ignored)
     print(f"{len(result.images)} images at {image_size}x{image_size} from {', '.join(map(str, data_paths))}; "
           f"{len(result.skipped)} skipped"
@@ -157,3 +157,5 @@ def print_scan(result: ScanResult, image_size: int, data_paths) -> None:
         print(f"  skipped {skipped.path}: {skipped.reason}")
     if len(result.skipped) > 10:
         print(f"  ... and {len(result.skipped) - 10} more")
+    if result.labels is not None:
+        print(result.describe_classes() + ("" if classes else " Add --classes to condition on them."))

@@ -228,6 +228,7 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        classes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L_simple = E ||eps - eps_theta(x_t, t)||^2 with t uniform over 1..T (mean over pixels).
 
@@ -240,7 +241,8 @@ class GaussianDiffusion:
         if t is None or noise is None:
             t, noise = self.draw_training_noise(x0, generator)
         x_t = self.q_sample(x0, t, noise)
-        eps_hat, v = split_model_output(model(x_t, t).float(), x0.shape[1])
+        output = model(x_t, t) if classes is None else model(x_t, t, classes)  # classes: the labels (B,)
+        eps_hat, v = split_model_output(output.float(), x0.shape[1])
         loss_simple = torch.nn.functional.mse_loss(eps_hat, noise.float())
         if v is None:
             return loss_simple

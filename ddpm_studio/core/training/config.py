@@ -105,6 +105,16 @@ class TrainingConfig:
                                             help="largest micro-batch in images per process; auto: the largest the "
                                                  "memory estimate fits on the device",
                                             control="auto_micro_batch_check")
+    # one network both conditional and unconditional (Ho & Salimans 2022): a folder of class subfolders
+    classes: bool = setting(False, flag="--classes", flag_value=True,
+                            help="condition on the dataset's class subfolders (a class-conditional model that "
+                                 "is also unconditional, for guided sampling)", control="classes_check")
+    # the share of labels replaced by the null label, so that the same network learns eps(x_t, null)
+    label_dropout: float = setting(0.1, fine_tune="keep", flag="--label-dropout", flag_type=float, metavar="P",
+                                   help="with --classes: the share of labels dropped to the null label "
+                                        "(default {default})", control="label_dropout_spin")
+    # with classes: how many the dataset has (set from the dataset when the run starts; 0: unconditional)
+    num_classes: int = setting(0)
     # residual blocks recompute activations in the backward pass
     checkpoint_activations: bool = setting(False, resume_words="activation checkpointing",
                                            flag="--checkpoint-activations", flag_value=True,
@@ -132,6 +142,8 @@ class TrainingConfig:
             raise SettingError(f"Precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
         if self.variance not in TRAINING_VARIANCES:
             raise SettingError(f"The variance must be one of {', '.join(TRAINING_VARIANCES)}, not '{self.variance}'.")
+        if not 0 <= self.label_dropout < 1:
+            raise SettingError(f"The label dropout must lie in [0, 1), not {self.label_dropout}.")
         self._check_batch_split()
         self.unet_config()  # raises for a bad preset, size or channels
         ScheduleConfig(self.schedule, self.num_timesteps).validate()
@@ -184,6 +196,8 @@ class TrainingConfig:
             changes["dropout"] = self.dropout
         if self.variance == "learned":
             changes["learned_variance"] = True
+        if self.classes and self.num_classes and config.num_classes != self.num_classes:
+            changes["num_classes"] = self.num_classes  # a fine-tune of an unconditional model adds them
         if changes:
             config = type(config)(**{**asdict(config), **changes})
             config.validate()

@@ -48,6 +48,8 @@ def model_settings(source) -> dict[str, Any]:
         "image_channels": source.unet.image_channels, "unet": source.unet.to_dict(),
         "schedule": source.schedule.kind, "num_timesteps": source.schedule.num_timesteps,
         "variance": "learned" if source.unet.learned_variance else "fixed", "init_from": str(source.path),
+        # A class-conditional model stays one: its fine-tune conditions on the same classes.
+        **({"classes": True, "num_classes": source.unet.num_classes} if source.unet.num_classes else {}),
     }
 
 
@@ -60,6 +62,8 @@ def fine_tune_values(settings: Mapping[str, Setting], source, overrides: Mapping
                    if name in settings and settings[name].fine_tune == "keep"})
     values.update(own)
     values.update({name: value for name, value in overrides.items() if value is not None})
+    if own.get("classes"):
+        values["classes"] = True  # the model's embedding is trained on, whatever the form's box says
     return values
 
 
@@ -89,7 +93,9 @@ def check_fine_tune_request(settings: Mapping[str, Setting], source, given: Mapp
 
 def check_starting_weights(source_path, info, unet: UNetConfig, schedule: ScheduleConfig) -> None:
     """Raise ModelError unless the model ``info`` (read from ``source_path``) has the run's network and schedule."""
-    if not same_architecture(info.unet, unet):
+    # An unconditional model may gain classes: its network is the same but for the new class embedding.
+    source_unet = replace(info.unet, num_classes=unet.num_classes) if info.unet.num_classes == 0 else info.unet
+    if not same_architecture(source_unet, unet):
         raise ModelError(f"{source_path} has another architecture than this run ({describe_architecture(info.unet)}"
                          f" against {describe_architecture(unet)}); a fine-tune keeps the model's.")
     if info.schedule != schedule:

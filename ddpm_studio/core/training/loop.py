@@ -93,18 +93,22 @@ def train(
     out_dir: Path | str,
     dataset_summary: dict | None = None,
     options: TrainingOptions | None = None,
+    labels: torch.Tensor | None = None,
     **chosen,
 ) -> Iterator[TrainingEvent]:
     """Train on uint8 ``images`` (N, C, S, S) into the model folder ``out_dir``, yielding events.
 
-    ``options`` (or its fields as keywords, ``resume=True``...) say how the run is driven. ``images``
+    ``options`` (or its fields as keywords, ``resume=True``...) say how the run is driven. ``labels``
+    (int64 (N,), an index into ``dataset_summary["classes"]["names"]`` or UNLABELLED) are what a
+    run with ``config.classes`` conditions on. ``images``
     can be a tensor in memory or images mapped from the dataset cache, which are streamed. A resumed
     run restores weights, EMA, optimizer, step, RNG states and loss history, and goes on up to
     ``config.steps`` in total. With ``config.eval_every`` the dataset's features for KID are computed
     (``EvaluationProgress`` events) before the ``StartedEvent``, so missing Inception weights stop the
     run before its first step.
     """
-    trainer = Trainer(config, images, Path(out_dir), dataset_summary, replace(options or TrainingOptions(), **chosen))
+    trainer = Trainer(config, images, Path(out_dir), dataset_summary, replace(options or TrainingOptions(), **chosen),
+                      labels)
     # One writer per model folder: a second run into it (another window, another shell) is refused in one sentence.
     main = distributed_context(trainer.options.device).is_main
     with ModelFolderLock(trainer.out_dir) if main else contextlib.nullcontext():
@@ -131,6 +135,8 @@ def train_from_folder(
     options = replace(options or TrainingOptions(), **chosen)
     config.validate()
     if options.resume:
+        if config.classes:  # how many classes comes from the dataset, which the model records
+            config = replace(config, num_classes=model_store.read_model_info(Path(out_dir)).unet.num_classes)
         model_store.check_resumable(Path(out_dir), config.unet_config(), config.schedule_config())
     if use_cache:
         builder = distributed_context(options.device).local_rank == 0
@@ -141,7 +147,7 @@ def train_from_folder(
     yield result
     images = result.mapping if isinstance(result, CachedScanResult) else result.images
     # As keywords, the way callers name them (tests/distributed_check.py wraps train and reads resume).
-    yield from train(config, images, out_dir, result.summary(), **vars(options))
+    yield from train(config, images, out_dir, result.summary(), labels=result.labels, **vars(options))
 
 
 class Trainer:
@@ -149,8 +155,9 @@ class Trainer:
     between steps; and ``finish``, which saves what was trained however the run ends."""
 
     def __init__(self, config: TrainingConfig, images: torch.Tensor | CachedImages, out_dir: Path,
-                 dataset_summary: dict | None, options: TrainingOptions):
+                 dataset_summary: dict | None, options: TrainingOptions, labels: torch.Tensor | None = None):
         self.config, self.images, self.out_dir, self.options = config, images, out_dir, options
+        self.labels = labels
         self.dataset_summary = dataset_summary
         self.state: TrainingState | None = None
         self.writer: ModelFolderWriter | None = None  # rank 0 only
@@ -203,6 +210,7 @@ class Trainer:
             if (self.config.image_size, self.config.image_channels) != (info.unet.image_size, info.unet.image_channels):
                 raise model_store.inconsistent_settings(info)
             self.config = replace(self.config, unet=info.unet.to_dict())
+        self.check_classes()
         self.config.validate()
         unet_config = self.config.unet_config()
         if self.options.resume:  # before the network and the schedule are given memory
@@ -213,6 +221,26 @@ class Trainer:
             raise ValueError(f"Training images must be uint8 of shape (N, {', '.join(map(str, expected_shape))}).")
         if len(self.rows) == 0:
             raise SettingError("There are no images to train on.")
+
+    def check_classes(self) -> None:
+        """A run with classes needs a labelled dataset; resuming, or fine-tuning a conditional model, needs the
+        model's own class names. Sets the run's number of classes from the dataset."""
+        if not self.config.classes:
+            return
+        names = ((self.dataset_summary or {}).get("classes") or {}).get("names") if self.labels is not None else None
+        if not names or len(names) < 2:
+            raise SettingError("Training with classes needs a labelled dataset: a folder with two or more class "
+                               "subfolders of images.")
+        source = self.out_dir if self.options.resume else (Path(self.config.init_from) if self.config.init_from
+                                                            else None)
+        if source is not None:
+            info = model_store.read_model_info(source)
+            recorded = (info.extra.get("classes") or {}).get("names") if info.unet.num_classes else None
+            if recorded is not None and list(recorded) != list(names):
+                doing = "resumed" if self.options.resume else "fine-tuned"
+                raise SettingError(f"{info.name} was trained on the classes {', '.join(recorded)}, not "
+                                   f"{', '.join(names)}; a {doing} run keeps the model's classes.")
+        self.config = replace(self.config, num_classes=len(names))
 
     def build(self) -> None:
         """The state (resumed, or started from a fine-tune's weights), the model folder, the network each step runs
@@ -243,6 +271,8 @@ class Trainer:
         self.batches = BatchSource(
             self.images, seed=config.seed, batch_size=config.batch_size, rank=context.rank,
             world_size=context.world_size, device=self.device, first_step=state.step + 1, last_step=config.steps,
+            labels=self.labels if config.classes else None, label_dropout=config.label_dropout,
+            null_label=state.model.null_class,
         )
         network = network or state.model
         self.network = torch.compile(network) if config.compile else network
@@ -260,8 +290,15 @@ class Trainer:
         return ModelInfo(
             path=self.out_dir, unet=self.config.unet_config(), schedule=self.config.schedule_config(),
             training=self.config.to_dict(), dataset=self.dataset_summary or {"count": len(self.images)},
-            command=self.options.command, created=now_iso(),
+            command=self.options.command, created=now_iso(), extra=self.classes_record(),
         )
+
+    def classes_record(self) -> dict:
+        """model.json's top-level "classes" of a class-conditional run: the names and images of each class."""
+        if not self.config.classes:
+            return {}
+        recorded = self.dataset_summary["classes"]
+        return {"classes": {"names": list(recorded["names"]), "counts": list(recorded["counts"])}}
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> Iterator[TrainingEvent]:
@@ -301,13 +338,14 @@ class Trainer:
     def step(self) -> StepEvent:
         """One optimisation step: the batch's gradients (in micro-batches), clipped, Adam, warm-up and EMA."""
         state, config = self.state, self.config
-        x0 = model_input(self.batches.next(), config)
+        batch = self.batches.next()
+        x0 = model_input(batch, config)
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         learning_rate = state.learning_rate
         state.optimizer.zero_grad(set_to_none=True)
         loss = accumulate_gradients(self.network, self.ddp, self.diffusion, x0, self.micro_batches,
-                                    state.noise_generator, self.bf16)
+                                    state.noise_generator, self.bf16, batch.labels)
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
         state.optimizer_step()
         self.pending.append(loss.detach().float())
@@ -447,21 +485,25 @@ def accumulate_gradients(
     micro_batches: int,
     generator: torch.Generator,
     bf16: bool,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Backpropagate L_simple of the batch ``x0`` in ``micro_batches`` pieces; returns the batch's loss, detached.
 
     t and the noise are drawn for the whole batch first and each piece's loss is weighted by its
     share of the batch, so the gradients add up to the whole batch's, however it is split. Under
     DDP every piece but the last runs under ``no_sync()``: gradients are all-reduced once a step.
+    ``labels`` (B,), for a class-conditional run, are split with the images.
     """
     t, noise = diffusion.draw_training_noise(x0, generator)
-    pieces = list(zip(x0.tensor_split(micro_batches), t.tensor_split(micro_batches), noise.tensor_split(micro_batches)))
+    label_pieces = labels.tensor_split(micro_batches) if labels is not None else [None] * micro_batches
+    pieces = list(zip(x0.tensor_split(micro_batches), t.tensor_split(micro_batches), noise.tensor_split(micro_batches),
+                      label_pieces))
     total = torch.zeros((), device=x0.device)
-    for index, (x0_piece, t_piece, noise_piece) in enumerate(pieces):
+    for index, (x0_piece, t_piece, noise_piece, label_piece) in enumerate(pieces):
         last = index == len(pieces) - 1
         with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
             with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = diffusion.training_loss(network, x0_piece, t=t_piece, noise=noise_piece)
+                loss = diffusion.training_loss(network, x0_piece, t=t_piece, noise=noise_piece, classes=label_piece)
             weighted = loss * (len(x0_piece) / len(x0))
             weighted.backward()
         total += weighted.detach()

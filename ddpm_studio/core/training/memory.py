@@ -89,7 +89,11 @@ def _measure(config: UNetConfig, bf16: bool) -> tuple[int, int, int]:
 
         def saved(batch: int) -> int:
             images = torch.empty(batch, config.image_channels, config.image_size, config.image_size)
-            return saved_tensor_bytes(model, (images, torch.zeros(batch, dtype=torch.long)), bf16)
+            timesteps = torch.zeros(batch, dtype=torch.long)
+            # A class-conditional step's labels are inputs too (and their embedding's output is saved).
+            inputs = (images, timesteps, torch.zeros(batch, dtype=torch.long)) if config.num_classes else (images,
+                                                                                                           timesteps)
+            return saved_tensor_bytes(model, inputs, bf16)
 
         one, two = saved(1), saved(2)
     return parameters, two - one, max(0, 2 * one - two)
@@ -109,7 +113,8 @@ def estimate_training_memory(
     """
     parameters, per_image, per_pass = _measure(config, bool(bf16))
     activation_bytes = int(BACKWARD_ALLOWANCE * (per_image * batch_size + per_pass))
-    dataset_bytes = dataset_images * config.image_channels * config.image_size**2
+    label_bytes = 8 if config.num_classes else 0  # int64 labels kept beside the images
+    dataset_bytes = dataset_images * (config.image_channels * config.image_size**2 + label_bytes)
     return MemoryEstimate(parameters, parameters * BYTES_PER_PARAMETER, activation_bytes, dataset_bytes)
 
 

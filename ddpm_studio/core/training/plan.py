@@ -87,6 +87,7 @@ class RunPlan:
     dataset_summary: dict | None = None
     data_paths: list[Path] = field(default_factory=list)  # otherwise: scanned first, at the run's resolution
     use_cache: bool = True  # a scan goes through the decoded-dataset cache
+    labels: torch.Tensor | None = None  # the decoded images' class labels, when their folder has classes
 
     def events(self, options: TrainingOptions | None = None, **chosen) -> Iterator:
         """The run: ``ScanProgress`` and a ``ScanResult`` first if the folders are scanned, then training events
@@ -95,7 +96,7 @@ class RunPlan:
         it resumes."""
         options = replace(options or TrainingOptions(), **chosen, resume=self.resume)
         if self.images is not None:
-            return train(self.config, self.images, self.out_dir, self.dataset_summary, options)
+            return train(self.config, self.images, self.out_dir, self.dataset_summary, options, labels=self.labels)
         return train_from_folder(self.data_paths, self.config, self.out_dir, options, use_cache=self.use_cache)
 
     def describe(self) -> str:
@@ -124,7 +125,8 @@ def plan_new_run(config: TrainingConfig, out_dir: Path, data_paths: Sequence[Pat
     out_dir = Path(out_dir)
     check_new_model_folder(out_dir)
     if _fits(scanned, config.image_size, config.image_channels):
-        return RunPlan(config, out_dir, images=_images_of(scanned), dataset_summary=scanned.summary())
+        return RunPlan(config, out_dir, images=_images_of(scanned), dataset_summary=scanned.summary(),
+                       labels=scanned.labels)
     paths = [Path(path) for path in (data_paths or (scanned.sources if scanned is not None else []))]
     if not paths:
         raise SettingError("Give the folder of images to train on.")
@@ -165,7 +167,8 @@ def plan_resume(out_dir: Path, changes: dict, data_paths: Sequence[Path] = (),
     config = resumed_config(info, changes)
     plan = RunPlan(config, out_dir, resume=True, start_step=info.step)
     if _fits(scanned, info.unet.image_size, info.unet.image_channels):
-        plan.images = _images_of(scanned)
+        plan.images, plan.labels = _images_of(scanned), scanned.labels
+        plan.dataset_summary = scanned.summary()
         return plan
     plan.data_paths = [Path(path) for path in data_paths] or [Path(path) for path in info.dataset.get("paths", [])]
     missing = [path for path in plan.data_paths if not path.exists()]

@@ -139,8 +139,12 @@ class TrainingState:
         loaded = model_store.load_model(source)
         check_starting_weights(source, loaded.info, self.model.config, self.config.schedule_config())
         weights = loaded.unet.state_dict()
-        self.model.load_state_dict(weights)
-        self.ema.load_state_dict(weights)
+        for network in (self.model, self.ema):
+            # Classes added to an unconditional model: its class embedding is new and stays at zero (UNet
+            # initialises it so), so the fine-tune starts from the very function the model computed.
+            missing, unexpected = network.load_state_dict(weights, strict=False)
+            if unexpected or any(not name.startswith("class_embedding.") for name in missing):
+                raise RuntimeError(f"{source}: weights do not match the network ({missing + unexpected})")
 
     def update_ema(self) -> None:
         """EMA <- decay EMA + (1 - decay) weights, with the decay of ``self.step`` (torch's EMA of SWA)."""

@@ -201,6 +201,7 @@ class TrainPage(Page):
     def set_dataset(self, result: ScanResult) -> None:
         """The Dataset page scanned images: train on them, at their resolution unless changed here."""
         self.dataset = result
+        self.form.set_labelled(result.labels is not None, result.describe_classes())
         self.form.resolution_follows_preset = False
         if not self.is_training():
             self.form.select_size(result.image_size)

@@ -12,6 +12,7 @@ from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -38,9 +39,11 @@ VARIANCE_CHOICES = (("Fixed (L_simple)", "fixed"), ("Learned (L_hybrid, Nichol &
 FORM_FIELDS = tuple(FORM_CONTROLS)
 # How a step saves memory: shown (and kept by a resumed run), not remembered between sessions.
 MEMORY_SAVING_SETTINGS = ("accumulate", "micro_batch", "checkpoint_activations")
-# Remembered between sessions; the preset apart, the resolution and channels are the dataset's.
+# Remembered between sessions; the preset apart, the resolution, channels and classes are the dataset's.
 REMEMBERED_SETTINGS = tuple(name for name in FORM_FIELDS
-                            if name not in ("preset", "image_size", "image_channels", *MEMORY_SAVING_SETTINGS))
+                            if name not in ("preset", "image_size", "image_channels", "classes",
+                                            *MEMORY_SAVING_SETTINGS))
+NOT_LABELLED = "Needs a labelled dataset: a folder with two or more class subfolders of images."
 # Shown by code of their own: the preset (and its description), an unusual resolution, and the micro-batches (a
 # number of them, or the check box "as large as fits").
 SHOWN_APART = ("preset", "image_size", "accumulate", "micro_batch")
@@ -114,13 +117,32 @@ class TrainingForm(QWidget):
         self.ema_spin = LogStepSpinBox(0.0, 0.999999, complement=True)
         self.ema_spin.setToolTip("Decay of the weights' moving average used for sampling (the paper: 0.9999).")
 
+        self.labelled = False  # whether the chosen dataset has classes (set_labelled)
+        self.classes_check = QCheckBox("Condition on classes")
+        self.label_dropout_spin = QDoubleSpinBox()
+        self.label_dropout_spin.setRange(0.0, 0.95)
+        self.label_dropout_spin.setSingleStep(0.05)
+        self.label_dropout_spin.setDecimals(2)
+        self.label_dropout_spin.setPrefix("label dropout ")
+        self.label_dropout_spin.setToolTip("The share of labels replaced by the null label in training, so that one "
+                                           "network is also unconditional, for guided sampling (Ho & Salimans: 0.1).")
+        self.classes_hint = QLabel(NOT_LABELLED)
+        self.classes_hint.setWordWrap(True)
+        self.classes_hint.setStyleSheet(MUTED_TEXT_STYLE)
+        classes_row = QHBoxLayout()
+        classes_row.addWidget(self.classes_check)
+        classes_row.addWidget(self.label_dropout_spin, 1)
+        self.classes_check.toggled.connect(self._show_class_state)
+
         self.rows = QFormLayout()  # the page may add rows of its own
         self.rows.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for label, widget in (("Preset", self.preset_combo), ("", self.preset_description),
                               ("Resolution", self.resolution_combo), ("Channels", self.channels_combo),
                               ("Batch size", self.batch_spin), ("Learning rate", self.learning_rate_spin),
-                              ("Steps", self.steps_spin), ("EMA decay", self.ema_spin)):
+                              ("Steps", self.steps_spin), ("EMA decay", self.ema_spin),
+                              ("Classes", classes_row), ("", self.classes_hint)):
             self.rows.addRow(label, widget)
+        self._show_class_state()
 
         self.advanced_button = QToolButton()
         self.advanced_button.setText("Advanced")
@@ -188,7 +210,7 @@ class TrainingForm(QWidget):
             combo.currentIndexChanged.connect(self.changed)
         self.preset_combo.currentIndexChanged.connect(self._preset_changed)
         for spin in self.value_widgets():
-            if isinstance(spin, (QSpinBox, LogStepSpinBox)):
+            if isinstance(spin, (QSpinBox, QDoubleSpinBox, LogStepSpinBox)):
                 spin.valueChanged.connect(self.changed)
             elif isinstance(spin, QCheckBox):
                 spin.toggled.connect(self.changed)
@@ -196,6 +218,23 @@ class TrainingForm(QWidget):
     def value_widgets(self) -> list[QWidget]:
         """Every widget that shows a setting."""
         return [getattr(self, control) for control in FORM_CONTROLS.values()]
+
+    def set_labelled(self, labelled: bool, description: str = "") -> None:
+        """The chosen dataset has classes (``description``: its one line about them) or not; without them the class
+        controls are off, and say why."""
+        self.labelled = labelled
+        self.classes_hint.setText(description if labelled else NOT_LABELLED)
+        self._show_class_state()
+
+    def _show_class_state(self) -> None:
+        if not self.labelled and self.classes_check.isChecked():
+            self.classes_check.setChecked(False)  # toggled: back here once more, unchecked
+            return
+        self.classes_check.setEnabled(self.labelled)
+        self.label_dropout_spin.setEnabled(self.labelled and self.classes_check.isChecked())
+        why = "" if self.labelled else NOT_LABELLED
+        self.classes_check.setToolTip(why or "Train one network that is both class-conditional and unconditional "
+                                             "(the classes are the dataset's subfolders).")
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced_box.setVisible(shown)
@@ -242,6 +281,7 @@ class TrainingForm(QWidget):
         self.auto_micro_batch_check.setChecked(auto)
         for widget in widgets:
             widget.blockSignals(False)
+        self._show_class_state()  # a stored run's classes show only where the dataset has them
         self.changed.emit()
 
     def select_size(self, size: int) -> None:
