@@ -33,6 +33,7 @@ from ddpm_studio.core.explore.interpolation import (
     run_interpolation,
 )
 from ddpm_studio.core.model.store import load_model, read_model_info
+from ddpm_studio.core.sampling.guidance import check_guidance, parse_class
 from ddpm_studio.core.sampling.imaging import make_grid, make_strip, save_png, to_pil, upscale_nearest
 from ddpm_studio.core.system.devices import choose_device
 
@@ -73,7 +74,14 @@ def branch(args) -> int:
         model_path=model_path, at=args.at or fig7_steps(info.schedule.num_timesteps), num=args.num, seed=args.seed,
         sampler=args.sampler, steps=args.sampler_steps, eta=args.eta, variance=args.variance or defaults["variance"],
         clip=defaults["clip"] and not args.no_clip, device=args.device, precision=args.precision, image=args.image,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, guidance=args.guidance)
+    check_guidance(args.guidance)
+    if (args.class_choice is not None or args.guidance != 0) and not info.unet.num_classes:
+        fail(f"{info.name} is not class-conditional, so it takes no --class or --guidance.")
+    if args.guidance != 0 and args.class_choice is None:
+        fail("Guidance needs a class: give --class NAME.")
+    if args.class_choice is not None:
+        request.classes = [parse_class(info, args.class_choice)]
     request.validate(info.schedule.num_timesteps)
     check_device(args.device)
     out = output_folder(args.out)

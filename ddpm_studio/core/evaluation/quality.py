@@ -49,6 +49,7 @@ from ddpm_studio.core.evaluation.metrics import (
 )
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import LoadedModel
+from ddpm_studio.core.sampling.guidance import class_mix
 from ddpm_studio.core.sampling.imaging import to_uint8
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, run_sampling
 from ddpm_studio.core.system.devices import choose_device
@@ -82,6 +83,7 @@ class EvaluationRequest:
     inception_weights: Path | None = None
     cache_dir: Path | None = None
     record: bool = True  # append the results to model.json
+    guidance: float = 0.0  # class-conditional models: classifier-free guidance weight; samples follow the class mix
 
     def validate(self) -> None:
         unknown = [metric for metric in self.metrics if metric not in METRICS]
@@ -111,8 +113,8 @@ class EvaluationRequest:
     def default_steps(self) -> int:
         return DPM_SOLVER_STEPS if self.sampler == "dpm-solver++" else 50
 
-    def sampling_request(self, count: int, batch_index: int = 0) -> SamplingRequest:
-        return SamplingRequest(
+    def sampling_request(self, count: int, batch_index: int = 0, classes: list[int] | None = None) -> SamplingRequest:
+        return SamplingRequest(classes=classes, guidance=self.guidance,
             model_path=self.model_path, num_images=count, seed=self.seed + batch_index, sampler=self.sampler,
             steps=self.default_steps() if self.steps is None else self.steps, eta=self.eta, spacing=self.spacing,
             variance=self.variance or "fixed_large",
@@ -314,10 +316,12 @@ def sample_features(
     PNGs are, and keep only their features; progress after each reverse step and each batch."""
     pools, logits = [], []
     done = 0
+    labels = class_mix(model.info, request.num_samples)
     for batch_index, start in enumerate(range(0, request.num_samples, request.batch_size)):
         count = min(request.batch_size, request.num_samples - start)
+        classes = None if labels is None else labels[start : start + count]
         result = None
-        for event in run_sampling(request.sampling_request(count, batch_index), model):
+        for event in run_sampling(request.sampling_request(count, batch_index, classes), model):
             if isinstance(event, SampleStep):
                 yield EvaluationProgress("sampling", done, request.num_samples,
                                          f"step {event.step + 1}/{event.num_steps}")
@@ -332,6 +336,12 @@ def sample_features(
 
 
 def sampler_fields(request: EvaluationRequest, model: LoadedModel) -> dict:
+    if model.info.unet.num_classes:
+        return {**unguided_sampler_fields(request, model), "classes": "dataset mix", "guidance": request.guidance}
+    return unguided_sampler_fields(request, model)
+
+
+def unguided_sampler_fields(request: EvaluationRequest, model: LoadedModel) -> dict:
     sampling = request.sampling_request(1)
     if request.sampler == "ddim":
         return {"sampler": "ddim", "steps": sampling.steps, "eta": sampling.eta}

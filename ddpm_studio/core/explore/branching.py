@@ -19,6 +19,7 @@ from ddpm_studio.core.diffusion.process import SAMPLERS, VARIANCES, EpsModel, Ga
 from ddpm_studio.core.diffusion.samplers import sample_progressive
 from ddpm_studio.core.errors import SettingError, check_choice
 from ddpm_studio.core.model.store import LoadedModel, load_model
+from ddpm_studio.core.sampling.guidance import guided_eps_model
 from ddpm_studio.core.sampling.imaging import to_hwc, to_uint8
 from ddpm_studio.core.sampling.job import SamplingRequest, run_sampling, sampling_metadata
 from ddpm_studio.core.system.devices import PRECISIONS, choose_device, use_bf16
@@ -43,6 +44,14 @@ class BranchRequest:
     precision: str = "auto"
     image: int = 0  # which image of a Generate batch of ``batch_size`` images from ``seed`` the shared chain is
     batch_size: int = 1
+    classes: list[int] | None = None  # class-conditional: one label for all, or one per image of the batch
+    guidance: float = 0.0  # classifier-free guidance weight w
+
+    def image_class(self) -> list[int] | None:
+        """The shared chain's label, which its continuations and the unrelated reference samples keep."""
+        if self.classes is None:
+            return None
+        return [self.classes[self.image]] if len(self.classes) > 1 else list(self.classes)
 
     def validate(self, num_timesteps: int) -> None:
         check_choice("sampler", self.sampler, SAMPLERS)
@@ -156,7 +165,7 @@ def chain_request(request: BranchRequest, variance: str) -> SamplingRequest:
         model_path=request.model_path, num_images=request.batch_size, seed=request.seed, sampler=request.sampler,
         steps=request.steps or DEFAULT_DDIM_STEPS, eta=request.eta, variance=variance,
         ddpm_steps=request.steps if request.sampler == "ddpm" else None, clip=request.clip, device=request.device,
-        precision=request.precision, keep_trajectory_of=[])
+        precision=request.precision, keep_trajectory_of=[], classes=request.classes, guidance=request.guidance)
 
 
 def reference_request(request: BranchRequest, num_timesteps: int) -> SamplingRequest:
@@ -165,7 +174,7 @@ def reference_request(request: BranchRequest, num_timesteps: int) -> SamplingReq
     return SamplingRequest(
         model_path=request.model_path, num_images=request.num, seed=seed_for(request.seed, 0, 0),
         sampler="dpm-solver++", steps=min(REFERENCE_CALLS, num_timesteps), clip=request.clip, device=request.device,
-        precision=request.precision, keep_trajectory_of=[])
+        precision=request.precision, keep_trajectory_of=[], classes=request.image_class(), guidance=request.guidance)
 
 
 def prepared_model(request: BranchRequest, model: LoadedModel | None) -> LoadedModel:
@@ -227,10 +236,13 @@ def branch_row(request: BranchRequest, model: LoadedModel, step: SampleStep, ref
     t = step.t + 1
     bf16 = use_bf16(request.precision, x_t.device)
     finals = []
+    label = request.image_class()
+    eps_model = guided_eps_model(model.unet, None if label is None else torch.tensor(label, device=x_t.device),
+                                 request.guidance)
     for k in range(request.num):
         final = None
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
-            for continuation in continue_from(model.diffusion, model.unet, x_t, step.t, seed_for(request.seed, t, k),
+            for continuation in continue_from(model.diffusion, eps_model, x_t, step.t, seed_for(request.seed, t, k),
                                               request.sampler, **options):
                 final = continuation.x_prev
                 yield f"t = {t}: continuation {k + 1} of {request.num}"

@@ -15,6 +15,7 @@ from ddpm_studio.core.explore.branching import (
 from ddpm_studio.core.explore.interpolation import DEFAULT_DDIM_STEPS, InterpolationRequest
 from ddpm_studio.core.model.store import ModelInfo
 from ddpm_studio.core.sampling.cost import ExperimentCost, cpu_experiment_cost
+from ddpm_studio.core.sampling.guidance import model_passes
 
 SOLVER_STEPS = 20  # DPM-Solver++'s default model calls, as Generate uses
 
@@ -34,10 +35,13 @@ def branching_cost(request: BranchRequest, info: ModelInfo) -> ExperimentCost:
     diffusion = GaussianDiffusion(NoiseSchedule.from_config(info.schedule))
     request.validate(diffusion.num_timesteps)
     calls, per_row = branching_calls(request, diffusion)
+    passes = model_passes(request.classes, request.guidance, info.unet.num_classes)  # guided: the doubled batch
     what = "Fig. 7" if request.at == fig7_steps(diffusion.num_timesteps) else "Branching"
     rows = f"{len(per_row)} row{'s' if len(per_row) > 1 else ''}"
     detail = f"{rows} x {request.num} continuations x ~{round(sum(per_row) / len(per_row))} model calls"
-    return cpu_experiment_cost(info.unet, what, calls, detail)
+    if passes > 1:
+        detail += f", x {passes} for guidance"
+    return cpu_experiment_cost(info.unet, what, calls * passes, detail)
 
 
 def interpolation_calls(request: InterpolationRequest) -> int:

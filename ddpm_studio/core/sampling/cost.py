@@ -26,10 +26,11 @@ class SamplingCost:
     seconds_per_call: float  # one U-Net call for one image
     calls: int
     images: int
+    passes: int = 1  # 2 with classifier-free guidance: each call runs the batch twice (with its class, with null)
 
     @property
     def seconds(self) -> float:
-        return self.seconds_per_call * self.calls * self.images
+        return self.seconds_per_call * self.calls * self.images * self.passes
 
     @property
     def slow(self) -> bool:
@@ -37,7 +38,9 @@ class SamplingCost:
 
     def describe(self) -> str:
         return (f"On the CPU this takes about {format_duration(self.seconds)} ({self.seconds_per_call:.1f} s per "
-                f"model call per image, {self.calls:,} calls); a GPU, fewer DDIM steps or fewer images are faster.")
+                f"model call per image, {self.calls:,} calls"
+                + (", each of twice the batch for guidance" if self.passes > 1 else "")
+                + "); a GPU, fewer DDIM steps or fewer images are faster.")
 
 
 @functools.lru_cache(maxsize=16)
@@ -64,10 +67,11 @@ def cpu_flops_per_second() -> float:
     return repeats * 2 * 768**3 / (time.perf_counter() - start)
 
 
-def cpu_sampling_cost(config: UNetConfig, images: int, calls: int) -> SamplingCost:
-    """How long ``calls`` U-Net calls on ``images`` images take on this CPU, roughly."""
+def cpu_sampling_cost(config: UNetConfig, images: int, calls: int, passes: int = 1) -> SamplingCost:
+    """How long ``calls`` U-Net calls on ``images`` images take on this CPU, roughly; ``passes`` 2 for guidance
+    (``model_passes``)."""
     per_call = flops_per_call(config) / (cpu_flops_per_second() * CONVOLUTION_EFFICIENCY)
-    return SamplingCost(per_call, calls, images)
+    return SamplingCost(per_call, calls, images, passes)
 
 
 def format_duration(seconds: float) -> str:

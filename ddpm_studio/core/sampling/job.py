@@ -22,6 +22,7 @@ from ddpm_studio.core.diffusion.process import SAMPLERS, VARIANCES, SampleStep
 from ddpm_studio.core.diffusion.samplers import sample_progressive
 from ddpm_studio.core.errors import SettingError, check_choice
 from ddpm_studio.core.model.store import LoadedModel, load_model
+from ddpm_studio.core.sampling.guidance import check_guidance, class_names, guided_eps_model
 from ddpm_studio.core.sampling.imaging import make_grid, make_strip, save_animation, save_png, to_hwc, to_uint8
 from ddpm_studio.core.system.devices import PRECISIONS, choose_device, use_bf16
 
@@ -50,6 +51,8 @@ class SamplingRequest:
     trajectory_budget_bytes: int = DEFAULT_TRAJECTORY_BUDGET
     x_start: torch.Tensor | None = None  # model range, (N, C, H, W)
     start_t: int | None = None  # array index of x_start's timestep
+    classes: list[int] | None = None  # class-conditional models: one label per image (or one for all); None: null
+    guidance: float = 0.0  # classifier-free guidance weight w; 0: plain conditional sampling
 
     def validate(self) -> None:
         if self.num_images < 1 or self.num_images > 4096:
@@ -66,6 +69,9 @@ class SamplingRequest:
         if not 0.0 <= self.eta <= 1.0:
             raise SettingError(f"DDIM's eta must lie in [0, 1], not {self.eta}.")
         check_choice("precision", self.precision, PRECISIONS)
+        check_guidance(self.guidance)
+        if self.classes is not None and len(self.classes) not in (1, self.num_images):
+            raise SettingError(f"Give one class for all images or one per image, not {len(self.classes)}.")
 
     def describe(self) -> str:
         if self.sampler == "ddim":
@@ -162,6 +168,12 @@ def sampling_metadata(model: LoadedModel, request: SamplingRequest) -> dict[str,
     else:
         metadata.update(steps=str(min(request.ddpm_steps or math.inf, model.diffusion.num_timesteps)),
                         variance=request.variance)
+    if request.classes is not None:
+        names = class_names(model.info)
+        labels = sorted(set(request.classes))
+        metadata["class"] = ",".join(names[c] if c < len(names) else "null" for c in labels)
+        metadata["class_index"] = ",".join(str(c) for c in labels)
+        metadata["guidance"] = f"{request.guidance:g}"
     if request.start_t is not None:
         metadata["start_t"] = str(request.start_t + 1)
     return metadata
@@ -194,7 +206,11 @@ def run_sampling(request: SamplingRequest, model: LoadedModel | None = None):
         if request.ddpm_steps is not None:
             first_t = diffusion.num_timesteps - 1 if request.start_t is None else request.start_t
             options.update(num_steps=min(request.ddpm_steps, first_t + 1))
-    steps = sample_progressive(diffusion, model.unet, shape, request.sampler, **options)
+    if request.classes is not None and not model.info.unet.num_classes:
+        raise SettingError(f"{model.info.name} is not class-conditional; sample it without a class.")
+    classes = None if request.classes is None else torch.tensor(request.classes, dtype=torch.long, device=device)
+    eps_model = guided_eps_model(model.unet, classes, request.guidance)
+    steps = sample_progressive(diffusion, eps_model, shape, request.sampler, **options)
 
     recorded = (list(range(request.num_images)) if request.keep_trajectory_of is None
                 else list(request.keep_trajectory_of))
@@ -231,12 +247,24 @@ def sample_images(request: SamplingRequest, model: LoadedModel | None = None) ->
     return result
 
 
+def image_class_metadata(result: SamplingResult, index: int) -> dict[str, str]:
+    """The class of image ``index`` alone (the run's metadata lists every class of the batch)."""
+    classes = result.request.classes
+    if classes is None or len(classes) == 1:
+        return {}
+    names = result.metadata["class"].split(",")
+    indices = result.metadata["class_index"].split(",")
+    label = str(classes[index])
+    return {"class": names[indices.index(label)], "class_index": label}
+
+
 def sample_file_stem(result: SamplingResult) -> str:
     meta = result.metadata
     return f"{meta['model']}_{meta['sampler']}{meta['steps']}_seed{meta['seed']}"
 
 
-def save_samples(result: SamplingResult, out_dir: Path | str, indices: list[int] | None = None) -> list[Path]:
+def save_samples(result: SamplingResult, out_dir: Path | str, indices: list[int] | None = None,
+                 columns: int | None = None) -> list[Path]:
     """One PNG per image (text chunks: model, seed, sampler, steps...) and a grid; returns the paths, grid last."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,10 +272,14 @@ def save_samples(result: SamplingResult, out_dir: Path | str, indices: list[int]
     stem = sample_file_stem(result)
     paths = []
     for index in indices:
-        metadata = {**result.metadata, "index": str(index)}
+        metadata = {**result.metadata, "index": str(index), **image_class_metadata(result, index)}
         paths.append(save_png(out_dir / f"{stem}_{index:03d}.png", result.images[index], metadata))
-    grid = make_grid(result.images[indices])
-    paths.append(save_png(out_dir / f"{stem}_grid.png", grid, {**result.metadata, "images": str(len(indices))}))
+    grid = make_grid(result.images[indices], columns)
+    grid_metadata = {**result.metadata, "images": str(len(indices))}
+    if columns and len(result.request.classes or []) > 1:  # one row a class: name them, top to bottom
+        firsts = indices[::columns]
+        grid_metadata["rows"] = ",".join(image_class_metadata(result, index)["class"] for index in firsts)
+    paths.append(save_png(out_dir / f"{stem}_grid.png", grid, grid_metadata))
     return paths
 
 

@@ -51,6 +51,7 @@ from ddpm_studio.core.sampling.job import (
     SamplingRequest,
     SamplingResult,
     export_trajectory,
+    image_class_metadata,
     sample_file_stem,
     save_samples,
 )
@@ -58,10 +59,12 @@ from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import RateClock, counted
 from ddpm_studio.gui.jobs.workers import JobRunner
+from ddpm_studio.gui.pages.evaluate import inception_weights_setting
 from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.style import MUTED_TEXT_STYLE, WARNING_TEXT_STYLE
 from ddpm_studio.gui.widgets.branch_rows import BranchRows
 from ddpm_studio.gui.widgets.image_view import ImageView, ThumbnailGrid
+from ddpm_studio.gui.widgets.neighbours import NeighboursPanel
 from ddpm_studio.gui.widgets.sampling_panel import MAX_SEED, SamplingControls, settings_column
 from ddpm_studio.gui.widgets.timeline import Timeline
 
@@ -70,6 +73,14 @@ DETERMINISTIC_NOTE = ("Deterministic: every continuation would be the same image
                       "η > 0 to branch.")
 BRANCH_HINT = ("Click an image, move the timeline to a step t, then \"Branch from here\": N continuations "
                "from that one x_t show what is already decided at t (the paper's Fig. 7).")
+
+
+def class_of(result: SamplingResult, index: int) -> str:
+    """" · class c, w = ..." for an image of a class-conditional run, else nothing."""
+    if result.request.classes is None:
+        return ""
+    named = {**result.metadata, **image_class_metadata(result, index)}
+    return f" · class {named['class']}, w = {named['guidance']}"
 
 
 def preview_picture(event: object, kind: str) -> np.ndarray | None:
@@ -96,7 +107,7 @@ class GeneratePage(Page):
     # --- layout ----------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.sampling = SamplingControls(
-            self.context, self.jobs, "generate", "Generate", with_variance=True,
+            self.context, self.jobs, "generate", "Generate", with_variance=True, with_all_classes=True,
             steps_tooltip="DDIM's number of denoising steps, evenly spaced over t = T..1",
         )
         # The widgets by name, as the page shows them.
@@ -116,6 +127,8 @@ class GeneratePage(Page):
         self.count_spin.setValue(16)
         self.count_spin.valueChanged.connect(self._update_enabled)  # the CPU forecast depends on it
         self.sampling.steps_spin.valueChanged.connect(self._update_enabled)
+        self.sampling.class_box.currentIndexChanged.connect(self._update_enabled)  # guidance doubles the calls
+        self.sampling.guidance_slider.valueChanged.connect(self._update_enabled)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setToolTip("The same seed, model and sampler give the same images")
@@ -140,7 +153,7 @@ class GeneratePage(Page):
         self.results_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.results_hint.setEnabled(False)
         self.grid = ThumbnailGrid(thumbnail_size=96, smallest_size=48)  # smaller, when that shows every image
-        self.grid.imageActivated.connect(self.show_on_timeline)
+        self.grid.imageActivated.connect(self.image_clicked)
         self.grid.itemSelectionChanged.connect(self._update_enabled)
         self.results_stack = QStackedWidget()
         self.results_stack.addWidget(self.results_hint)
@@ -198,7 +211,11 @@ class GeneratePage(Page):
         self.timeline_panel = QWidget()
         timeline_layout = QVBoxLayout(self.timeline_panel)
         timeline_layout.setContentsMargins(0, 0, 0, 0)
-        timeline_layout.addWidget(self.timeline, 1)
+        self.neighbours = NeighboursPanel()  # beside the timeline: the clicked image's nearest training images
+        timeline_row = QHBoxLayout()
+        timeline_row.addWidget(self.timeline, 3)
+        timeline_row.addWidget(self.neighbours, 1)
+        timeline_layout.addLayout(timeline_row, 1)
         timeline_layout.addLayout(export_row)
 
         self.process_stack = QStackedWidget()
@@ -295,8 +312,8 @@ class GeneratePage(Page):
         return self.sampling.sampler()
 
     def request(self) -> SamplingRequest:
-        """What the settings ask for."""
-        return SamplingRequest(
+        """What the settings ask for (with a class-conditional model's class and w)."""
+        return self.sampling.apply_classes(SamplingRequest(
             model_path=self.model_chooser.current_path(),
             num_images=self.count_spin.value(),
             seed=self.seed_spin.value(),
@@ -305,7 +322,7 @@ class GeneratePage(Page):
             eta=self.sampling.eta(),
             variance=self.sampling.variance(),
             ddpm_steps=self.sampling.ddpm_steps(),
-        )
+        ))
 
     def _update_enabled(self) -> None:
         running = self.jobs.is_running()
@@ -411,8 +428,14 @@ class GeneratePage(Page):
                 str(result.request.model_path), result.request.seed, len(result.images)):
             self.clear_branches()  # they branch from another run's images
         images = [to_hwc(image) for image in result.images]
-        tips = [f"Image {index + 1} of {len(images)} · seed {result.metadata['seed']} · {result.request.describe()}: "
-                f"the same seed, number of images and sampler draw it again" for index in range(len(images))]
+        tips = [f"Image {index + 1} of {len(images)}{class_of(result, index)} · seed {result.metadata['seed']} · "
+                f"{result.request.describe()}: the same seed, number of images and sampler draw it again"
+                for index in range(len(images))]
+        classes = result.request.classes
+        self.grid.row_length = classes.count(classes[0]) if classes is not None and len(classes) > 1 else None
+        self.grid.row_captions = ([image_class_metadata(result, first)["class"]
+                                   for first in range(0, len(images), self.grid.row_length)]
+                                  if self.grid.row_length else [])
         self.grid.set_images(images, tips)
         self.results_stack.setCurrentWidget(self.grid)
         self._show_results_caption()
@@ -438,10 +461,19 @@ class GeneratePage(Page):
         if not self.jobs.is_running():
             self.show_process("timeline")
         self.timeline_caption.setText(f"Image {index + 1} of {len(self.result.images)}")
+        if self.result_info is not None:
+            self.neighbours.set_model(self.result_info)  # its search waits for a click (image_clicked)
         if self.grid.currentRow() != index:
             self.grid.setCurrentRow(index)
         self.timeline.setFocus()
         self._update_enabled()
+
+    def image_clicked(self, index: int) -> None:
+        """A click on a sample: it goes on the timeline, and its nearest training images are searched."""
+        self.show_on_timeline(index)
+        if self.result is not None and self.result_info is not None and 0 <= index < len(self.result.images):
+            self.neighbours.show_sample(self.result_info, self.result.images[index], f"image {index + 1}",
+                                        inception_weights_setting(self.context.settings))
 
     # --- branching: the paper's Fig. 7 -------------------------------------------------------------------
     def branch_blocker(self) -> str | None:
@@ -485,7 +517,8 @@ class GeneratePage(Page):
             sampler=sampler, steps=self.sampling.ddpm_steps() if sampler == "ddpm" else self.steps_spin.value(),
             eta=self.sampling.eta() if sampler == "ddim" else 1.0,
             variance=self.sampling.variance() if sampler == "ddpm" else None, clip=run.clip,
-            image=self.timeline.image_index, batch_size=len(self.result.images),
+            image=self.timeline.image_index, batch_size=len(self.result.images), classes=run.classes,
+            guidance=run.guidance,
         )
 
     def branch_here(self) -> JobRunner | None:
@@ -582,7 +615,7 @@ class GeneratePage(Page):
             self.set_status("Select images in the grid first (Ctrl+click for several).", error=True)
             return []
         try:
-            paths = save_samples(self.result, folder, indices)
+            paths = save_samples(self.result, folder, indices, columns=None if indices else self.grid.row_length)
         except OSError as error:
             self.set_status(f"Could not save in {folder}: {error.strerror or error}.", error=True)
             return []

@@ -140,7 +140,7 @@ class NoisingPage(Page):
                                    self.log_snr_label, (self.log_snr_plot, 1))
 
         self.sampling = SamplingControls(self.context, self.jobs, "noising", "Denoise from t", with_variance=True,
-                                         steps_tooltip="DDIM's number of steps from t down to 0")
+                                         with_classes=True, steps_tooltip="DDIM's number of steps from t down to 0")
         # The widgets by name, as the page shows them.
         self.model_chooser, self.sampler_box = self.sampling.model_chooser, self.sampling.sampler_box
         self.steps_spin, self.denoise_button = self.sampling.steps_spin, self.sampling.run_button

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QItemSelectionModel, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
-from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QSizePolicy, QWidget
+from PySide6.QtWidgets import QAbstractItemView, QLabel, QListWidget, QListWidgetItem, QSizePolicy, QWidget
+
+ROW_CAPTION_WIDTH = 110  # the column left of the rows that names them (one row per class)
 
 
 def to_qimage(array: np.ndarray) -> QImage:
@@ -99,6 +101,9 @@ class ThumbnailGrid(QListWidget):
         self.largest_size = self.thumbnail_size = thumbnail_size
         self.smallest_size = smallest_size or thumbnail_size
         self._arrays: list[np.ndarray] = []
+        self.row_length: int | None = None  # images a row, exactly (one row per class); None: as many as fit
+        self.row_captions: list[str] = []  # with row_length: the name of each row, shown left of it
+        self.caption_labels: list[QLabel] = []
         self.setViewMode(QListWidget.ViewMode.IconMode)
         self.setIconSize(QSize(thumbnail_size, thumbnail_size))
         self.setResizeMode(QListWidget.ResizeMode.Adjust)
@@ -111,12 +116,14 @@ class ThumbnailGrid(QListWidget):
                            "border: 3px solid palette(highlight); }")
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.itemClicked.connect(lambda item: self.imageActivated.emit(self.row(item)))
+        self.verticalScrollBar().valueChanged.connect(self._place_captions)
 
     def set_images(self, images: list[np.ndarray] | np.ndarray, tooltips: list[str] | None = None) -> None:
         """Replace the grid with ``images`` ((H, W, C) or (H, W) uint8 each)."""
         self.clear()
         self._arrays = list(images)
         self.thumbnail_size = self.fitting_size()
+        self._fit_row_length()
         self.setIconSize(QSize(self.thumbnail_size, self.thumbnail_size))
         for index, array in enumerate(images):
             pixmap = scaled_pixmap(array, self.thumbnail_size)
@@ -127,6 +134,7 @@ class ThumbnailGrid(QListWidget):
                 item.setToolTip(tooltips[index])
             item.setSizeHint(QSize(self.thumbnail_size + 8, self.thumbnail_size + 8))
             self.addItem(item)
+        self._place_captions()
 
     def selected_indices(self) -> list[int]:
         return sorted(self.row(item) for item in self.selectedItems())
@@ -135,20 +143,64 @@ class ThumbnailGrid(QListWidget):
         """The largest thumbnail size, in steps of 8 px from ``thumbnail_size`` down to ``smallest_size``, at which
         every image fits the grid's area without scrolling (the smallest when none does)."""
         count = len(self._arrays)
-        area = self.contentsRect()  # the viewport without a scroll bar: when all fit, there is none
+        area = self.contentsRect().adjusted(self._caption_width(), 0, 0, 0)  # without a scroll bar: none if all fit
         spacing = self.spacing()
         size = self.largest_size
         while size > self.smallest_size:
             cell = size + 8 + spacing  # an item's size hint, and the gap after it
             columns = max(1, (area.width() - spacing) // cell)
+            if self.row_length:
+                if columns < self.row_length:
+                    size = max(self.smallest_size, size - 8)
+                    continue
+                columns = self.row_length
             rows = -(-count // columns)
             if rows * cell + spacing <= area.height():
                 return size
             size = max(self.smallest_size, size - 8)
         return self.smallest_size
 
+    def _fit_row_length(self) -> None:
+        """A right margin that leaves room for exactly ``row_length`` thumbnails a row (none without one)."""
+        if not self.row_length:
+            self.setViewportMargins(0, 0, 0, 0)
+            return
+        cell = self.thumbnail_size + 8 + self.spacing()
+        left = self._caption_width()
+        spare = self.contentsRect().width() - left - (self.row_length * cell + self.spacing())
+        self.setViewportMargins(left, 0, max(0, spare - cell // 2), 0)  # half a cell spare: row_length fit, not more
+
+    def _caption_width(self) -> int:
+        return ROW_CAPTION_WIDTH if self.row_length and self.row_captions else 0
+
+    def _place_captions(self) -> None:
+        """One label left of each row's first thumbnail, vertically centred on it, moved as the grid scrolls."""
+        names = self.row_captions if self.row_length else []
+        while len(self.caption_labels) < len(names):
+            label = QLabel(self)
+            label.setObjectName("rowCaption")
+            label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            font = label.font()
+            font.setBold(True)
+            label.setFont(font)
+            self.caption_labels.append(label)
+        viewport = self.viewport().geometry()
+        for row, label in enumerate(self.caption_labels):
+            first = row * (self.row_length or 0)
+            if row >= len(names) or first >= self.count():
+                label.hide()
+                continue
+            width = ROW_CAPTION_WIDTH - 8
+            label.setText(label.fontMetrics().elidedText(names[row], Qt.TextElideMode.ElideRight, width))
+            label.setToolTip(names[row])  # the whole name, when it is elided
+            rect = self.visualItemRect(self.item(first)).translated(viewport.topLeft())
+            label.setGeometry(self.contentsRect().left(), rect.top(), width, rect.height())
+            label.setVisible(viewport.top() <= rect.center().y() <= viewport.bottom())
+
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
+        self._fit_row_length()
+        self._place_captions()
         if self._arrays and self.smallest_size < self.largest_size and self.fitting_size() != self.thumbnail_size:
             selected, current = self.selected_indices(), self.currentRow()
             self.set_images(self._arrays, [self.item(row).toolTip() for row in range(self.count())])

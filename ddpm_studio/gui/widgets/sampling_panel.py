@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QScrollArea,
+    QSlider,
     QSpinBox,
     QStyle,
     QVBoxLayout,
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 from ddpm_studio.core.diffusion.dpm_solver import DEFAULT_STEPS as DPM_SOLVER_STEPS
 from ddpm_studio.core.diffusion.process import SampleStep
 from ddpm_studio.core.sampling.cost import SamplingCost, cpu_sampling_cost
+from ddpm_studio.core.sampling.guidance import MAX_GUIDANCE, class_names, model_passes
 from ddpm_studio.core.sampling.job import SamplingRequest, SamplingResult, run_sampling
 from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
@@ -54,6 +56,9 @@ STEPS_OF_SAMPLERS = {"ddim": 50, "dpm-solver++": DPM_SOLVER_STEPS}  # the sample
 VARIANCES = (("Fixed large (σ² = β_t)", "fixed_large"), ("Fixed small (σ² = β̃_t)", "fixed_small"))
 LEARNED_VARIANCE = ("Learned (the model's σ_t²)", "learned")  # offered only for a model that learned it
 MAX_SEED = 2**31 - 1
+ALL_CLASSES = -1  # the class box's entry for a grid with one row per class
+GUIDANCE_STEPS_PER_UNIT = 10  # the slider moves w in steps of 0.1
+GUIDANCE_NOTE = "ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅); 0 is plain conditional sampling."
 COSTED_SIZE = 128  # models at least this large get a time forecast on the CPU (a 256 px call takes seconds there)
 
 
@@ -91,8 +96,10 @@ class SamplingControls:
     """The model chooser, the sampler, DDIM's steps, optionally the variance and DDPM's steps, and the run button."""
 
     def __init__(self, context: StudioContext, jobs: JobController, settings_prefix: str, run_text: str,
-                 steps_tooltip: str, with_variance: bool):
+                 steps_tooltip: str, with_variance: bool, with_classes: bool = False, with_all_classes: bool = False):
         self.context = context
+        self.with_classes = with_classes or with_all_classes  # pages whose runs take a class and w
+        self.with_all_classes = with_all_classes
         self.jobs = jobs
         self.prefix = settings_prefix
         self.model_chooser = ModelChooser(context.library, context.settings)
@@ -129,6 +136,7 @@ class SamplingControls:
                 self.variance_box.addItem(label, name)
             self.variance_box.setToolTip("The variance of each ancestral step: β_t (the paper's CIFAR-10 choice) or "
                                          "the posterior's β̃_t")
+        self._build_class_panel()
         self.run_button = QPushButton(run_text)
         self.run_button.setMinimumHeight(ACTION_BUTTON_HEIGHT)
         make_bold(self.run_button)
@@ -141,9 +149,36 @@ class SamplingControls:
         self._page_spins: dict[str, QSpinBox] = {}  # the page's own numbers kept with these settings (see keep)
         self.model_chooser.picker.modelChanged.connect(self._model_changed)
 
+    def _build_class_panel(self) -> None:
+        """The class and the guidance weight, shown only for a class-conditional model."""
+        self.class_box = QComboBox()
+        self.class_box.setToolTip("The class to generate (the model was trained on these folders)")
+        self.guidance_slider = QSlider(Qt.Orientation.Horizontal)
+        self.guidance_slider.setRange(0, int(MAX_GUIDANCE * GUIDANCE_STEPS_PER_UNIT))
+        self.guidance_slider.setPageStep(GUIDANCE_STEPS_PER_UNIT)
+        self.guidance_slider.setToolTip("Classifier-free guidance weight w: larger is more typical of the class, "
+                                        "less varied; each step costs one model call of twice the batch")
+        self.guidance_value = QLabel()
+        self.guidance_slider.valueChanged.connect(self._guidance_changed)
+        self.guidance_note = QLabel(GUIDANCE_NOTE)
+        self.guidance_note.setWordWrap(True)
+        self.guidance_note.setStyleSheet(MUTED_TEXT_STYLE)
+        guidance_row = QHBoxLayout()
+        guidance_row.addWidget(self.guidance_slider, 1)
+        guidance_row.addWidget(self.guidance_value)
+        self.class_panel = QWidget()
+        form = QFormLayout(self.class_panel)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Class", self.class_box)
+        form.addRow("Guidance", guidance_row)
+        form.addRow(self.guidance_note)
+        self._guidance_changed()
+        self.class_panel.hide()
+
     # --- layout ------------------------------------------------------------------------------------
     def sampler_form(self) -> QFormLayout:
         form = QFormLayout()
+        form.addRow(self.class_panel)
         form.addRow("Sampler", self.sampler_box)
         form.addRow(self.sampler_note)
         form.addRow("Steps", self.steps_spin)
@@ -176,6 +211,48 @@ class SamplingControls:
     def variance(self) -> str:
         return self.variance_box.currentData() if self.variance_box is not None else "fixed_large"
 
+    def guidance(self) -> float:
+        return self.guidance_slider.value() / GUIDANCE_STEPS_PER_UNIT
+
+    def chosen_class(self) -> int | None:
+        """The class index, ``ALL_CLASSES``, or None for an unconditional model."""
+        return self.class_box.currentData() if self.class_box.count() else None
+
+    def class_count(self) -> int:
+        return sum(1 for row in range(self.class_box.count()) if self.class_box.itemData(row) != ALL_CLASSES)
+
+    def apply_classes(self, request: SamplingRequest) -> SamplingRequest:
+        """Give ``request`` the chosen class and w; "All classes" makes one row of ``num_images`` per class."""
+        chosen = self.chosen_class()
+        if chosen is None:
+            return request
+        request.guidance = self.guidance()
+        if chosen == ALL_CLASSES:
+            per_class = request.num_images
+            request.classes = [label for label in range(self.class_count()) for _ in range(per_class)]
+            request.num_images = len(request.classes)
+        else:
+            request.classes = [chosen]
+        return request
+
+    def offer_classes(self, info) -> None:
+        """Fill the class box with the model's classes (keeping the chosen name), or hide it for an
+        unconditional model."""
+        names = class_names(info) if info is not None and self.with_classes else []
+        before = self.class_box.currentText()
+        self.class_box.blockSignals(True)
+        self.class_box.clear()
+        for index, name in enumerate(names):
+            self.class_box.addItem(name, index)
+        if names and self.with_all_classes:
+            self.class_box.addItem("All classes", ALL_CLASSES)
+        self.class_box.setCurrentIndex(max(0, self.class_box.findText(before)))
+        self.class_box.blockSignals(False)
+        self.class_panel.setVisible(bool(names))
+
+    def _guidance_changed(self) -> None:
+        self.guidance_value.setText(f"w = {self.guidance():.1f}")
+
     def ddpm_steps(self) -> int | None:
         """DDPM's respaced step count, None for every step."""
         if self.ddpm_steps_spin is None or self.ddpm_steps_spin.value() >= self.ddpm_steps_spin.maximum():
@@ -196,6 +273,7 @@ class SamplingControls:
         if info is not None:
             self.set_max_steps(info.schedule.num_timesteps)
             self.offer_learned_variance(info.unet.learned_variance)
+        self.offer_classes(info)
 
     def offer_learned_variance(self, learned: bool) -> None:
         """Offer "learned" only for a model that learned its variance (its sampling defaults then choose it)."""
@@ -219,6 +297,8 @@ class SamplingControls:
         self.run_button.setEnabled(not running and can_run)
         self.model_chooser.setEnabled(not running)
         self.sampler_box.setEnabled(not running)
+        self.class_box.setEnabled(not running)
+        self.guidance_slider.setEnabled(not running)
 
     def show_cost(self, images: int, start_t: int | None = None) -> None:
         """Forecast, in the background, how long a run takes when a large model would sample on the CPU."""
@@ -229,13 +309,17 @@ class SamplingControls:
         steps = start_t + 1 if start_t is not None else info.schedule.num_timesteps
         calls = min(self.steps_spin.value(), steps) if self.sampler() in STEPS_OF_SAMPLERS else steps
         config = info.unet
+        chosen = self.chosen_class()
+        passes = model_passes(None if chosen is None else [chosen], self.guidance())  # guided: twice the batch
+        if chosen == ALL_CLASSES:
+            images *= self.class_count()
         if config in self._costed:  # only arithmetic left: no thread needed
-            self._show_cost_result(cpu_sampling_cost(config, images, calls))
+            self._show_cost_result(cpu_sampling_cost(config, images, calls, passes))
             return
         self._costed.add(config)
 
         def estimate():
-            yield cpu_sampling_cost(config, images, calls)
+            yield cpu_sampling_cost(config, images, calls, passes)
 
         self.estimates.run(estimate, on_event=self._show_cost_result)
 
@@ -253,8 +337,9 @@ class SamplingControls:
                                    "DPM-Solver++'s model calls: 10 for a quick look, 20-25 for the finished images")
 
     def _model_changed(self, _path) -> None:
-        """A model brings its own sampling variance (an imported model's scheduler chose it)."""
+        """A model brings its own sampling variance (an imported model's scheduler chose it), and its classes."""
         info = self.model_chooser.current_info()
+        self.offer_classes(info)
         if info is not None and self.variance_box is not None:
             self.variance_box.setCurrentIndex(max(0, self.variance_box.findData(info.sampling_defaults["variance"])))
 
@@ -280,6 +365,13 @@ class SamplingControls:
         model = settings.value(f"{prefix}/model", "")
         if model and Path(model).is_dir():
             self.model_chooser.picker.select(model)
+        try:
+            self.guidance_slider.setValue(int(settings.value(f"{prefix}/guidance", 0)))
+        except (TypeError, ValueError):
+            pass  # a damaged settings file: keep 0
+        chosen = self.class_box.findText(str(settings.value(f"{prefix}/class", "")))
+        if chosen >= 0:
+            self.class_box.setCurrentIndex(chosen)
         for name, spin in self._page_spins.items():
             spin.setValue(int(settings.value(f"{prefix}/{name}", spin.value())))
 
@@ -298,6 +390,9 @@ class SamplingControls:
         settings.setValue(f"{prefix}/ddim_steps", self._steps_of["ddim"])
         settings.setValue(f"{prefix}/dpm_solver_steps", self._steps_of["dpm-solver++"])
         settings.setValue(f"{prefix}/eta", self.eta())
+        settings.setValue(f"{prefix}/guidance", self.guidance_slider.value())
+        if self.class_box.count():
+            settings.setValue(f"{prefix}/class", self.class_box.currentText())
         if self.variance_box is not None:
             settings.setValue(f"{prefix}/variance", self.variance())
             settings.setValue(f"{prefix}/ddpm_steps", self.ddpm_steps_spin.value())
@@ -334,6 +429,8 @@ class SamplingControls:
         info = self.model_chooser.current_info()
         if info is not None:
             request.clip = info.sampling_defaults["clip"]  # the model's own (an import's scheduler chose it)
+        if request.classes is None and request.x_start is not None:  # denoise-from-t: "turn this into class c"
+            self.apply_classes(request)
         self.model_chooser.clear_error()
         return self.jobs.run(
             lambda: beside_a_window(run_sampling(request)), name=name, status=status, progress_format="%v of %m steps",
