@@ -101,6 +101,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-activations", action="store_const", const=True,
                         help="recompute the residual blocks' activations in the backward pass: less memory, "
                              "more compute")
+    parser.add_argument("--classes", action="store_const", const=True,
+                        help="condition on the dataset's class subfolders (a class-conditional model that is also "
+                             "unconditional, for guided sampling)")
+    parser.add_argument("--label-dropout", type=number, metavar="P",
+                        help="with --classes: the share of labels dropped to the null label (default 0.1)")
     parser.add_argument("--tensorboard", type=Path, metavar="DIR",
                         help="also log loss, learning rate, images/s and previews to TensorBoard in DIR "
                              "(needs the 'tensorboard' extra)")
@@ -142,6 +147,17 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-clip", action="store_true", help="don't clip x0_hat to [-1, 1]")
 
 
+def add_class_options(parser: argparse.ArgumentParser, all_classes: bool = True) -> None:
+    """A class-conditional model's class and classifier-free guidance weight."""
+    parser.add_argument("--class", dest="class_choice", metavar="NAME|INDEX",
+                        help="class-conditional models: generate this class")
+    if all_classes:
+        parser.add_argument("--all-classes", action="store_true",
+                            help="class-conditional models: a grid with one row of --num images per class")
+    parser.add_argument("--guidance", type=number, default=0.0, metavar="W",
+                        help="guidance weight w in [0, 10]: (1 + w) eps(x_t, c) - w eps(x_t, null) (default 0)")
+
+
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     default = choices.SAMPLING_DEFAULTS
     parser.add_argument("model", help=MODEL_HELP)
@@ -151,6 +167,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=choices.PRECISIONS, default="auto",
                         help="auto (default): bf16 autocast where the GPU or CPU has it natively, else fp32")
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
+    add_class_options(parser)
     parser.add_argument("--trajectory", choices=choices.TRAJECTORY_KINDS, action="append",
                         help="also save the trajectory of the first image (repeatable)")
     add_device_option(parser)
@@ -163,11 +180,23 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the model's own dataset)")
     parser.add_argument("--nll", action="store_true",
                         help="negative log-likelihood bound L_0 + sum L_t-1 + L_T in bits/dim, with its standard error")
+    parser.add_argument("--rate-distortion", action="store_true",
+                        help="rate (bits/dim) and distortion (RMSE of x0_hat) along the reverse chain, as the "
+                             "paper's Table 4, with three PNG plots; shares one pass with --nll")
+    parser.add_argument("--figures", type=Path,
+                        help="--rate-distortion: folder for the PNG plots (default: the model folder)")
     parser.add_argument("--fid", action="store_true", help="Fréchet Inception Distance of samples (lower is better)")
     parser.add_argument("--kid", action="store_true", help="Kernel Inception Distance, mean ± std over subsets")
     parser.add_argument("--is", action="store_true", dest="inception_score", help="Inception Score (higher is better)")
-    parser.add_argument("--num", type=whole_number, default=10_000,
-                        help="FID/KID/IS: samples to draw (default 10000; FID wants 2048 or more)")
+    parser.add_argument("--guidance", type=number, default=0.0, metavar="W",
+                        help="class-conditional models: guidance weight of the samples, which follow the dataset's "
+                             "class mix (default 0)")
+    parser.add_argument("--memorization", action="store_true",
+                        help="does it copy its training images? nearest-training-image distances of --num "
+                             "samples against those of the held-out images DATA, a copies count, the closest pairs")
+    parser.add_argument("--num", type=whole_number,
+                        help=f"samples to draw: FID/KID/IS (default {choices.QUALITY_SAMPLES}; FID wants 2048 or "
+                             f"more), --memorization (default {choices.MEMORIZATION_SAMPLES})")
     parser.add_argument("--num-images", type=whole_number, default=64,
                         help="NLL: images to evaluate, picked with --seed (default 64)")
     parser.add_argument("--timesteps", default="all",
@@ -232,6 +261,7 @@ def add_branch_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the size of that batch, as 'sample --num' made it (default {default['batch_size']})")
     add_explore_sampler_options(parser, "--steps", default)
     parser.add_argument("--out", type=Path, default=Path("branching"), help="output folder (default ./branching)")
+    add_class_options(parser, all_classes=False)
 
 
 def add_interpolate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -276,6 +306,12 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="the diffusers folder")
     parser.add_argument("--name", help="model name (default: the source folder's name)")
     parser.add_argument("--out", type=Path, help="model folder to write (default: the user models folder / NAME)")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("out", type=Path, help="folder to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -355,6 +391,10 @@ COMMANDS = (
             "import a diffusers-format DDPM (e.g. the google/ddpm-* folders) as a model folder", add_import_arguments,
             "Import a diffusers-format DDPM from a local folder (config.json at the top or under unet/, "
             "diffusion_pytorch_model.safetensors or .bin, an optional scheduler_config.json). Nothing is downloaded."),
+    Command("export", "export", "export a model in diffusers' format (DDPMPipeline.from_pretrained loads it)",
+            add_export_arguments,
+            "Write a model's EMA weights and schedule as a diffusers DDPMPipeline folder (model_index.json, unet/, "
+            "scheduler/), written whole or not at all."),
     Command("explore", "explore", "the paper's experiments: branch (Fig. 7) and interpolate (Figs. 8 and 9)",
             add_explore_arguments,
             "The paper's experiments on any model: 'explore branch' shows how much of a sample is decided at step t, "

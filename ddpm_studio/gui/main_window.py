@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTa
 
 from ddpm_studio import __version__
 from ddpm_studio.core.data.cache import cache_dir, clear_cache, list_cache_entries
+from ddpm_studio.core.model.exporter import ExportResult, export_job
 from ddpm_studio.core.model.importer import (
     ImportFinished,
     ImportProgress,
@@ -57,6 +58,7 @@ class MainWindow(QMainWindow):
         self.settings = settings or QSettings("DDPM Studio", "DDPM Studio")
         self.library = library or ModelLibrary()
         self.imports = JobController(self, "import", with_controls=False)  # diffusers folders, off the GUI thread
+        self.exports = JobController(self, "export", with_controls=False)  # likewise, the other way
         self.context = StudioContext(self.settings, self.library, self.show_message)
 
         self.tabs = QTabWidget()
@@ -112,7 +114,11 @@ class MainWindow(QMainWindow):
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
-        for action in (open_dataset, open_model, open_image):
+        self.export_model_action = QAction("&Export model…", self)
+        self.export_model_action.setToolTip("Write the Generate page's model in diffusers' format "
+                                            "(DDPMPipeline.from_pretrained loads it).")
+        self.export_model_action.triggered.connect(self.choose_export)
+        for action in (open_dataset, open_model, open_image, self.export_model_action):
             file_menu.addAction(action)
         file_menu.addSeparator()
         self.clear_cache_action = QAction("Clear dataset &cache…", self)
@@ -155,6 +161,44 @@ class MainWindow(QMainWindow):
         self.generate_page.select_model(info.path)
         self.show_message(f"Opened model {info.name}.")
         return True
+
+    def choose_export(self) -> None:
+        """Export the Generate page's model to a chosen folder, in diffusers' format, in a worker thread."""
+        model = self.generate_page.model_chooser.current_path()
+        if model is None:
+            QMessageBox.information(self, "Export model", "Open or train a model first; File > Export model… "
+                                                          "writes the model chosen on the Generate page.")
+            return
+        start = self.settings.value("last_export_dir", str(Path.home()))
+        folder = QFileDialog.getExistingDirectory(self, f"Export {model.name} to a new or empty folder", start)
+        if not folder:
+            return
+        out = Path(folder)
+        self.settings.setValue("last_export_dir", str(out.parent))
+        overwrite = False
+        if out.is_dir() and any(out.iterdir()):
+            answer = QMessageBox.question(
+                self, "Export model", f"{out} is not empty. Replace what it holds with the export of {model.name}?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+            overwrite = True
+
+        def finished(event) -> None:
+            if isinstance(event, ExportResult):
+                self.show_message(f"Exported {model.name} to {event.path}.")
+                QMessageBox.information(
+                    self, "Model exported",
+                    f"Wrote {model.name} in diffusers' format to {event.path}. Load it with "
+                    f"diffusers.DDPMPipeline.from_pretrained(\"{event.path}\").")
+
+        def failed(message: str) -> None:
+            self.show_message("")
+            QMessageBox.warning(self, "Cannot export model", message)
+
+        self.show_message(f"Exporting {model.name}…", 0)
+        self.exports.run(lambda: export_job(model, out, overwrite), name=f"export {model.name}",
+                         on_event=finished, on_error=failed)
 
     def import_model(self, source: Path) -> None:
         """Import a diffusers-format folder into the user models folder in a worker thread, then open it."""

@@ -212,7 +212,7 @@ UNSUPPORTED_UNET = [
     ("_class_name", "UNet2DConditionModel"), ("center_input_sample", True), ("time_embedding_type", "fourier"),
     ("flip_sin_to_cos", True), ("freq_shift", 0), ("mid_block_type", None), ("mid_block_scale_factor", 2),
     ("downsample_type", "resnet"), ("upsample_type", "resnet"), ("resnet_time_scale_shift", "scale_shift"),
-    ("add_attention", False), ("class_embed_type", "timestep"), ("num_class_embeds", 10), ("act_fn", "gelu"),
+    ("add_attention", False), ("class_embed_type", "timestep"), ("num_class_embeds", 2), ("act_fn", "gelu"),
     ("norm_eps", 1e-5), ("downsample_padding", 2), ("attention_head_dim", 8), ("attn_norm_num_groups", 16),
     ("time_embedding_dim", 100), ("out_channels", 9), ("in_channels", 4), ("norm_num_groups", 12),
     ("block_out_channels", [16, 24, 32, 32]), ("down_block_types", ["DownBlock2D", "CrossAttnDownBlock2D",

@@ -174,6 +174,8 @@ def unet_config_from_diffusers(config: dict, source: Path | str = CONFIG_NAME) -
         attention_resolutions=tuple(size // 2**i for i in attention_levels), dropout=float(c["dropout"]),
         norm_groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
         learned_variance=c["out_channels"] == 2 * c["in_channels"],
+        # The last of diffusers' num_class_embeds rows is taken as the null label, as an export writes it.
+        num_classes=(c["num_class_embeds"] or 1) - 1,
     )
     try:
         unet.validate()
@@ -204,8 +206,7 @@ def check_fixed_unet_settings(c: dict, source: Path | str) -> None:
         "upsample_type": ("conv", "this U-Net upsamples with nearest neighbours and a convolution"),
         "resnet_time_scale_shift": ("default", "this U-Net adds the time embedding in its residual blocks"),
         "add_attention": (True, "this U-Net has attention in its middle block"),
-        "class_embed_type": (None, "this U-Net is not class-conditional"),
-        "num_class_embeds": (None, "this U-Net is not class-conditional"),
+        "class_embed_type": (None, "this U-Net's classes are a plain embedding table (num_class_embeds)"),
     }
     for name, (value, why) in required.items():
         if c[name] != value or isinstance(c[name], bool) != isinstance(value, bool):  # 1 is not True here
@@ -214,6 +215,9 @@ def check_fixed_unet_settings(c: dict, source: Path | str) -> None:
         raise refuse("act_fn", "this U-Net uses Swish (silu)")
     if not isinstance(c["norm_eps"], (int, float)) or not math.isclose(c["norm_eps"], 1e-6, rel_tol=1e-9):
         raise refuse("norm_eps", "this U-Net's GroupNorm has the paper's eps of 1e-6")
+    classes = c["num_class_embeds"]
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 3):
+        raise refuse("num_class_embeds", "a class-conditional U-Net here has at least 2 classes and a null row (3)")
     if c["downsample_padding"] not in (0, 1):
         raise refuse("downsample_padding", "only 0 (TensorFlow 'SAME', the paper's) or 1 can be imported")
 
@@ -356,7 +360,7 @@ def diffusers_names(studio_name: str, layers_per_block: int) -> list[str]:
     L = layers_per_block
     parts = studio_name.split(".")
     top = {"input_conv": "conv_in", "output_norm": "conv_norm_out", "output_conv": "conv_out",
-           "time_mlp": "time_embedding"}
+           "time_mlp": "time_embedding", "class_embedding": "class_embedding"}
     if parts[0] == "time_mlp":
         return [f"time_embedding.{ {'0': 'linear_1', '2': 'linear_2'}[parts[1]] }.{parts[2]}"]
     if parts[0] in top:
@@ -517,6 +521,8 @@ def import_diffusers(
     yield ImportProgress("writing", 0, 1)
     digest = digest_future.result()
     info = imported_model_info(parts, root, out, unet, scheduler, digest, size, command)
+    if unet.num_classes:
+        info.extra["classes"] = imported_classes(root, unet.num_classes)
     write_model_folder(out, info, tensors)
     yield ImportProgress("writing", 1, 1)
     yield ImportFinished(out, model_store.read_model_info(out), size, time.monotonic() - started)
@@ -600,6 +606,22 @@ def imported_model_info(parts: DiffusersFolder, root: Path, out: Path, unet: UNe
             },
         },
     )
+
+
+MARKER_NAME = "studio.json"  # written by an export beside model_index.json; diffusers ignores it
+
+
+def imported_classes(root: Path, num_classes: int) -> dict:
+    """The class names an export's marker file records, else "class 0".."class N-1"; the training counts of a
+    foreign model are unknown, so "counts" is None."""
+    names = [f"class {i}" for i in range(num_classes)]
+    marker = root / MARKER_NAME
+    if marker.is_file():
+        recorded = read_json_object(marker).get("classes")
+        if (isinstance(recorded, list) and len(recorded) == num_classes
+                and all(isinstance(n, str) for n in recorded)):
+            names = recorded
+    return {"names": names, "counts": None}
 
 
 def convert_state_dict(tensors: dict[str, torch.Tensor], config: UNetConfig, source: Path | str = "the weights",
