@@ -18,6 +18,8 @@ IMAGE_CHANNELS = (1, 3)  # core.data.folders.SUPPORTED_CHANNELS
 TRAJECTORY_KINDS = ("gif", "webp", "strip")  # core.sampling.job.TRAJECTORY_KINDS
 INCEPTION = "inception-v3-compat"  # core.evaluation.metrics.INCEPTION
 LIBRARY_REFERENCES = ("cifar10-train",)  # core.evaluation.quality.LIBRARY_REFERENCES
+QUALITY_SAMPLES = 10_000  # core.evaluation.quality.EvaluationRequest().num_samples: FID, KID and IS
+MEMORIZATION_SAMPLES = 1_000  # core.evaluation.memorization.DEFAULT_SAMPLES
 
 # TrainingConfig()'s values of the settings whose default the help names.
 TRAINING_DEFAULTS = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ddpm_studio.core.diffusion.losses import normal_kl
-from ddpm_studio.core.diffusion.process import EpsModel, GaussianDiffusion, extract
+from ddpm_studio.core.diffusion.process import EpsModel, GaussianDiffusion, extract, split_model_output
 
 
 def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
@@ -43,3 +43,26 @@ def vb_term_of_model(
     """``GaussianDiffusion.vb_term`` at x_t = q_sample(x0, t, noise): one model call, one term per image (nats)."""
     x_t = diffusion.q_sample(x0, t, noise)
     return diffusion.vb_term(diffusion.model_output(model, x_t, t), x0, x_t, t, variance, clip)
+
+
+def vb_term_and_x0_error(
+    diffusion: GaussianDiffusion,
+    model: EpsModel,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    variance: str,
+    clip: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bound's term at t (nats per image) and the mean squared error per pixel of
+    x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t) against x0 (model units; clipped to [-1, 1]
+    with ``clip``, as the receiver's image),
+    from the same x_t and the same model call: the likelihood and the rate-distortion curve share this pass."""
+    x_t = diffusion.q_sample(x0, t, noise)
+    output = diffusion.model_output(model, x_t, t)
+    terms = diffusion.vb_term(output, x0, x_t, t, variance, clip)
+    eps_hat, _ = split_model_output(output, x0.shape[1])
+    x0_hat = diffusion.predict_x0_from_eps(x_t, t, eps_hat)
+    if clip:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+    return terms, (x0_hat - x0).square().flatten(1).mean(1)

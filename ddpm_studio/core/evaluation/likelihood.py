@@ -5,6 +5,9 @@ with every timestep, or estimated without bias from K timesteps t > 1 drawn at r
 replacement (their sum scaled by (T - 1) / K) while L_0 and L_T are always exact. One x_t is
 drawn per term. The reported standard error is that of the mean over images, so it covers
 both the choice of images and, with K, the choice of timesteps.
+
+The same model call at each (image, t) also gives x0_hat, whose RMSE against x_0 on the [0, 255] scale
+is the distortion of the rate-distortion curve (``rate_distortion.py``): one pass yields both.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import torch
 
 from ddpm_studio.core.data.folders import scan_images, to_model_range, usable_scan
 from ddpm_studio.core.diffusion.losses import bits_per_dim
-from ddpm_studio.core.diffusion.variational_bound import prior_kl, vb_term_of_model
+from ddpm_studio.core.diffusion.variational_bound import prior_kl, vb_term_and_x0_error
 from ddpm_studio.core.errors import SettingError
 from ddpm_studio.core.model.store import LoadedModel, load_model
 from ddpm_studio.core.system.devices import choose_device
 
 NLL_METRIC = "nll_bpd"
+PIXEL_SCALE = 127.5  # model units [-1, 1] to the [0, 255] scale of the paper's distortion
 
 
 @dataclass
@@ -58,6 +62,9 @@ class LikelihoodProgress:
     total: int
     images_done: int
     per_timestep_bpd: np.ndarray
+    per_timestep_rmse: np.ndarray  # mean over images of the RMSE of x0_hat at t on [0, 255] (NaN: none yet)
+    per_timestep_rmse_se: np.ndarray  # its standard error over images (NaN with fewer than 2)
+    prior_bpd: float  # L_T of the images done so far (NaN: none yet)
 
 
 @dataclass
@@ -71,6 +78,8 @@ class LikelihoodResult:
     prior_bpd: float  # L_T
     per_timestep_bpd: np.ndarray  # (T,): L_0 at index 0, L_{t-1} at index t - 1
     per_image_bpd: np.ndarray
+    per_timestep_rmse: np.ndarray  # (T,): RMSE of x0_hat from x_t at index t - 1, [0, 255] scale, mean over images
+    per_timestep_rmse_se: np.ndarray  # (T,): its standard error over images
     num_images: int
     timesteps: int | None
     variance: str
@@ -145,12 +154,23 @@ def evaluate_likelihood(
 
     term_sums = np.zeros(T)
     term_counts = np.zeros(T)
+    rmse_sums = np.zeros(T)
+    rmse_square_sums = np.zeros(T)
     decoder, kl, prior = [], [], []
     done = 0
 
     def per_timestep() -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return bits_per_dim(term_sums / term_counts, dims)
+
+    def distortion() -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = rmse_sums / term_counts
+            variance = (rmse_square_sums - term_counts * mean**2) / (term_counts - 1)
+            return mean, np.sqrt(np.maximum(variance, 0.0) / term_counts)
+
+    def prior_so_far() -> float:
+        return float(bits_per_dim(torch.cat(prior), dims).mean()) if prior else math.nan
 
     for start in range(0, len(images), request.batch_size):
         x0 = to_model_range(images[start:start + request.batch_size]).to(device)
@@ -162,15 +182,19 @@ def evaluate_likelihood(
             t = column.to(device)
             noise = torch.randn(x0.shape, generator=noise_generator, device=device)
             with torch.inference_mode():
-                terms = vb_term_of_model(diffusion, model.unet, x0, t, noise, variance, request.clip)
+                terms, squared_error = vb_term_and_x0_error(diffusion, model.unet, x0, t, noise, variance,
+                                                            request.clip)
             terms = terms.double().cpu()
+            rmse = PIXEL_SCALE * squared_error.double().cpu().sqrt().numpy()
             is_decoder = column == 0
             batch_decoder += torch.where(is_decoder, terms, 0.0)
             batch_kl += torch.where(is_decoder, 0.0, terms)
             np.add.at(term_sums, column.numpy(), terms.numpy())
             np.add.at(term_counts, column.numpy(), 1)
+            np.add.at(rmse_sums, column.numpy(), rmse)
+            np.add.at(rmse_square_sums, column.numpy(), rmse**2)
             done += batch
-            yield LikelihoodProgress(done, total, start, per_timestep())
+            yield LikelihoodProgress(done, total, start, per_timestep(), *distortion(), prior_so_far())
         with torch.inference_mode():
             prior.append(prior_kl(diffusion, x0).double().cpu())
         decoder.append(batch_decoder)
@@ -184,7 +208,7 @@ def evaluate_likelihood(
     standard_error = float(per_image.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     yield LikelihoodResult(
         float(per_image.mean()), standard_error, float(decoder_bpd.mean()), float(kl_bpd.mean()),
-        float(prior_bpd.mean()), per_timestep(), per_image, n, request.timesteps, variance, request.clip,
+        float(prior_bpd.mean()), per_timestep(), per_image, *distortion(), n, request.timesteps, variance, request.clip,
         model.info.step,
     )
 

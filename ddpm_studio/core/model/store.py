@@ -281,6 +281,21 @@ def describe_evaluation(record: dict) -> str:
         if all(isinstance(record.get(k), (int, float)) for k in ("L_0", "sum_L_t-1", "L_T")):
             text += f" (L_0 {record['L_0']:.3f} + ΣL_t-1 {record['sum_L_t-1']:.3f} + L_T {record['L_T']:.4f})"
         details = [f"{record.get('n')} images", f"t: {record.get('timesteps', 'all')}"]
+    elif metric == "memorization_copies" and isinstance(value, (int, float)):  # the nearest-neighbour copies share
+        text = f"Copies {value:.1%} of samples nearer a training image than the held-out 5th percentile"
+        if isinstance(record.get("threshold"), (int, float)):
+            text += f" ({record['threshold']:.2f} RMS on [0, 255])"
+        features = record.get("features")
+        if isinstance(features, dict) and isinstance(features.get("value"), (int, float)):
+            text += f"; by {features.get('extractor', 'features')}: {features['value']:.1%}"
+        details = [f"{record.get('n')} samples"]
+    elif metric == "rate_distortion" and isinstance(record.get("table"), list):  # evaluation/rate_distortion.py
+        text = "Rate-distortion " + ", ".join(
+            f"{row['reverse_steps']}: {row['rate_bpd']:.3f} bpd / {row['distortion_rmse']:.1f}"
+            for row in record["table"][::3]) + " (reverse steps: rate / RMSE)"
+        details = [f"{record.get('n')} images", f"t: {record.get('timesteps', 'all')}"]
+        if record.get("null_label"):
+            details.append("null label")
     elif metric in SAMPLE_METRIC_NAMES and isinstance(value, (int, float)):  # FID, KID, IS of the model's samples
         std = record.get("std")
         text = f"{SAMPLE_METRIC_NAMES[metric]} {value:.4g}" + (f" ± {std:.2g}" if isinstance(std, (int, float)) else "")

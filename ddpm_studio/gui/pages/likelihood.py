@@ -4,6 +4,11 @@ It runs ``core.likelihood`` in the page's job (progress, Stop) and plots the per
 L_{t-1} against t as they arrive: the paper's rate picture (Ho et al. 2020, section 4.3). The
 result is appended to the model's ``model.json`` in the worker, and the library is refreshed so
 that the model's tooltip, and the Evaluate page's history, show it.
+
+The same pass gives the rate-distortion curve along the reverse chain (section 4.3, Fig. 5), drawn in
+the second tab from the same progress events, so a stopped job keeps its partial curves. Its cursor
+shows x_t and x0_hat of one held-out image; that model call runs in a second, quiet job (one call of
+the ddpm-cifar10 preset takes about 0.3 s on one CPU thread, too slow for the GUI thread while dragging).
 """
 
 from __future__ import annotations
@@ -23,25 +28,33 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from ddpm_studio.core.data.folders import ScanProgress
+from ddpm_studio.core.data.folders import ScanProgress, ScanResult
 from ddpm_studio.core.evaluation.likelihood import (
     LikelihoodProgress,
     LikelihoodRequest,
     LikelihoodResult,
+    choose_images,
     evaluate_likelihood_of_folder,
 )
+from ddpm_studio.core.evaluation.rate_distortion import NULL_LABEL_NOTE, rate_distortion_curve, rate_distortion_of
+from ddpm_studio.core.evaluation.receiver import ReceiverView, prior_bpd, receiver_job
 from ddpm_studio.core.model import store as model_store
-from ddpm_studio.core.system.devices import beside_a_window
+from ddpm_studio.core.model.store import LoadedModel, load_model
+from ddpm_studio.core.sampling.imaging import to_hwc
+from ddpm_studio.core.system.devices import beside_a_window, choose_device
 from ddpm_studio.gui.context import StudioContext
 from ddpm_studio.gui.formatting import counted
+from ddpm_studio.gui.jobs.controller import JobController
 from ddpm_studio.gui.pages.page import Page
 from ddpm_studio.gui.style import ACTION_BUTTON_HEIGHT, MUTED_TEXT_STYLE, make_bold
 from ddpm_studio.gui.widgets.loss_plot import show_plot_frame
 from ddpm_studio.gui.widgets.model_chooser import ModelChooser
+from ddpm_studio.gui.widgets.rate_distortion_plots import RateDistortionPanel
 from ddpm_studio.gui.widgets.sampling_panel import settings_column
 
 TIMESTEP_CHOICES = (("Every timestep (exact sum)", "all"), ("K random t per image (unbiased)", "sampled"))
@@ -50,8 +63,11 @@ VARIANCE_CHOICES = (("The model's own", None), ("Fixed large (β_t)", "fixed_lar
 
 
 def evaluation_job(model_path: Path, data: Path, request: LikelihoodRequest):
-    """The evaluation's events; its result is recorded in the model folder before it is passed on."""
-    for event in evaluate_likelihood_of_folder(model_path, [data], request):
+    """The evaluation's events; first the loaded model (the cursor's view uses it too), and the result is
+    recorded in the model folder before it is passed on."""
+    model = load_model(model_path, choose_device(request.device))
+    yield model
+    for event in evaluate_likelihood_of_folder(model_path, [data], request, model):
         if isinstance(event, LikelihoodResult):
             model_store.append_evaluation(model_path, event.record(str(data.resolve())))
         yield event
@@ -139,6 +155,14 @@ class LikelihoodPage(Page):
         super().__init__(context, parent, job_name="likelihood")
         self.result: LikelihoodResult | None = None
         self._every_timestep = True
+        # the cursor's x_t and x0_hat: one model call at a time, the newest step asked for next
+        self.view_jobs = JobController(self, "rate-distortion view", with_controls=False)
+        self._view_model: LoadedModel | None = None
+        self._held_out = None  # the image the cursor shows, uint8 (C, H, W), from the scan
+        self._evaluated = None  # the images the pass evaluates
+        self._first_batch: tuple[float, int] | None = None  # L_T (bits/dim) and size of the pass's first batch
+        self._pending_step: int | None = None
+        self.receiver: ReceiverView | None = None
         self._build()
         self._restore_settings()
         self._update_enabled()
@@ -201,9 +225,15 @@ class LikelihoodPage(Page):
         self.history_label.setWordWrap(True)
         self.history_label.setStyleSheet(MUTED_TEXT_STYLE)
         self.plot = RatePlot()
+        self.rate_distortion = RateDistortionPanel()
+        self.rate_distortion.stepChanged.connect(self._on_step)
+        self.plot_tabs = QTabWidget()
+        self.plot_tabs.setDocumentMode(True)
+        self.plot_tabs.addTab(self.plot, "Terms per timestep")
+        self.plot_tabs.addTab(self.rate_distortion, "Rate–distortion (Fig. 5)")
         right = QVBoxLayout()
         right.addWidget(self.result_label)
-        right.addWidget(self.plot, 1)
+        right.addWidget(self.plot_tabs, 1)
         right.addWidget(self.history_label)
 
         column = settings_column(self, right)
@@ -256,6 +286,9 @@ class LikelihoodPage(Page):
             self.k_spin.setMaximum(max(1, info.schedule.num_timesteps - 1))
             records = [model_store.describe_evaluation(r) for r in model_store.evaluations(info)[-5:]]
             self.history_label.setText("Recorded: " + "\n".join(records) if records else "No evaluation recorded yet.")
+        conditional = info is not None and info.unet.num_classes > 0
+        self.rate_distortion.set_note(f"Note: {NULL_LABEL_NOTE}; so is the rate-distortion curve." if conditional
+                                      else "")
         self._update_enabled()
 
     def request(self) -> LikelihoodRequest:
@@ -285,6 +318,9 @@ class LikelihoodPage(Page):
         self.result = None
         self._every_timestep = request.timesteps is None
         self.plot.clear_terms()
+        self.rate_distortion.clear()
+        self._view_model = self._held_out = self._evaluated = self._first_batch = self.receiver = None
+        self._pending_step = None
         self.result_label.setText("Evaluating…")
         return self.run_job(
             lambda: beside_a_window(evaluation_job(model_path, data, request)), status=f"Reading the images in {data}…",
@@ -299,13 +335,67 @@ class LikelihoodPage(Page):
         self.jobs.show_progress(event.done, event.total)
         self.jobs.set_status(f"{event.done:,} of {event.total:,} terms ({counted(event.images_done, 'image')} done).")
         self.plot.show_terms(event.per_timestep_bpd, self._every_timestep)
+        self._show_rate_distortion(event)
 
     def _on_event(self, event) -> None:
-        if isinstance(event, LikelihoodResult):
+        if isinstance(event, LoadedModel):
+            self._view_model = event
+            self._on_step_ready()
+        elif isinstance(event, ScanResult) and len(event.images):
+            request = self.request()
+            self._evaluated = choose_images(event.images, request.num_images, request.seed)
+            self._held_out = self._evaluated[0]  # the first image evaluated
+            self.rate_distortion.show_original(to_hwc(self._held_out))
+            self._on_step_ready()
+        elif isinstance(event, LikelihoodResult):
             self.result = event
             self.jobs.finish_progress()
             self.plot.show_terms(event.per_timestep_bpd, self._every_timestep)
+            self._show_rate_distortion(event)
             self.result_label.setText(describe_result(event))
+
+    def _show_rate_distortion(self, event) -> None:
+        curve = rate_distortion_of(event)
+        if curve is None and np.isfinite(event.per_timestep_bpd).any() and self._first_batch_prior() is not None:
+            # the pass reports L_T after each batch; within the first one it is this closed form of the same images
+            prior, images = self._first_batch_prior()
+            curve = rate_distortion_curve(event.per_timestep_bpd, prior, event.per_timestep_rmse,
+                                          event.per_timestep_rmse_se, images)
+        if curve is not None:
+            self.rate_distortion.show_curve(curve)
+
+    def _first_batch_prior(self) -> tuple[float, int] | None:
+        """L_T in bits/dim of the pass's first batch, as ``evaluate_likelihood`` computes it, and its size."""
+        if self._first_batch is None and self._view_model is not None and self._evaluated is not None:
+            first = self._evaluated[:self.request().batch_size]
+            self._first_batch = prior_bpd(self._view_model, first), len(first)
+        return self._first_batch
+
+    # --- the cursor's view -----------------------------------------------------------------------------
+    def _on_step(self, steps: int) -> None:
+        """The cursor moved: compute its view now, or after the one being computed."""
+        self._pending_step = steps
+        self._on_step_ready()
+
+    def _on_step_ready(self) -> None:
+        if not self.view_jobs.is_running():
+            self._start_view()
+
+    def _start_view(self) -> None:
+        steps = self._pending_step
+        if steps is None or self._view_model is None or self._held_out is None:
+            return  # kept until the model and the image have come
+        self._pending_step = None
+        model, image = self._view_model, self._held_out
+        self.view_jobs.run(lambda: beside_a_window(receiver_job(model, image, steps)), on_event=self._on_view,
+                           on_error=self._on_view_error, on_done=lambda _stopped: self._start_view())
+
+    def _on_view(self, view: ReceiverView) -> None:
+        self.receiver = view
+        self.rate_distortion.show_receiver(view.steps, view.noisy, view.estimate)
+
+    def _on_view_error(self, message: str) -> None:
+        self.jobs.set_status(f"Could not show the receiver's view: {message}", error=True)
 
     def _on_done(self, stopped: bool) -> None:
         if self.result is not None:
@@ -314,7 +404,8 @@ class LikelihoodPage(Page):
             self._on_model_changed(None)
         elif stopped:
             self.jobs.set_status("Stopped; nothing was recorded.")
-            self.result_label.setText("Stopped before the end: the partial per-t terms are shown, no total.")
+            self.result_label.setText("Stopped before the end: the partial per-t terms and rate–distortion curves "
+                                      "are shown, no total.")
 
 
 def describe_result(result: LikelihoodResult) -> str:
