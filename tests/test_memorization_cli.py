@@ -90,6 +90,27 @@ def test_refusals_are_one_sentence(place, case, capsys):
     assert expected in lines[0], lines[0]
 
 
+def test_training_images_stand_in_for_a_folder_that_is_gone(place, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(place["empty"]))
+    args = [str(place["orphan"]), str(place["held-out"]), "--memorization", "--num", "3", "--steps", "2",
+            "--batch-size", "4"]
+    assert cli.main(["evaluate", *args]) == 2
+    assert "--training-images FOLDER" in capsys.readouterr().err
+    status = cli.main(["evaluate", *args, "--training-images", str(place["train"])])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    # the held-out row is the pixel RMS of each held-out image to its nearest image of the folder given
+    train = [e for e in open_cached_dataset([place["train"]], 16, 3)][-1].images.numpy().astype(np.float64)
+    held = [e for e in open_cached_dataset([place["held-out"]], 16, 3)][-1].images.numpy().astype(np.float64)
+    rms = np.sqrt(((held[:, None] - train[None]) ** 2).mean(axis=(2, 3, 4))).min(1)
+    reference_row = next(line for line in captured.out.splitlines() if line.startswith("held-out (12)"))
+    assert f"p50 {np.percentile(rms, 50):6.2f}" in reference_row, reference_row
+    record = json.loads((place["orphan"] / "model.json").read_text())["evaluations"][-1]
+    assert record["training_images"] == [str(place["train"])]
+    assert cli.main(["evaluate", *args, "--training-images", str(place["empty"] / "nowhere")]) == 2
+    assert "No folder of training images at" in capsys.readouterr().err
+
+
 def test_with_the_standin_extractor_feature_neighbours_are_reported_and_recorded(place, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(place["empty"]))
     status = cli.main(["evaluate", str(place["model"]), str(place["held-out"]), "--memorization", "--num", "4",

@@ -194,6 +194,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memorization", action="store_true",
                         help="does it copy its training images? nearest-training-image distances of --num "
                              "samples against those of the held-out images DATA, a copies count, the closest pairs")
+    parser.add_argument("--training-images", type=Path, action="append", metavar="FOLDER",
+                        help="--memorization: the training images, where model.json records no folder (the "
+                             "procedural demo data) or the folder has moved; may be repeated")
     parser.add_argument("--num", type=whole_number,
                         help=f"samples to draw: FID/KID/IS (default {choices.QUALITY_SAMPLES}; FID wants 2048 or "
                              f"more), --memorization (default {choices.MEMORIZATION_SAMPLES})")

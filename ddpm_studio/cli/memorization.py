@@ -63,7 +63,8 @@ def report_memorization(args, model_path: Path, model) -> int:
     else:
         features = FeatureSpace(extractor, feature_space_name(extractor_name), batch_size=batch_size, device=device)
         print(f"Nearest neighbours by pixels and by {features.name}.")
-    events = memorization_of_model(model, [args.data], template, num, batch_size, device, features=features)
+    events = memorization_of_model(model, [args.data], template, num, batch_size, device, features=features,
+                                   training_folders=args.training_images)
     bar = None
     training = None
     result = None
@@ -108,7 +109,9 @@ def report_memorization(args, model_path: Path, model) -> int:
     print(f"Closest pairs by pixels (sample | nearest training image): {grid}")
     if not args.no_record:
         record = {**result.record(), "n": len(result.sample_distances), "sampler": template.describe(),
-                  "data": str(args.data), "date": now_iso(), "model_step": model.info.step, "grid": str(grid)}
+                  "data": str(args.data),
+                  **({"training_images": [str(p) for p in args.training_images]} if args.training_images else {}),
+                  "date": now_iso(), "model_step": model.info.step, "grid": str(grid)}
         model_store.append_evaluation(model_path, record)
         print(f"Recorded in {model_path / model_store.CONFIG_FILE}")
     return 0 if result.complete else EXIT_INTERRUPTED

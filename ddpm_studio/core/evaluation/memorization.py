@@ -331,11 +331,11 @@ def training_paths(info: ModelInfo) -> list[Path]:
     paths = [Path(p) for p in info.dataset.get("paths", [])]
     if not paths:
         raise DatasetError(f"{info.path} does not record the folders it was trained on, so its training images "
-                           "cannot be searched.")
+                           "cannot be searched; give them with --training-images FOLDER.")
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise DatasetError(f"The training dataset folder {missing[0]} is gone, so the training images cannot be "
-                           "searched.")
+                           "searched; give them with --training-images FOLDER.")
     return paths
 
 
@@ -385,13 +385,21 @@ def memorization_of_model(
     model, held_out_paths: list[Path], template: SamplingRequest, num_samples: int, batch_size: int = 100,
     device: torch.device | str = "cpu", memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     sample_batch: SampleBatch | None = None, features: FeatureSpace | None = None,
+    training_folders: list[Path] | None = None,
 ) -> Iterator[MemorizationProgress | CachedScanResult | MemorizationResult]:
     """The whole job for a model: the training set and the held-out images through the cache (and, with
     ``features``, the training images' features from it), then ``run_memorization``. Yields the training set's
-    ``CachedScanResult`` (for the grid) before searching."""
+    ``CachedScanResult`` (for the grid) before searching. ``training_folders`` stand in for the folders model.json
+    records (a model trained on the procedural demo data, or whose folder has moved)."""
     info = model.info
     channels, image_size, _ = model.image_shape
-    paths = training_paths(info)
+    if training_folders:
+        paths = [Path(p) for p in training_folders]
+        for path in paths:
+            if not path.is_dir():
+                raise DatasetError(f"No folder of training images at {path}.")
+    else:
+        paths = training_paths(info)
     for path in held_out_paths:
         if not Path(path).is_dir():
             raise DatasetError(f"No folder of held-out images at {path}.")
