@@ -355,6 +355,9 @@ def add_demo_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=whole_number, default=choices.DEMO_SIZE,
                         help=f"image size (default {choices.DEMO_SIZE})")
     parser.add_argument("--seed", type=whole_number, default=0)
+    parser.add_argument("--classes", action="store_true",
+                        help="one subfolder per shape (circle, square, triangle): a labelled dataset for "
+                             "train --classes")
 
 
 # --- the command line -----------------------------------------------------------------------------

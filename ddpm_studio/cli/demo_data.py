@@ -16,7 +16,7 @@ def run(args) -> int:
     bar = None
     paths: list[Path] = []
     try:
-        for event in write_demo_dataset(args.out, args.count, args.size, args.seed):
+        for event in write_demo_dataset(args.out, args.count, args.size, args.seed, args.classes):
             if isinstance(event, DemoDataset):
                 paths = event.paths
                 continue
@@ -26,5 +26,5 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"Wrote {len(paths)} images to {args.out}")
+    print(f"Wrote {len(paths)} images to {args.out}" + (", one subfolder per shape" if args.classes else ""))
     return 0

@@ -150,6 +150,43 @@ def test_write_demo_dataset_refuses_a_folder_holding_a_subfolder(tmp_path):
     assert [entry.name for entry in tmp_path.iterdir()] == ["cats"]
 
 
+def test_demo_data_by_shape_is_the_same_images_labelled_by_their_shape(tmp_path, capsys):
+    from ddpm_studio import cli
+    from ddpm_studio.core.data.demo import iter_demo_images
+    from ddpm_studio.core.data.folders import scan_images
+
+    out_dir = tmp_path / "shapes"
+    assert cli.main(["demo-data", str(out_dir), "--count", "30", "--size", "16", "--seed", "4", "--classes"]) == 0
+    assert "one subfolder per shape" in capsys.readouterr().out
+    specs = [spec for _image, spec in iter_demo_images(30, 16, 4)]
+    flat = make_demo_images(30, size=16, seed=4)
+    for index, spec in enumerate(specs):
+        with Image.open(out_dir / spec.shape / f"shape_{index:05d}.png") as image:
+            assert np.array_equal(np.asarray(image), flat[index])
+    assert "--classes" in (out_dir / "README.txt").read_text(encoding="utf-8")
+    result = [event for event in scan_images([out_dir], 16)][-1]
+    assert result.class_names == sorted(set(spec.shape for spec in specs))
+    counts = Counter(spec.shape for spec in specs)
+    assert result.class_counts() == [counts[name] for name in result.class_names]
+
+
+def test_a_flat_demo_dataset_replaces_a_labelled_one_and_back(tmp_path):
+    create_demo_dataset(tmp_path, count=9, size=16, seed=1, by_shape=True)
+    assert {entry.name for entry in tmp_path.iterdir() if entry.is_dir()} == set(SHAPES)
+    paths = create_demo_dataset(tmp_path, count=4, size=16, seed=2)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == sorted([p.name for p in paths] + ["README.txt"])
+    paths = create_demo_dataset(tmp_path, count=6, size=16, seed=3, by_shape=True)
+    assert sorted(tmp_path.rglob("*.png")) == sorted(paths) and not list(tmp_path.glob("*.png"))
+
+
+def test_a_shape_named_subfolder_with_a_users_file_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "circle").mkdir()
+    (tmp_path / "circle" / "my_circle.png").write_bytes(b"a user's file")
+    with pytest.raises(ValueError, match="already holds other files"):
+        create_demo_dataset(tmp_path, count=3, size=16, by_shape=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["circle", "circle/my_circle.png"]
+
+
 # --- image statistics ----------------------------------------------------------------
 
 

@@ -192,6 +192,13 @@ def demo_file_name(index: int) -> str:
     return f"shape_{index:05d}.png"
 
 
+def _is_own_entry(path: Path) -> bool:
+    """A file ``write_demo_dataset`` wrote, or a shape subfolder of a labelled demo dataset holding only those."""
+    if path.is_dir() and path.name in SHAPES:
+        return all(_is_own_file(entry) and entry.name != README_NAME for entry in path.iterdir())
+    return _is_own_file(path)
+
+
 def _is_own_file(path: Path) -> bool:
     """Whether ``path`` is something ``write_demo_dataset`` wrote (and may therefore replace)."""
     if not path.is_file():
@@ -204,12 +211,14 @@ def _is_own_file(path: Path) -> bool:
     return False
 
 
-def _readme_text(count: int, size: int, seed: int) -> str:
+def _readme_text(count: int, size: int, seed: int, by_shape: bool = False) -> str:
     return (
         f"{README_FIRST_LINE}\n\n"
         f"{count} images of {size}x{size} pixels, seed {seed}.\n"
         "Each shows one coloured circle, square or triangle on a plain or gradient background.\n"
-        "They were drawn by DDPM Studio's own code (ddpm_studio/core/demo_data.py); nothing was downloaded.\n"
+        + ("They sit in one subfolder per shape, so the folder is labelled: train on it with --classes.\n"
+           if by_shape else "") +
+        "They were drawn by DDPM Studio's own code (ddpm_studio/core/data/demo.py); nothing was downloaded.\n"
         "The same seed and count always give the same images, so this folder can be deleted and made again.\n"
     )
 
@@ -241,8 +250,11 @@ def write_demo_dataset(
     count: int = DEFAULT_DEMO_COUNT,
     size: int = DEFAULT_DEMO_SIZE,
     seed: int = 0,
+    by_shape: bool = False,
 ) -> Iterator[DemoProgress | DemoDataset]:
     """Write the demo images as ``out_dir/shape_00000.png`` ... plus a README.txt, yielding progress.
+    With ``by_shape`` each image goes to the subfolder of its shape (``out_dir/circle/shape_00003.png``): the same
+    images, labelled by their shape, a dataset for training with classes.
 
     Yields a ``DemoProgress`` after each image, then one ``DemoDataset``. The folder is
     created if needed. A folder that holds anything besides an earlier demo dataset is
@@ -258,7 +270,7 @@ def write_demo_dataset(
         raise SettingError(f"Cannot write the demo dataset to {out_dir}: it is a file, not a folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = list(out_dir.iterdir())
-    foreign = [entry for entry in existing if not _is_own_file(entry)]
+    foreign = [entry for entry in existing if not _is_own_entry(entry)]
     if foreign:
         raise SettingError(
             f"Cannot write the demo dataset to {out_dir}: the folder already holds other files "
@@ -266,27 +278,35 @@ def write_demo_dataset(
         )
 
     paths: list[Path] = []
-    for index, (image, _spec) in enumerate(iter_demo_images(count, size, seed)):
-        path = out_dir / demo_file_name(index)
+    for index, (image, spec) in enumerate(iter_demo_images(count, size, seed)):
+        path = (out_dir / spec.shape if by_shape else out_dir) / demo_file_name(index)
+        path.parent.mkdir(exist_ok=True)
         atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"), durable=False)
         paths.append(path)
         yield DemoProgress(index + 1, count)
-    readme_text = _readme_text(count, size, seed)
+    readme_text = _readme_text(count, size, seed, by_shape)
     atomic_write(out_dir / README_NAME, lambda temporary: temporary.write_text(readme_text, encoding="utf-8"),
                  durable=False)
 
     written = set(paths) | {out_dir / README_NAME}
-    for entry in existing:
-        if entry not in written and entry.exists():
-            entry.unlink()  # an earlier, larger demo run or an interrupted write
+    for entry in existing:  # an earlier, larger (or differently laid out) demo run, or an interrupted write
+        if entry.is_dir():
+            for inner in list(entry.iterdir()):
+                if inner not in written:
+                    inner.unlink()
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        elif entry not in written and entry.exists():
+            entry.unlink()
     yield DemoDataset(out_dir, paths)
 
 
 def create_demo_dataset(
-    out_dir: Path | str, count: int = DEFAULT_DEMO_COUNT, size: int = DEFAULT_DEMO_SIZE, seed: int = 0
+    out_dir: Path | str, count: int = DEFAULT_DEMO_COUNT, size: int = DEFAULT_DEMO_SIZE, seed: int = 0,
+    by_shape: bool = False,
 ) -> list[Path]:
     """Run ``write_demo_dataset`` to the end; return the PNG paths."""
     result = None
-    for event in write_demo_dataset(out_dir, count, size, seed):
+    for event in write_demo_dataset(out_dir, count, size, seed, by_shape):
         result = event
     return result.paths
