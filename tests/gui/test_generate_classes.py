@@ -57,6 +57,7 @@ def test_a_class_and_a_weight_draw_that_class_guided(qtbot, window, tmp_path):
                                              classes=[1], guidance=2.1)).images
     assert np.array_equal(page.result.images.numpy(), expected.numpy())
     assert "class squares, w = 2.1" in page.grid.item(0).toolTip()
+    assert page.timeline_caption.text() == "Image 1 of 3 · class squares, w = 2.1"
     # The timeline shows that run's trajectory, and Branch from here keeps its class and w.
     assert np.array_equal(page.timeline.x_t_view.image(), page.result.images[0].permute(1, 2, 0).numpy())
     branch = page.branch_request([10])

@@ -460,7 +460,7 @@ class GeneratePage(Page):
         self.timeline.set_trajectory(self.result.trajectory, index)
         if not self.jobs.is_running():
             self.show_process("timeline")
-        self.timeline_caption.setText(f"Image {index + 1} of {len(self.result.images)}")
+        self.timeline_caption.setText(f"Image {index + 1} of {len(self.result.images)}{class_of(self.result, index)}")
         if self.result_info is not None:
             self.neighbours.set_model(self.result_info)  # its search waits for a click (image_clicked)
         if self.grid.currentRow() != index:
