@@ -144,3 +144,19 @@ def test_a_model_whose_dataset_is_gone_says_so_in_one_line(qtbot, window, tiny_m
     qtbot.waitUntil(lambda: not panel.jobs.is_running(), timeout=30_000)
     text = panel.jobs.status_label.text()
     assert "is gone" in text and "\n" not in text and panel.result is None and panel.list.count() == 0
+
+
+def test_a_labelled_training_folder_names_each_neighbour_with_its_class_folder(qtbot, window, tiny_model, tmp_path):
+    dataset = tmp_path / "labelled"
+    for index, image in enumerate(make_demo_images(12, size=16, seed=6)):
+        folder = dataset / ("even" if index % 2 == 0 else "odd")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:02d}.png")
+    page = generated(qtbot, window, model_trained_on(tiny_model, tmp_path, dataset), count=2, seed=3)
+    panel = page.neighbours
+    click_image(qtbot, page, 0)
+    qtbot.waitUntil(lambda: not panel.jobs.is_running(), timeout=30_000)
+    rows = [panel.list.item(row).text() for row in range(1, panel.list.count())]
+    expected = [f"{path.parent.name}/{path.name}" for path in panel.result.files]
+    assert [row.split(" · ")[0].split(". ", 1)[1] for row in rows] == expected
+    assert all(name.split("/")[0] in ("even", "odd") for name in expected)

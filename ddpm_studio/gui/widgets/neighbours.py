@@ -46,12 +46,22 @@ def records_training_set(info: ModelInfo) -> bool:
     return bool(info.dataset.get("paths"))
 
 
+def shown_name(path: Path, roots: list[Path]) -> str:
+    """A training file as the list names it: its path inside the dataset folder it came from, so that a labelled
+    folder's class shows (``square/0374.png``); the bare name when it is in none of them."""
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.name
+
+
 class NeighboursPanel(QWidget):
     """Click a sample: its ``NEIGHBOURS`` nearest training images by pixels (and by Inception features where the
     weights are), nearest first, with distances and file names."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        self._roots: list[Path] = []  # the dataset folders of the model searched, for the names shown
         self.jobs = JobController(self, "nearest training images")
         self.title = QLabel("Nearest training images")
         self.note = QLabel(CLICK_HINT)
@@ -102,6 +112,7 @@ class NeighboursPanel(QWidget):
         self.result = self.feature_result = None
         self.list.clear()
         self.title.setText(f"Nearest training images of {label}")
+        self._roots = [Path(root) for root in info.dataset.get("paths", [])]
         self.note.setText(SEARCH_NOTE)
         self.note.setToolTip("")
         self._show_controls(True)
@@ -137,7 +148,7 @@ class NeighboursPanel(QWidget):
         self.list.addItem(header)
         for index, (image, path, distance) in enumerate(zip(event.images, event.files, event.distances)):
             item = QListWidgetItem(QIcon(scaled_pixmap(to_hwc(image), THUMBNAIL)),
-                                   f"{index + 1}. {path.name} · {distance:.1f}")
+                                   f"{index + 1}. {shown_name(path, self._roots)} · {distance:.1f}")
             item.setToolTip(f"{path}\n{distance:.3f} {event.unit}")
             self.list.addItem(item)
 
