@@ -4,9 +4,12 @@
 
 It writes dataset.png (after scanning 300 demo images), train.png (the small preset mid-run on
 them), generate.png (16 DDPM samples from the demo model, one on the timeline part-way),
-noising.png (the sample picture at t = 300, denoised from there by the demo model) and
-likelihood.png (the demo model's likelihood bound on 4 held-out demo images, every timestep).
-PAGE names limit it to some of them (dataset, train, generate, noising, likelihood). Settings and
+noising.png (the sample picture at t = 300, denoised from there by the demo model),
+likelihood.png (the demo model's likelihood bound on 4 held-out demo images, every timestep),
+rate_distortion_window.png (the same pass on the Rate-distortion tab, the cursor after 900 reverse steps),
+dataset_classes.png (300 demo images in one subfolder per shape) and generate_classes.png (the
+class-conditional shapes model, All classes, w = 3).
+PAGE names limit it to some of them (dataset, train, generate, noising, likelihood, classes). Settings and
 new models go to a temporary folder, so nothing of the user's is touched.
 """
 
@@ -24,7 +27,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 def main() -> int:
     out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
-    pages = set(sys.argv[2:]) or {"dataset", "train", "generate", "noising", "likelihood"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pages = set(sys.argv[2:]) or {"dataset", "train", "generate", "noising", "likelihood", "classes"}
     scratch = Path(tempfile.mkdtemp(prefix="ddpm-shots-"))
     os.environ["DDPM_STUDIO_MODELS"] = str(scratch / "models")
 
@@ -47,6 +51,8 @@ def main() -> int:
         shoot_noising(app, window, out_dir)
     if "likelihood" in pages:
         shoot_likelihood(app, window, scratch, out_dir)
+    if "classes" in pages:
+        shoot_classes(app, window, scratch, out_dir)
 
     window.confirm_close = False
     window.close()
@@ -130,6 +136,46 @@ def shoot_likelihood(app, window, scratch: Path, out_dir: Path) -> None:
     wait_until(app, lambda: evaluate.runner is None, timeout_s=3600)
     settle(app, 1.0)
     window.grab().save(str(out_dir / "likelihood.png"))
+
+    panel = evaluate.rate_distortion  # the same pass, read as Fig. 5, the receiver's view after 900 steps
+    evaluate.plot_tabs.setCurrentWidget(panel)
+    panel.set_step(900)
+    wait_until(app, lambda: evaluate.receiver is not None and evaluate.receiver.steps == 900
+               and not evaluate.view_jobs.is_running(), timeout_s=120)
+    settle(app, 1.0)
+    window.grab().save(str(out_dir / "rate_distortion_window.png"))
+
+
+def shoot_classes(app, window, scratch: Path, out_dir: Path) -> None:
+    from ddpm_studio.core.data.demo import create_demo_dataset
+    from ddpm_studio.gui.widgets.sampling_panel import GUIDANCE_STEPS_PER_UNIT
+
+    data = scratch / "labelled-shapes"
+    create_demo_dataset(data, count=300, seed=3, by_shape=True)
+    page = window.dataset_page
+    window.tabs.setCurrentWidget(page)
+    page.scan([data])
+    wait_until(app, lambda: not page.is_scanning() and window.train_page.dataset is not None)
+    settle(app)
+    window.grab().save(str(out_dir / "dataset_classes.png"))
+
+    generate = window.generate_page
+    window.tabs.setCurrentWidget(generate)
+    generate.select_model(Path(__file__).resolve().parents[1] / "models" / "shapes")
+    sampling = generate.sampling
+    sampling.class_box.setCurrentIndex(sampling.class_box.count() - 1)  # All classes
+    sampling.guidance_slider.setValue(3 * GUIDANCE_STEPS_PER_UNIT)
+    generate.sampler_box.setCurrentIndex(generate.sampler_box.findData("ddim"))
+    generate.steps_spin.setValue(50)
+    generate.count_spin.setValue(6)
+    generate.seed_spin.setValue(1)
+    generate.generate()
+    wait_until(app, lambda: generate.runner is None)
+    generate.grid.setCurrentRow(7)
+    generate.grid.imageActivated.emit(7)
+    generate.timeline.set_frame(int(generate.timeline.frame_count() * 0.8))
+    settle(app)
+    window.grab().save(str(out_dir / "generate_classes.png"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ class CursorPlot(pg.PlotWidget):
         self.showGrid(x=True, y=True, alpha=0.25)
         self.setLabel("bottom", x_label)
         self.setLabel("left", y_label)
+        for side in ("bottom", "left"):  # bits/dim as bits/dim: no "(x0.001)" rescaling of small rates
+            self.getAxis(side).enableAutoSIPrefix(False)
         self.setTitle(title, color="#333", size="9pt")
         self.setMouseEnabled(x=False, y=False)  # a drag moves the cursor, not the view
         self.hideButtons()
