@@ -59,8 +59,10 @@ def test_evaluate_shows_bits_per_dim_plots_the_terms_and_records_them(qtbot, pan
     assert list(t_decoder) == [1.0] and l0[0] == pytest.approx(result.per_timestep_bpd[0])
     t_sampled, _ = panel.plot.samples.getOriginalDataset()
     assert 0 < len(t_sampled) <= 4 * 5 and t_sampled.min() >= 2  # only the drawn t > 1
-    record = json.loads((fixed_model / model_store.CONFIG_FILE).read_text())["evaluations"][-1]
+    record, curve = json.loads((fixed_model / model_store.CONFIG_FILE).read_text())["evaluations"][-2:]
     assert record["metric"] == "nll_bpd" and record["n"] == 4 and record["timesteps"] == 5
+    # the same pass's rate-distortion curve, as evaluate --nll --rate-distortion records it
+    assert curve["metric"] == "rate_distortion" and curve["n"] == 4 and curve["timesteps"] == 5
     picker = panel.model_chooser.picker
     assert "NLL" in picker.itemData(picker.currentIndex(), 3)  # the library's tooltip
     assert "NLL" in panel.history_label.text() and panel.evaluate_button.isEnabled()

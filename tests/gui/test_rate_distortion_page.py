@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
@@ -153,3 +154,28 @@ def test_a_class_conditional_model_says_its_curve_is_of_the_null_label(page, win
     window.library.refresh()
     assert page.model_chooser.select(folder)
     assert not panel.note_label.isHidden() and NULL_LABEL_NOTE in panel.note_label.text()
+
+
+def test_held_out_images_of_another_resolution_get_the_bound_and_one_sentence_instead_of_a_curve(
+        qtbot, page, tmp_path):
+    import json
+
+    from ddpm_studio.core.data.demo import make_demo_images
+    from ddpm_studio.core.model import store as model_store
+
+    larger = tmp_path / "larger"
+    larger.mkdir()
+    for index, image in enumerate(make_demo_images(3, size=24, seed=9)):
+        Image.fromarray(image).save(larger / f"{index}.png")
+    page.data_edit.setText(str(larger))
+    page.count_spin.setValue(3)
+    before = len(model_store.evaluations(page.model_chooser.current_info()))
+    assert page.evaluate() is not None
+    qtbot.waitUntil(lambda: page.runner is None, timeout=120_000)
+    panel = page.rate_distortion
+    assert page.result is not None and panel.curve is None  # the bound, and no curve
+    assert not panel.note_label.isHidden()
+    assert "No rate-distortion curve: 0.png is 24x24 but this model works at 16x16" in panel.note_label.text()
+    records = json.loads((page.model_chooser.current_path() / model_store.CONFIG_FILE).read_text())["evaluations"]
+    assert [r["metric"] for r in records[before:]] == ["nll_bpd"]
+    assert page.receiver is None  # no receiver's view of an image the curve refused

@@ -14,6 +14,7 @@ the ddpm-cifar10 preset takes about 0.3 s on one CPU thread, too slow for the GU
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,13 @@ from ddpm_studio.core.evaluation.likelihood import (
     choose_images,
     evaluate_likelihood_of_folder,
 )
-from ddpm_studio.core.evaluation.rate_distortion import NULL_LABEL_NOTE, rate_distortion_curve, rate_distortion_of
+from ddpm_studio.core.errors import UserError
+from ddpm_studio.core.evaluation.rate_distortion import (
+    NULL_LABEL_NOTE,
+    check_held_out_images,
+    rate_distortion_curve,
+    rate_distortion_of,
+)
 from ddpm_studio.core.evaluation.receiver import ReceiverView, prior_bpd, receiver_job
 from ddpm_studio.core.model import store as model_store
 from ddpm_studio.core.model.store import LoadedModel, load_model
@@ -62,14 +69,35 @@ VARIANCE_CHOICES = (("The model's own", None), ("Fixed large (β_t)", "fixed_lar
                     ("Fixed small (β̃_t)", "fixed_small"))
 
 
+@dataclass
+class NoRateDistortion:
+    """The held-out images are not of the model's resolution or channel count: the bound is still measured (on
+    the images as training would decode them), the rate-distortion curve is not (``why``, one sentence)."""
+
+    why: str
+
+
 def evaluation_job(model_path: Path, data: Path, request: LikelihoodRequest):
-    """The evaluation's events; first the loaded model (the cursor's view uses it too), and the result is
-    recorded in the model folder before it is passed on."""
+    """The evaluation's events; first the loaded model (the cursor's view uses it too). The bound, and the
+    rate-distortion curve of the same pass, are recorded in the model folder before the result is passed on,
+    as ``evaluate --nll --rate-distortion`` records them."""
     model = load_model(model_path, choose_device(request.device))
     yield model
+    curve_possible = True
     for event in evaluate_likelihood_of_folder(model_path, [data], request, model):
+        if isinstance(event, ScanResult) and len(event.images):
+            try:
+                check_held_out_images(event, model.image_shape)
+            except UserError as error:
+                curve_possible = False
+                yield NoRateDistortion(str(error))
         if isinstance(event, LikelihoodResult):
-            model_store.append_evaluation(model_path, event.record(str(data.resolve())))
+            where = str(data.resolve())
+            model_store.append_evaluation(model_path, event.record(where))
+            curve = rate_distortion_of(event) if curve_possible else None
+            if curve is not None:
+                model_store.append_evaluation(model_path, curve.record(
+                    where, event.timesteps, model.info.step, null_label=bool(model.info.unet.num_classes)))
         yield event
 
 
@@ -161,6 +189,7 @@ class LikelihoodPage(Page):
         self._held_out = None  # the image the cursor shows, uint8 (C, H, W), from the scan
         self._evaluated = None  # the images the pass evaluates
         self._first_batch: tuple[float, int] | None = None  # L_T (bits/dim) and size of the pass's first batch
+        self._no_curve: str | None = None  # why this pass draws no rate-distortion curve
         self._pending_step: int | None = None
         self.receiver: ReceiverView | None = None
         self._build()
@@ -287,8 +316,10 @@ class LikelihoodPage(Page):
             records = [model_store.describe_evaluation(r) for r in model_store.evaluations(info)[-5:]]
             self.history_label.setText("Recorded: " + "\n".join(records) if records else "No evaluation recorded yet.")
         conditional = info is not None and info.unet.num_classes > 0
-        self.rate_distortion.set_note(f"Note: {NULL_LABEL_NOTE}; so is the rate-distortion curve." if conditional
-                                      else "")
+        notes = [f"No rate-distortion curve: {self._no_curve} The bound is still measured."] if self._no_curve else []
+        if conditional:
+            notes.append(f"Note: {NULL_LABEL_NOTE}; so is the rate-distortion curve.")
+        self.rate_distortion.set_note(" ".join(notes))
         self._update_enabled()
 
     def request(self) -> LikelihoodRequest:
@@ -321,6 +352,8 @@ class LikelihoodPage(Page):
         self.rate_distortion.clear()
         self._view_model = self._held_out = self._evaluated = self._first_batch = self.receiver = None
         self._pending_step = None
+        self._no_curve = None
+        self._on_model_changed(None)  # the tab's note, back to the model's own
         self.result_label.setText("Evaluating…")
         return self.run_job(
             lambda: beside_a_window(evaluation_job(model_path, data, request)), status=f"Reading the images in {data}…",
@@ -344,9 +377,14 @@ class LikelihoodPage(Page):
         elif isinstance(event, ScanResult) and len(event.images):
             request = self.request()
             self._evaluated = choose_images(event.images, request.num_images, request.seed)
-            self._held_out = self._evaluated[0]  # the first image evaluated
-            self.rate_distortion.show_original(to_hwc(self._held_out))
-            self._on_step_ready()
+            if not self._no_curve:  # no receiver's view of images the curve refused
+                self._held_out = self._evaluated[0]  # the first image evaluated
+                self.rate_distortion.show_original(to_hwc(self._held_out))
+                self._on_step_ready()
+        elif isinstance(event, NoRateDistortion):
+            self._no_curve = event.why
+            self.rate_distortion.clear()
+            self._on_model_changed(None)  # the tab's note says why
         elif isinstance(event, LikelihoodResult):
             self.result = event
             self.jobs.finish_progress()
@@ -355,6 +393,8 @@ class LikelihoodPage(Page):
             self.result_label.setText(describe_result(event))
 
     def _show_rate_distortion(self, event) -> None:
+        if self._no_curve:
+            return
         curve = rate_distortion_of(event)
         if curve is None and np.isfinite(event.per_timestep_bpd).any() and self._first_batch_prior() is not None:
             # the pass reports L_T after each batch; within the first one it is this closed form of the same images
