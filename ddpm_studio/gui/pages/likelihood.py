@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from ddpm_studio.core.data.folders import ScanProgress, ScanResult
+from ddpm_studio.core.errors import UserError
 from ddpm_studio.core.evaluation.likelihood import (
     LikelihoodProgress,
     LikelihoodRequest,
@@ -42,7 +43,6 @@ from ddpm_studio.core.evaluation.likelihood import (
     choose_images,
     evaluate_likelihood_of_folder,
 )
-from ddpm_studio.core.errors import UserError
 from ddpm_studio.core.evaluation.rate_distortion import (
     NULL_LABEL_NOTE,
     check_held_out_images,
