@@ -14,9 +14,11 @@ from ddpm_studio.core.model.unet import PRESETS, UNet
 CLASS_NAMES = ["circles", "squares", "stripes"]
 
 
-def write_class_model(folder: Path, seed: int = 0, num_timesteps: int = 20, image_size: int = 16) -> Path:
+def write_class_model(folder: Path, seed: int = 0, num_timesteps: int = 20, image_size: int = 16,
+                      learned_variance: bool = False) -> Path:
     """The tiny preset with three classes (the null row and output layer made non-zero, as training would)."""
-    config = dataclasses.replace(PRESETS["tiny"].config, num_classes=len(CLASS_NAMES), image_size=image_size)
+    config = dataclasses.replace(PRESETS["tiny"].config, num_classes=len(CLASS_NAMES), image_size=image_size,
+                                 learned_variance=learned_variance)
     unet = UNet(config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
