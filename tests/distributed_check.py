@@ -13,7 +13,9 @@ Each process runs ``ddpm_studio.cli.main`` on the arguments after DUMP_DIR, exac
 - with STOP_RANK=R and STOP_AFTER_STEP=N in the environment, rank R alone gets a SIGINT as it
   reports step N, as a stray signal or a Ctrl-C that reached one process would.
 - each rank records in DUMP_DIR/rank<R>.cache.json whether it decoded the images or opened
-  them from the dataset cache, and which cache entry.
+  them from the dataset cache, and which cache entry;
+- in a class-conditional run, each rank records in DUMP_DIR/rank<R>.labels.json, step by step, the labels
+  it trained with and the mean pixel value of each image they went with.
 """
 
 from __future__ import annotations
@@ -76,6 +78,20 @@ def main() -> int:
                     os.kill(os.getpid(), signal.SIGINT)
                 yield event
 
+    class RecordingBatches(training.BatchSource):
+        """The batches as the loop gets them; a class run's labels and images go to rank<R>.labels.json."""
+
+        def next(self):
+            batch = super().next()
+            if batch.labels is not None:
+                seen.append({"step": batch.step, "labels": batch.labels.tolist(),
+                             "means": batch.images.float().mean(dim=(1, 2, 3)).tolist()})
+                dump_dir.mkdir(parents=True, exist_ok=True)
+                (dump_dir / f"rank{rank}.labels.json").write_text(json.dumps(seen))
+            return batch
+
+    seen: list[dict] = []
+    training.BatchSource = RecordingBatches
     training.train = recording_train  # train_from_folder, which the CLI calls, looks these up at call time
     training.open_cached_dataset = recording_open
     return cli.main(argv)

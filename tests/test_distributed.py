@@ -155,3 +155,44 @@ def test_a_stop_that_reaches_one_rank_stops_both_at_the_same_step_with_a_checkpo
     # The checkpoint taken at the agreed stop holds rank 1's streams as they were then.
     assert torch.equal(saved["rank1.generator.noise"], ranks[1]["streams.generator.noise"])
     assert torch.equal(saved["rank1.rng.torch"], ranks[1]["streams.rng.torch"])
+
+
+def test_a_class_conditional_run_gives_each_rank_its_slice_of_the_labels_with_its_images(tmp_path):
+    """Two ranks train with --classes: each image goes with its own class (or the null label), each step's labels
+    over both ranks are the whole global draw, and both ranks end with the same class embedding."""
+    from ddpm_studio.core.data.batches import draw_label_drops, draw_step
+
+    data = tmp_path / "classes"
+    rng = np.random.default_rng(0)
+    levels = {"dark": 40, "mid": 120, "light": 200}  # each class its own grey level, so an image tells its class
+    for name, level in levels.items():
+        (data / name).mkdir(parents=True)
+        for index in range(6):
+            pixels = np.clip(level + rng.integers(-10, 10, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(data / name / f"{index}.png")
+    out, dumps = tmp_path / "model", tmp_path / "dumps"
+    steps, batch = 4, 8
+    result = torchrun(tmp_path, dumps, "train", str(data), "--classes", "--label-dropout", "0.3", "--out", str(out),
+                      "--preset", "tiny", "--image-size", "16", "--steps", str(steps), "--timesteps", "50",
+                      "--batch-size", str(batch), "--checkpoint-every", "100", "--preview-count", "0",
+                      "--device", "cpu", "--seed", "4")
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    null = len(levels)
+    names = sorted(levels)
+    seen = [json.loads((dumps / f"rank{rank}.labels.json").read_text()) for rank in (0, 1)]
+    assert [len(rank) for rank in seen] == [steps, steps]
+    labels = np.repeat(np.arange(3), 6)  # the dataset's labels, in its sorted order of classes and files
+    for step in range(1, steps + 1):
+        per_rank = [next(entry for entry in rank if entry["step"] == step) for rank in seen]
+        for entry in per_rank:
+            for label, mean in zip(entry["labels"], entry["means"]):
+                if label != null:  # the image is of the class it is trained with
+                    assert abs(mean - levels[names[label]]) < 15, (step, label, mean)
+        indices, _ = draw_step(4, step, len(labels), batch)
+        drops = draw_label_drops(4, step, batch, 0.3)
+        expected = np.where(drops, null, labels[indices])
+        assert per_rank[0]["labels"] + per_rank[1]["labels"] == expected.tolist()
+    weights = [load_file(str(dumps / f"rank{rank}.safetensors")) for rank in (0, 1)]
+    embedding = weights[0]["model.class_embedding.weight"]
+    assert torch.equal(embedding, weights[1]["model.class_embedding.weight"]) and embedding[:3].abs().sum() > 0
+    assert model_store.read_model_info(out).extra["classes"]["names"] == names
