@@ -60,17 +60,22 @@ def main() -> int:
     return 0
 
 
-def shoot_dataset_and_train(app, window, scratch: Path, out_dir: Path) -> None:
-    from ddpm_studio.core.data.demo import create_demo_dataset
-
-    data = scratch / "shapes"
-    create_demo_dataset(data, count=300, seed=3)
+def scan_and_shoot(app, window, data: Path, shot: Path) -> None:
+    """The Dataset page after scanning ``data``, saved to ``shot``."""
     page = window.dataset_page
     window.tabs.setCurrentWidget(page)
     page.scan([data])
     wait_until(app, lambda: not page.is_scanning() and window.train_page.dataset is not None)
     settle(app)
-    window.grab().save(str(out_dir / "dataset.png"))
+    window.grab().save(str(shot))
+
+
+def shoot_dataset_and_train(app, window, scratch: Path, out_dir: Path) -> None:
+    from ddpm_studio.core.data.demo import create_demo_dataset
+
+    data = scratch / "shapes"
+    create_demo_dataset(data, count=300, seed=3)
+    scan_and_shoot(app, window, data, out_dir / "dataset.png")
 
     train = window.train_page
     window.tabs.setCurrentWidget(train)
@@ -152,12 +157,7 @@ def shoot_classes(app, window, scratch: Path, out_dir: Path) -> None:
 
     data = scratch / "labelled-shapes"
     create_demo_dataset(data, count=300, seed=3, by_shape=True)
-    page = window.dataset_page
-    window.tabs.setCurrentWidget(page)
-    page.scan([data])
-    wait_until(app, lambda: not page.is_scanning() and window.train_page.dataset is not None)
-    settle(app)
-    window.grab().save(str(out_dir / "dataset_classes.png"))
+    scan_and_shoot(app, window, data, out_dir / "dataset_classes.png")
 
     generate = window.generate_page
     window.tabs.setCurrentWidget(generate)

@@ -1,5 +1,6 @@
 """What several commands do with the engine: check --device, find the model a MODEL argument names, turn
-Ctrl-C into a stop between two steps, and record the command line in the model folder."""
+Ctrl-C into a stop between two steps, record the command line in the model folder, and show a job's phases
+as progress bars."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ddpm_studio.cli.reporting import fail
 from ddpm_studio.core.model import store as model_store
@@ -74,3 +76,29 @@ class StopRequest:
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
         self.previous.clear()
+
+
+class PhaseBars:
+    """One tqdm bar a phase of a job ("reading dataset", "samples", ...): the first progress of a new phase closes
+    the last phase's bar and opens its own. Reading files counts files; with ``quiet_reading`` a reading bar
+    shows only when it is slow and is gone when done."""
+
+    def __init__(self, quiet_reading: bool = False):
+        self.bar: tqdm | None = None
+        self.quiet_reading = quiet_reading
+
+    def show(self, phase: str, done: int, total: int, detail: str = "") -> None:
+        if self.bar is None or self.bar.desc != phase.capitalize():
+            self.close()
+            reading = phase.startswith("reading")
+            quiet = reading and self.quiet_reading
+            self.bar = tqdm(total=total, desc=phase.capitalize(), unit="file" if reading else "img",
+                            dynamic_ncols=True, leave=not quiet, delay=1.0 if quiet else 0.0)
+        self.bar.update(done - self.bar.n)
+        if detail:
+            self.bar.set_postfix_str(detail, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

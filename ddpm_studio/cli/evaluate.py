@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from tqdm import tqdm
-
 from ddpm_studio.cli import likelihood, memorization
 from ddpm_studio.cli.choices import QUALITY_SAMPLES
-from ddpm_studio.cli.common import StopRequest, check_device, resolve_model_path
+from ddpm_studio.cli.common import PhaseBars, StopRequest, check_device, resolve_model_path
 from ddpm_studio.cli.reporting import EXIT_INTERRUPTED, fail, warn
 from ddpm_studio.core.evaluation.quality import EvaluationProgress, EvaluationRequest, EvaluationResult, run_evaluation
 from ddpm_studio.core.model import store as model_store
@@ -68,7 +66,7 @@ def report_sample_quality(request: EvaluationRequest, model) -> int:
     if mix:
         print(mix)
     events = run_evaluation(request, model)
-    bar = None
+    bars = PhaseBars()
     stop = StopRequest()
     stop.install()
     try:
@@ -76,17 +74,9 @@ def report_sample_quality(request: EvaluationRequest, model) -> int:
             if stop.requested:
                 raise KeyboardInterrupt
             if isinstance(event, EvaluationProgress):
-                if bar is None or bar.desc != event.phase.capitalize():
-                    if bar is not None:
-                        bar.close()
-                    unit = "file" if event.phase == "reading dataset" else "img"
-                    bar = tqdm(total=event.total, desc=event.phase.capitalize(), unit=unit, dynamic_ncols=True)
-                bar.update(event.done - bar.n)
-                if event.detail:
-                    bar.set_postfix_str(event.detail, refresh=False)
+                bars.show(event.phase, event.done, event.total, event.detail)
             elif isinstance(event, EvaluationResult):
-                if bar is not None:
-                    bar.close()
+                bars.close()
                 if event.reference_from_cache:
                     print(f"Dataset features from the cache: {event.reference}")
                 for record in event.records:
@@ -95,8 +85,7 @@ def report_sample_quality(request: EvaluationRequest, model) -> int:
                     print(f"Recorded in {event.model_path / model_store.CONFIG_FILE}")
     except KeyboardInterrupt:
         events.close()
-        if bar is not None:
-            bar.close()
+        bars.close()
         print("Stopped; nothing was recorded.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

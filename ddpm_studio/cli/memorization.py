@@ -7,9 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from ddpm_studio.cli.common import StopRequest
+from ddpm_studio.cli.common import PhaseBars, StopRequest
 from ddpm_studio.cli.reporting import EXIT_INTERRUPTED, fail
 from ddpm_studio.core.data.cache import CachedScanResult
 from ddpm_studio.core.evaluation.memorization import (
@@ -65,7 +63,7 @@ def report_memorization(args, model_path: Path, model) -> int:
         print(f"Nearest neighbours by pixels and by {features.name}.")
     events = memorization_of_model(model, [args.data], template, num, batch_size, device, features=features,
                                    training_folders=args.training_images)
-    bar = None
+    bars = PhaseBars(quiet_reading=True)
     training = None
     result = None
     stop = StopRequest()
@@ -75,13 +73,7 @@ def report_memorization(args, model_path: Path, model) -> int:
             if stop.requested:
                 raise KeyboardInterrupt
             if isinstance(event, MemorizationProgress):
-                if bar is None or bar.desc != event.phase.capitalize():
-                    if bar is not None:
-                        bar.close()
-                    reading = event.phase.startswith("reading")  # shown only when slow, gone when done
-                    bar = tqdm(total=event.total, desc=event.phase.capitalize(), unit="file" if reading else "img",
-                               dynamic_ncols=True, leave=not reading, delay=1.0 if reading else 0.0)
-                bar.update(event.done - bar.n)
+                bars.show(event.phase, event.done, event.total)
                 result = event.partial or result
             elif isinstance(event, CachedScanResult):
                 training = event
@@ -89,18 +81,16 @@ def report_memorization(args, model_path: Path, model) -> int:
                 result = event
     except KeyboardInterrupt:
         events.close()
-        if bar is not None:
-            bar.close()
+        bars.close()
         if result is None:
             print("Stopped; nothing was recorded.", file=sys.stderr)
             return EXIT_INTERRUPTED
-        print(f"Stopped after {len(result.sample_distances)} of {num} samples; the report covers those.",
+        print(f"Stopped after {len(result.pixels.sample_distances)} of {num} samples; the report covers those.",
               file=sys.stderr)
     finally:
         stop.uninstall()
         events.close()
-        if bar is not None:
-            bar.close()
+        bars.close()
     for line in result.report_lines():
         print(line)
     folder = args.figures if getattr(args, "figures", None) else model_path
@@ -108,7 +98,7 @@ def report_memorization(args, model_path: Path, model) -> int:
     grid = save_closest_pairs(result, training.mapping, folder / GRID_FILE)
     print(f"Closest pairs by pixels (sample | nearest training image): {grid}")
     if not args.no_record:
-        record = {**result.record(), "n": len(result.sample_distances), "sampler": template.describe(),
+        record = {**result.record(), "n": len(result.pixels.sample_distances), "sampler": template.describe(),
                   "data": str(args.data),
                   **({"training_images": [str(p) for p in args.training_images]} if args.training_images else {}),
                   "date": now_iso(), "model_step": model.info.step, "grid": str(grid)}

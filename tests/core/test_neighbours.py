@@ -129,9 +129,9 @@ def test_a_model_that_returns_training_images_is_all_copies():
         return training[torch.randint(0, len(training), (count,), generator=picks)]
 
     result = result_of(list(run_memorization(copy_training, 120, training, held_out, batch_size=50)))
-    assert len(result.sample_distances) == 120 and result.complete
-    assert result.copies == 120 and result.copy_share == 1.0
-    assert result.threshold > 0 and np.all(result.sample_distances == 0)
+    assert len(result.pixels.sample_distances) == 120 and result.complete
+    assert result.pixels.copies == 120 and result.pixels.copy_share == 1.0
+    assert result.pixels.threshold > 0 and np.all(result.pixels.sample_distances == 0)
     grid = closest_pairs_grid(result, training, pairs=4)
     gap = pair_gap(8)
     left, right = grid[gap:gap + 8, gap:gap + 8], grid[gap:gap + 8, gap + 9:gap + 17]  # sample | its nearest
@@ -231,7 +231,7 @@ def test_fresh_draws_of_the_training_distribution_are_flagged_at_the_reference_r
     result = result_of(list(run_memorization(fresh, 2000, training, held_out, batch_size=500)))
     # both the sample share and the reference's 5th percentile vary: a binomial sd of each, 4 sd in all
     sd = math.sqrt(2 * 0.05 * 0.95 / 2000)
-    assert abs(result.copy_share - 0.05) < 4 * sd, result.report_lines()
+    assert abs(result.pixels.copy_share - 0.05) < 4 * sd, result.report_lines()
 
 
 def test_stopping_keeps_the_samples_compared_so_far():
@@ -243,8 +243,8 @@ def test_stopping_keeps_the_samples_compared_so_far():
     for event in events:
         if isinstance(event, MemorizationProgress) and event.partial is not None:
             partial = event.partial
-            if len(partial.sample_distances) == 50:
+            if len(partial.pixels.sample_distances) == 50:
                 break  # Stop
     events.close()
-    assert partial is not None and len(partial.sample_distances) == 50 and not partial.complete
-    assert len(partial.samples) == 50 and len(partial.reference_distances) == 50
+    assert partial is not None and len(partial.pixels.sample_distances) == 50 and not partial.complete
+    assert len(partial.samples) == 50 and len(partial.pixels.reference_distances) == 50

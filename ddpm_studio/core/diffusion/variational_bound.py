@@ -61,8 +61,14 @@ def vb_term_and_x0_error(
     x_t = diffusion.q_sample(x0, t, noise)
     output = diffusion.model_output(model, x_t, t)
     terms = diffusion.vb_term(output, x0, x_t, t, variance, clip)
-    eps_hat, _ = split_model_output(output, x0.shape[1])
-    x0_hat = diffusion.predict_x0_from_eps(x_t, t, eps_hat)
-    if clip:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
+    x0_hat = x0_estimate(diffusion, output, x_t, t, clip)
     return terms, (x0_hat - x0).square().flatten(1).mean(1)
+
+
+def x0_estimate(diffusion: GaussianDiffusion, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                clip: bool) -> torch.Tensor:
+    """x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t) from a model output (its eps half),
+    clipped to [-1, 1] with ``clip``: the receiver's guess after T - t + 1 reverse steps."""
+    eps_hat, _ = split_model_output(output, x_t.shape[1])
+    x0_hat = diffusion.predict_x0_from_eps(x_t, t, eps_hat)
+    return x0_hat.clamp(-1.0, 1.0) if clip else x0_hat

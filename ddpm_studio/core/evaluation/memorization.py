@@ -115,45 +115,16 @@ class MemorizationResult:
     """Nearest-training-image distances of the samples and of the held-out reference: by pixels (RMS per pixel on
     [0, 255]) always, and by the feature extractor's pool features when it was there (``features``)."""
 
-    pixels: NearestDistances
+    pixels: NearestDistances  # the headline: the copies count, the grid and the record's value are of it
     samples: torch.Tensor  # uint8 (n, C, S, S): the samples compared so far
     num_requested: int
     features: NearestDistances | None = None
     feature_space: str = ""  # what made ``features``, e.g. "Inception pool features"
     extra: dict = field(default_factory=dict)
 
-    # The pixel side: the headline copies count, the grid and the record's value are of it.
-    @property
-    def sample_distances(self) -> np.ndarray:
-        return self.pixels.sample_distances
-
-    @property
-    def sample_neighbours(self) -> np.ndarray:
-        return self.pixels.sample_neighbours
-
-    @property
-    def reference_distances(self) -> np.ndarray:
-        return self.pixels.reference_distances
-
-    @property
-    def threshold(self) -> float:
-        return self.pixels.threshold
-
-    @property
-    def copies(self) -> int:
-        return self.pixels.copies
-
-    @property
-    def copy_share(self) -> float:
-        return self.pixels.copy_share
-
-    @property
-    def unit(self) -> str:
-        return self.pixels.unit
-
     @property
     def complete(self) -> bool:
-        return len(self.sample_distances) == self.num_requested
+        return len(self.pixels.sample_distances) == self.num_requested
 
     def report_lines(self) -> list[str]:
         """The report, four lines a space: both distributions, the copies count and how to read it."""
@@ -303,8 +274,8 @@ def closest_pairs_grid(result: MemorizationResult, training: CachedImages | torc
                        pairs_a_row: int = 2) -> np.ndarray:
     """The closest sample | nearest training image pairs by pixels, nearest first, ``pairs_a_row`` pairs a row: the
     two images of a pair 1 px apart, the pairs a quarter of an image apart, so that each pair reads as one."""
-    order = np.argsort(result.sample_distances, kind="stable")[:pairs]
-    samples, nearest = result.samples[torch.from_numpy(order)], _rows(training, result.sample_neighbours[order])
+    order = np.argsort(result.pixels.sample_distances, kind="stable")[:pairs]
+    samples, nearest = result.samples[torch.from_numpy(order)], _rows(training, result.pixels.sample_neighbours[order])
     size = samples.shape[-1]
     joined = torch.full((len(order), samples.shape[1], size, 2 * size + 1), 255, dtype=torch.uint8)
     joined[..., :size], joined[..., size + 1:] = samples, nearest
@@ -320,7 +291,7 @@ def save_closest_pairs(result: MemorizationResult, training, path: Path | str, p
     """Write ``closest_pairs_grid`` as a PNG (atomically)."""
     return save_png(path, closest_pairs_grid(result, training, pairs),
                     {"layout": "pairs of sample | nearest training image by pixels, two pairs a row, nearest first",
-                     "distance": result.unit})
+                     "distance": result.pixels.unit})
 
 
 # --- the datasets and the model, for the CLI and the window -----------------------------------------

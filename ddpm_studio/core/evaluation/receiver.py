@@ -1,9 +1,9 @@
 """What the receiver of the progressive code sees after n reverse steps (Ho et al. 2020, Algorithms 3 and 4):
 x_t ~ q(x_t | x_0) and its best guess x0_hat, for one held-out image; the window's rate-distortion cursor shows it.
 
-x0_hat is the one the distortion curve measures (``variational_bound.vb_term_and_x0_error``): the same
-core functions, clipped to [-1, 1]. The noise is drawn once from a fixed seed and used at every t, so
-moving the cursor changes only t. A class-conditional model takes the null label, as the bound does.
+x0_hat is the one the distortion curve measures (``variational_bound.x0_estimate``), clipped to [-1, 1].
+The noise is drawn once from a fixed seed and used at every t, so moving the cursor changes only t. A
+class-conditional model takes the null label, as the bound does.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch
 
 from ddpm_studio.core.data.folders import to_model_range
 from ddpm_studio.core.diffusion.losses import bits_per_dim
-from ddpm_studio.core.diffusion.process import split_model_output
-from ddpm_studio.core.diffusion.variational_bound import prior_kl
+from ddpm_studio.core.diffusion.variational_bound import prior_kl, x0_estimate
 from ddpm_studio.core.model.store import LoadedModel
 from ddpm_studio.core.sampling.imaging import to_hwc, to_uint8
 
@@ -48,8 +47,7 @@ def receiver_tensors(
     t = torch.full((x0.shape[0],), diffusion.num_timesteps - steps, dtype=torch.long, device=device)
     with torch.inference_mode():
         x_t = diffusion.q_sample(x0, t, noise.to(device))
-        eps, _ = split_model_output(diffusion.model_output(model.unet, x_t, t), x0.shape[1])
-        x0_hat = diffusion.predict_x0_from_eps(x_t, t, eps).clamp(-1.0, 1.0)
+        x0_hat = x0_estimate(diffusion, diffusion.model_output(model.unet, x_t, t), x_t, t, clip=True)
     return x_t, x0_hat
 
 
